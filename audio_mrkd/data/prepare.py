@@ -1,0 +1,195 @@
+"""``audio-mrkd prepare``: DCASE development set → cached log-mel features + manifests.
+
+Steps: read and validate meta.csv and the fold files; stat every audio file (the cache key); reuse a complete
+cache with that key without decoding anything, or extract log-mels in parallel worker processes that write
+straight into the memory-mapped array; compute per-mel-bin mean/std of the train split; write
+``data_manifests/<name>/{train,evaluate,test,all}.csv`` and ``features.json`` atomically.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from filelock import FileLock
+from tqdm import tqdm
+
+from audio_mrkd import config as config_io
+from audio_mrkd import fileio
+from audio_mrkd.data import cache
+from audio_mrkd.data.dcase import SPLITS, DcaseDataset, read_dataset
+from audio_mrkd.data.frontend import FrontendConfig, LogMel, Resampler, load_clip, load_frontend_config
+from audio_mrkd.errors import InputError
+from audio_mrkd.versions import versions
+
+CHUNK = 32  # clips per worker task: one batched STFT each
+MANIFEST_COLUMNS = ["row", "filename", "scene_label", "identifier", "source_label", "device_group"]
+
+
+@dataclass
+class PrepareResult:
+    name: str
+    manifest_dir: Path
+    cache_entry: Path
+    reused: bool
+    n_clips: int
+    seconds: float
+
+
+def _stat_files(ds: DcaseDataset) -> list[tuple[str, int, int]]:
+    stats = []
+    for filename, line in zip(ds.meta["filename"], ds.meta["line"]):
+        try:
+            st = (ds.root / filename).stat()
+        except OSError:
+            raise InputError(f"{ds.root / 'meta.csv'} line {line}: audio file '{filename}' not found") from None
+        stats.append((filename, st.st_size, st.st_mtime_ns))
+    return stats
+
+
+# ---- worker side -----------------------------------------------------------------------------------------
+_STATE: dict = {}
+
+
+def _init_worker(array_path: str, cfg: FrontendConfig) -> None:
+    torch.set_num_threads(1)
+    _STATE["array"] = np.load(array_path, mmap_mode="r+")
+    _STATE["cfg"] = cfg
+    _STATE["frontend"] = LogMel(cfg)
+    _STATE["resampler"] = Resampler(cfg.sample_rate)
+
+
+def _extract_chunk(task: tuple[int, list[tuple[str, str]]]) -> int:
+    """Decode + log-mel rows ``start … start+len(items)`` and write them into the shared array."""
+    start, items = task
+    cfg = _STATE["cfg"]
+    waves = [load_clip(path, cfg, _STATE["resampler"], where) for path, where in items]
+    with torch.inference_mode():
+        mels = _STATE["frontend"](torch.stack(waves))
+    _STATE["array"][start:start + len(items)] = mels.numpy().astype(np.float16)
+    return len(items)
+
+
+def _extract(ds: DcaseDataset, cfg: FrontendConfig, array_path: Path, workers: int, log) -> None:
+    meta_path = ds.root / "meta.csv"
+    items = [(str(ds.root / f), f"{ds.root / f} (meta.csv line {line})")
+             for f, line in zip(ds.meta["filename"], ds.meta["line"])]
+    tasks = [(i, items[i:i + CHUNK]) for i in range(0, len(items), CHUNK)]
+    bar = tqdm(total=len(items), desc=f"log-mel {meta_path.parent.name}", unit="clip", disable=None)
+    try:
+        if workers <= 1:
+            _init_worker(str(array_path), cfg)
+            for task in tasks:
+                bar.update(_extract_chunk(task))
+        else:
+            ctx = mp.get_context("fork")
+            with ctx.Pool(workers, initializer=_init_worker, initargs=(str(array_path), cfg)) as pool:
+                for done in pool.imap_unordered(_extract_chunk, tasks):
+                    bar.update(done)
+    finally:
+        bar.close()
+        _STATE.clear()
+
+
+# ---- main side -------------------------------------------------------------------------------------------
+def train_stats(features: np.ndarray, rows: np.ndarray, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Per-mel-bin mean and std over all frames of ``rows`` (float64 accumulation)."""
+    total = np.zeros(features.shape[1])
+    total_sq = np.zeros(features.shape[1])
+    count = 0
+    for i in range(0, len(rows), chunk):
+        block = np.asarray(features[np.sort(rows[i:i + chunk])], dtype=np.float64)
+        total += block.sum(axis=(0, 2))
+        total_sq += (block ** 2).sum(axis=(0, 2))
+        count += block.shape[0] * block.shape[2]
+    mean = total / count
+    std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 0.0))
+    return mean, std
+
+
+def _index_frame(ds: DcaseDataset) -> pd.DataFrame:
+    index = ds.meta.drop(columns=["line"]).copy()
+    index.insert(0, "row", np.arange(len(index)))
+    membership = {f: s for s in ("evaluate", "train") for f in ds.splits[s]}
+    index["split"] = index["filename"].map(membership).fillna("unused")
+    return index
+
+
+def build_cache(ds: DcaseDataset, cfg: FrontendConfig, entry: Path, key: str, workers: int, log) -> None:
+    """Extract every meta.csv row into a new cache entry (staged, then renamed)."""
+    tmp = cache.staging_dir(entry)
+    try:
+        array = cache.create_array(tmp, len(ds.meta), cfg.shape)
+        del array  # workers reopen it
+        _extract(ds, cfg, tmp / cache.FEATURES, workers, log)
+        _index_frame(ds).to_csv(tmp / cache.INDEX, index=False)
+        info = {"key": key, "features": config_io.to_dict(cfg), "shape": [len(ds.meta), *cfg.shape],
+                "dtype": "float16", "data_dir": str(ds.root.resolve()), "versions": versions()}
+        cache.finish(tmp, entry, info)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+
+
+def write_manifests(ds: DcaseDataset, manifest_dir: Path, info: dict) -> None:
+    """Write ``{train,evaluate,test,all}.csv`` + ``features.json`` into a staged folder and swap it in."""
+    manifest_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = manifest_dir.with_name(f".{manifest_dir.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir()
+    index = _index_frame(ds)
+    by_name = index.set_index("filename")
+    for split in SPLITS:
+        rows = by_name.loc[ds.splits[split]].reset_index()
+        rows[MANIFEST_COLUMNS].to_csv(tmp / f"{split}.csv", index=False)
+    index[MANIFEST_COLUMNS].to_csv(tmp / "all.csv", index=False)
+    fileio.write_json(tmp / "features.json", info)
+    fileio.replace_dir(tmp, manifest_dir)
+
+
+def prepare(data_dir: str | Path, name: str, features: str | Path | None = None, cache_dir: str | Path | None = None,
+            workers: int = 2, train_split: str | None = None, manifest_dir: str | Path = "data_manifests",
+            overrides: list[str] | None = None, log=print) -> PrepareResult:
+    """Prepare one DCASE development set; returns where things went and whether the cache was reused."""
+    started = time.perf_counter()
+    if not name or not name.replace("_", "").replace("-", "").isalnum():
+        raise InputError(f"--name '{name}': use letters, digits, '-' and '_' only")
+    cfg = load_frontend_config(features, overrides)
+    ds = read_dataset(data_dir, train_split)
+    cache_dir = Path(cache_dir) if cache_dir else cache.default_cache_dir()
+    cache.ensure_writable(cache_dir)
+    key = cache.cache_key(cfg.canonical(), _stat_files(ds))
+    entry = cache_dir / name / key
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(str(entry.parent / f".{key}.lock")):
+        reused = cache.is_complete(entry)
+        if reused:
+            log(f"prepare: reusing complete feature cache {entry} (key {key}); no audio decoded")
+        else:
+            log(f"prepare: extracting {len(ds.meta)} clips → {entry} with {workers} worker(s)")
+            build_cache(ds, cfg, entry, key, workers, log)
+    features_arr = cache.open_features(entry)
+    row_of = {f: i for i, f in enumerate(ds.meta["filename"])}
+    rows = np.array([row_of[f] for f in ds.splits["train"]], dtype=np.int64)
+    mean, std = train_stats(features_arr, rows)
+    info = {
+        "name": name, "key": key, "cache_entry": str(entry.resolve()), "data_dir": str(ds.root.resolve()),
+        "features": config_io.to_dict(cfg), "shape": list(features_arr.shape), "dtype": "float16",
+        "class_names": ds.class_names, "device_names": sorted(ds.meta["source_label"].unique()),
+        "train_split": train_split or "fold1_train.csv",
+        "split_sizes": {s: len(ds.splits[s]) for s in SPLITS},
+        "train_mean": mean.round(6).tolist(), "train_std": std.round(6).tolist(),
+        "versions": versions(),
+    }
+    manifest_dir = Path(manifest_dir) / name
+    write_manifests(ds, manifest_dir, info)
+    seconds = time.perf_counter() - started
+    log(f"prepare: {name}: {len(ds.meta)} clips, features {tuple(features_arr.shape)} float16 "
+        f"({features_arr.nbytes / len(ds.meta):.0f} bytes/clip), manifests in {manifest_dir} ({seconds:.1f} s)")
+    return PrepareResult(name, manifest_dir, entry, reused, len(ds.meta), seconds)

@@ -1,0 +1,295 @@
+"""The MrKD objective: snapshot bank + backup schedule + ensembler (own Adam) + KA + KD loss.
+
+Spec: /work/shared/mrkd_method.md. Every default in MrKDConfig is a project choice, not a value from the paper.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from audio_mrkd.distill.adjust import knowledge_adjust
+from audio_mrkd.distill.ensemble import MODES, FCNEnsembler, combine_teachers
+from audio_mrkd.distill.losses import kd_loss
+from audio_mrkd.distill.snapshots import SPACINGS, UNITS, BackupSchedule, SnapshotBank
+from audio_mrkd.errors import InputError
+
+TEACHER_INPUTS = ("same", "cached")
+# Keys that must agree between a checkpoint and the config it is resumed with.
+_STATE_KEYS = ("k", "spacing", "ensemble", "teacher_input", "fcn_hidden")
+
+
+@dataclass
+class MrKDConfig:
+    """The `mrkd.*` keys. All defaults are this project's starting choices (the paper's values are unknown).
+
+    k: teachers in the bank. interval / interval_unit: back the student up every `interval` epochs or steps
+    ("epoch" | "step"), the first at the end of the first interval. tau: distillation temperature.
+    alpha: KD weight; the student loss is (1 − α)·CE + α·τ²·KL. ensemble: how the K teachers are combined,
+    "fcn" (learned ensembler, MrKD) | "mean" | "newest" (ablations). fcn_hidden / fcn_lr: FCN hidden width and
+    its Adam learning rate. ka: Knowledge Adjustment of the combined teacher signal. ka_per_teacher: KA on each
+    teacher before combining as well. teacher_input: "same" (teachers see the student's augmented batch) |
+    "cached" (each snapshot's logits on the un-augmented items, computed once when it enters the bank).
+    spacing: "uniform" (the latest k backups) | "exponential" (backups of age 1, 2, 4, …, 2**(k-1) intervals).
+    fcn_label_smoothing: label smoothing of the FCN's CE (an FCN that sharpens the target less).
+    alpha_ramp_epochs: α rises linearly over this many epochs once the bank is full (0 = off): in the n-th
+    active epoch (n = 1, 2, …) α_eff = α · min(1, n / alpha_ramp_epochs).
+    """
+
+    k: int = 4
+    interval: int = 1
+    interval_unit: str = "epoch"
+    tau: float = 3.0
+    alpha: float = 0.5
+    ensemble: str = "fcn"
+    fcn_hidden: int = 128
+    fcn_lr: float = 1e-3
+    ka: bool = True
+    ka_per_teacher: bool = False
+    teacher_input: str = "same"
+    spacing: str = "uniform"
+    fcn_label_smoothing: float = 0.0
+    alpha_ramp_epochs: int = 0
+
+    def validate(self) -> None:
+        """Raise InputError("mrkd.<key>: <problem>") on the first bad value."""
+        for key, low in (("k", 1), ("interval", 1), ("fcn_hidden", 1), ("alpha_ramp_epochs", 0)):
+            _check_int(key, getattr(self, key), low)
+        _check_number("tau", self.tau, 0.0, math.inf, low_open=True)
+        _check_number("alpha", self.alpha, 0.0, 1.0)
+        _check_number("fcn_lr", self.fcn_lr, 0.0, math.inf, low_open=True)
+        _check_number("fcn_label_smoothing", self.fcn_label_smoothing, 0.0, 1.0, high_open=True)
+        for key, options in (("interval_unit", UNITS), ("ensemble", MODES),
+                             ("teacher_input", TEACHER_INPUTS), ("spacing", SPACINGS)):
+            if getattr(self, key) not in options:
+                raise InputError(f"mrkd.{key}: must be one of {', '.join(options)}, got {getattr(self, key)!r}")
+        for key in ("ka", "ka_per_teacher"):
+            if not isinstance(getattr(self, key), bool):
+                raise InputError(f"mrkd.{key}: must be true or false, got {getattr(self, key)!r}")
+
+
+def _check_int(key: str, value: object, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise InputError(f"mrkd.{key}: must be an integer >= {low}, got {value!r}")
+
+
+def _check_number(key: str, value: object, low: float, high: float,
+                  low_open: bool = False, high_open: bool = False) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        lo, hi = ("(" if low_open else "[") + f"{low:g}", f"{high:g}" + (")" if high_open else "]")
+        raise InputError(f"mrkd.{key}: must be a finite number in {lo}, {hi}, got {value!r}")
+
+
+def _hard_labels(y: Tensor, student_logits: Tensor) -> Tensor:
+    """Class indices from y: B integer labels, or B×C soft targets (mixup) → the class of largest weight."""
+    b, c = student_logits.shape
+    if y.dim() == 1 and y.shape[0] == b and not y.dtype.is_floating_point and y.dtype != torch.bool:
+        return y.long()
+    if y.dim() == 2 and tuple(y.shape) == (b, c) and y.dtype.is_floating_point:
+        return y.argmax(dim=1)
+    raise InputError(f"mrkd.y: expected {b} integer labels or {b}×{c} soft targets, got {tuple(y.shape)} {y.dtype}")
+
+
+def _accuracy(logits: Tensor, y: Tensor) -> Tensor:
+    """Share of rows whose argmax is y, over the last-but-one dim (…×B×C → …)."""
+    return (logits.argmax(dim=-1) == y).float().mean(dim=-1)
+
+
+class MrKD:
+    """The MrKD objective: bank + schedule + ensembler (own Adam optimiser) + KA + KD loss.
+
+    infer_all(model) -> N×C logits of `model` on every un-augmented training item (row order = item index);
+    provided by the engine, required when teacher_input == "cached". Pass the plain student module (not a
+    torch.compile / DDP wrapper) to after_step/after_epoch and as the load_state_dict template.
+    """
+
+    def __init__(self, cfg: MrKDConfig, n_classes: int, device: torch.device,
+                 infer_all: Callable[[nn.Module], Tensor] | None = None) -> None:
+        cfg.validate()
+        _check_int("n_classes", n_classes, 2)
+        if cfg.teacher_input == "cached" and infer_all is None:
+            raise InputError("mrkd.teacher_input: 'cached' needs the engine's infer_all function")
+        self.cfg, self.n_classes, self.device = cfg, n_classes, torch.device(device)
+        self.infer_all = infer_all
+        self.bank = SnapshotBank(cfg.k, cfg.spacing)
+        self.schedule = BackupSchedule(cfg.interval, cfg.interval_unit)
+        self.fcn, self.fcn_opt = self._make_fcn()
+        self._cache_all: list[Tensor] = []  # cached mode: N×C per kept backup, aligned with the bank, newest first
+        self._active_epoch = -1  # completed epochs at the first loss() with a full bank (alpha ramp origin)
+
+    def _make_fcn(self) -> tuple[FCNEnsembler | None, torch.optim.Optimizer | None]:
+        if self.cfg.ensemble != "fcn":
+            return None, None
+        with torch.random.fork_rng(devices=[]):  # the init must not shift the run's global RNG stream
+            fcn = FCNEnsembler(self.cfg.k, self.n_classes, self.cfg.fcn_hidden).to(self.device)
+        return fcn, torch.optim.Adam(fcn.parameters(), lr=self.cfg.fcn_lr)
+
+    @property
+    def active(self) -> bool:
+        """True once the bank holds all k teachers."""
+        return self.bank.full
+
+    @property
+    def cached_logits(self) -> Tensor | None:
+        """Cached mode: K×N×C logits of the exposed teachers, newest first (None before the first backup)."""
+        slots = self.bank.exposed_slots()
+        return torch.stack([self._cache_all[i] for i in slots]) if self._cache_all and slots else None
+
+    def alpha_at(self, epoch: int) -> float:
+        """Effective α at `epoch` completed epochs (the ramp counts from the first active epoch)."""
+        ramp = self.cfg.alpha_ramp_epochs
+        if ramp == 0 or self._active_epoch < 0:
+            return self.cfg.alpha
+        return self.cfg.alpha * min(1.0, max(0, epoch - self._active_epoch + 1) / ramp)
+
+    # ---- the loss -------------------------------------------------------------------------------------------
+    def loss(self, student_logits: Tensor, x: Tensor | None, y: Tensor, index: Tensor | None = None,
+             epoch: int = 0) -> tuple[Tensor, dict[str, float]]:
+        """Total student loss and float logs. Inactive: plain CE. Active: (1 − α)·CE + α·KD toward KA(g(Z)).
+
+        y: B class indices, or B×C soft targets (mixup: CE on the soft targets; FCN, KA and accuracies use the
+        class of largest weight). index: item indices of the batch (cached mode). epoch: completed epochs,
+        used by the alpha ramp. One optimiser step of the FCN is taken here (on detached teacher logits).
+        """
+        if student_logits.dim() != 2 or student_logits.shape[1] != self.n_classes:
+            raise InputError(f"mrkd.n_classes: student logits must be B×{self.n_classes}, "
+                             f"got {tuple(student_logits.shape)}")
+        y_hard = _hard_labels(y, student_logits)
+        z_s = student_logits.float()
+        ce = F.cross_entropy(z_s, y if y.dim() == 1 else y.float())
+        if not self.active:
+            return ce, {"loss/ce": ce.item(), "loss/kd": 0.0, "loss/fcn": 0.0, "mrkd/active": 0.0,
+                        "mrkd/alpha": 0.0, "mrkd/teacher_time": 0.0}
+        if self._active_epoch < 0:
+            self._active_epoch = epoch
+        start = time.perf_counter()
+        z = self._teacher_logits(x, index, z_s.shape[0])
+        if z.is_cuda:
+            torch.cuda.synchronize(z.device)
+        teacher_time = time.perf_counter() - start
+        with torch.autocast(device_type=z_s.device.type, enabled=False):
+            return self._active_loss(z_s, ce, z, y_hard, epoch, teacher_time)
+
+    def _teacher_logits(self, x: Tensor | None, index: Tensor | None, batch: int) -> Tensor:
+        """K×B×C float32 teacher logits as an ordinary (non-inference, detached) tensor."""
+        if self.cfg.teacher_input == "same":
+            if x is None:
+                raise InputError("mrkd.teacher_input: 'same' needs the input batch x")
+            z = self.bank.logits(x).to(torch.float32, copy=True)  # copy: leaves inference mode
+        else:
+            if index is None or index.dim() != 1 or index.shape[0] != batch or index.dtype.is_floating_point:
+                raise InputError(f"mrkd.teacher_input: 'cached' needs `index`, {batch} integer item indices")
+            idx = index.to(self._cache_all[0].device, torch.long)
+            z = torch.stack([self._cache_all[i][idx] for i in self.bank.exposed_slots()])
+        if z.shape[1:] != (batch, self.n_classes):
+            raise InputError(f"mrkd.n_classes: teachers gave logits of shape {tuple(z.shape)}, "
+                             f"expected K×{batch}×{self.n_classes}")
+        return z
+
+    def _active_loss(self, z_s: Tensor, ce: Tensor, z: Tensor, y: Tensor, epoch: int,
+                     teacher_time: float) -> tuple[Tensor, dict[str, float]]:
+        raw = z
+        if self.cfg.ka_per_teacher:
+            k, b, c = z.shape
+            z = knowledge_adjust(z.reshape(k * b, c), y.repeat(k))[0].reshape(k, b, c)
+        z_t, l_fcn = self._ensemble_step(z, y)
+        t, adjusted = knowledge_adjust(z_t, y) if self.cfg.ka else (z_t, torch.zeros_like(y, dtype=torch.bool))
+        alpha = self.alpha_at(epoch)
+        kd = kd_loss(z_s, t, self.cfg.tau)
+        total = (1.0 - alpha) * ce + alpha * kd
+        return total, self._logs(raw, y, z_t, adjusted, ce, kd, l_fcn, alpha, teacher_time)
+
+    def _ensemble_step(self, z: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Combined teacher logits (detached) and the ensembler's CE; one FCN Adam step in fcn mode."""
+        smoothing = self.cfg.fcn_label_smoothing
+        if self.fcn is None:
+            z_t = combine_teachers(z, self.cfg.ensemble, None)
+            return z_t, F.cross_entropy(z_t, y, label_smoothing=smoothing)
+        with torch.enable_grad():
+            z_t = combine_teachers(z.detach(), "fcn", self.fcn)
+            l_fcn = F.cross_entropy(z_t, y, label_smoothing=smoothing)
+            self.fcn_opt.zero_grad(set_to_none=True)
+            l_fcn.backward()
+            self.fcn_opt.step()
+        return z_t.detach(), l_fcn.detach()
+
+    def _logs(self, raw: Tensor, y: Tensor, z_t: Tensor, adjusted: Tensor, ce: Tensor, kd: Tensor,
+              l_fcn: Tensor, alpha: float, teacher_time: float) -> dict[str, float]:
+        """All scalar logs fetched from the device in one transfer."""
+        head = [ce.detach(), kd.detach(), l_fcn, _accuracy(z_t, y), _accuracy(raw.mean(dim=0), y),
+                adjusted.float().mean()]
+        values = torch.cat([torch.stack(head), _accuracy(raw, y)]).tolist()
+        names = ["loss/ce", "loss/kd", "loss/fcn", "mrkd/ensemble_acc", "mrkd/mean_acc", "mrkd/ka_rate"]
+        names += [f"mrkd/teacher_acc/{i}" for i in range(raw.shape[0])]
+        logs = dict(zip(names, values))
+        logs.update({"mrkd/active": 1.0, "mrkd/alpha": float(alpha), "mrkd/teacher_time": teacher_time})
+        return logs
+
+    # ---- backups --------------------------------------------------------------------------------------------
+    def after_step(self, model: nn.Module, global_step: int) -> bool:
+        """Back the student up if the schedule says so after `global_step` completed steps; True if it did."""
+        if not self.schedule.due_after_step(global_step):
+            return False
+        self._backup(model)
+        return True
+
+    def after_epoch(self, model: nn.Module, epoch: int) -> bool:
+        """Back the student up if the schedule says so after `epoch` completed epochs; True if it did."""
+        if not self.schedule.due_after_epoch(epoch):
+            return False
+        self._backup(model)
+        return True
+
+    def _backup(self, model: nn.Module) -> None:
+        self.bank.push(model)
+        if self.cfg.teacher_input == "cached":
+            self._cache_all.insert(0, self._infer(self.bank.teachers()[0]))
+            del self._cache_all[self.bank.capacity :]
+
+    def _infer(self, snapshot: nn.Module) -> Tensor:
+        """The snapshot's N×C logits on all un-augmented items, as float32 on the training device."""
+        with torch.inference_mode():
+            out = self.infer_all(snapshot)
+        out = out.to(self.device, torch.float32, copy=True)  # copy: leaves inference mode
+        n_items = self._cache_all[0].shape[0] if self._cache_all else out.shape[0]
+        if out.dim() != 2 or out.shape != (n_items, self.n_classes):
+            raise InputError(f"mrkd.teacher_input: infer_all gave shape {tuple(out.shape)}, "
+                             f"expected {n_items}×{self.n_classes}")
+        return out
+
+    # ---- checkpointing --------------------------------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Tensors and plain containers only (loadable with torch.load(weights_only=True))."""
+        return {
+            "meta": {key: getattr(self.cfg, key) for key in _STATE_KEYS} | {"n_classes": self.n_classes},
+            "bank": self.bank.state_dict(),
+            "fcn": self.fcn.state_dict() if self.fcn is not None else {},
+            "fcn_opt": self.fcn_opt.state_dict() if self.fcn_opt is not None else {},
+            "cache": list(self._cache_all),
+            "active_epoch": self._active_epoch,
+        }
+
+    def load_state_dict(self, state: dict, template: nn.Module) -> None:
+        """Restore from state_dict(); `template` is any instance of the student's architecture."""
+        mine = {key: getattr(self.cfg, key) for key in _STATE_KEYS} | {"n_classes": self.n_classes}
+        for key, value in mine.items():
+            if state["meta"].get(key) != value:
+                raise InputError(f"mrkd.{key}: the checkpoint was made with {state['meta'].get(key)!r}, "
+                                 f"the config says {value!r}")
+        self.bank.load_state_dict(state["bank"], template)
+        if self.fcn is not None:
+            self.fcn.load_state_dict(state["fcn"])
+            self.fcn_opt.load_state_dict(state["fcn_opt"])
+        self._cache_all = [c.to(self.device, torch.float32) for c in state["cache"]]
+        if self.cfg.teacher_input == "cached" and len(self._cache_all) != self.bank.n_stored:
+            raise InputError(f"mrkd.teacher_input: checkpoint has {len(self._cache_all)} cached logit sets "
+                             f"for {self.bank.n_stored} snapshots")
+        self._active_epoch = int(state["active_epoch"])

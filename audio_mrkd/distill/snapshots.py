@@ -1,0 +1,123 @@
+"""The snapshot bank (frozen historical copies of the student) and the backup schedule."""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+from torch import Tensor, nn
+
+from audio_mrkd.errors import InputError
+
+SPACINGS = ("uniform", "exponential")
+UNITS = ("epoch", "step")
+
+
+def _positive_int(key: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InputError(f"mrkd.{key}: must be an integer >= 1, got {value!r}")
+    return value
+
+
+def _frozen_copy(model: nn.Module) -> nn.Module:
+    """Deep copy on the model's device, eval mode, no gradients."""
+    clone = copy.deepcopy(model)
+    for p in clone.parameters():
+        p.grad = None
+        p.requires_grad_(False)
+    return clone.eval()
+
+
+class SnapshotBank:
+    """FIFO of frozen copies of the student (weights + buffers; eval mode; requires_grad False), newest first.
+
+    spacing="uniform": the latest k backups. spacing="exponential": keeps up to 2**(k-1) backups internally
+    and exposes the ones of age 1, 2, 4, …, 2**(k-1) backups (age 1 = the newest); while not all exist yet,
+    it exposes those that do, in that age order. `full` is True only once all k ages exist.
+    """
+
+    def __init__(self, k: int, spacing: str = "uniform") -> None:
+        self.k = _positive_int("k", k)
+        if spacing not in SPACINGS:
+            raise InputError(f"mrkd.spacing: must be one of {', '.join(SPACINGS)}, got {spacing!r}")
+        self.spacing = spacing
+        self._store: list[nn.Module] = []  # every kept backup, newest first
+
+    @property
+    def capacity(self) -> int:
+        """How many backups are kept internally."""
+        return self.k if self.spacing == "uniform" else 2 ** (self.k - 1)
+
+    @property
+    def n_stored(self) -> int:
+        """How many backups are kept right now (exposed or not)."""
+        return len(self._store)
+
+    def exposed_slots(self) -> list[int]:
+        """Positions (0 = newest) in the internal store of the exposed teachers, newest first."""
+        ages = range(1, self.k + 1) if self.spacing == "uniform" else (2**i for i in range(self.k))
+        return [a - 1 for a in ages if a <= len(self._store)]
+
+    def push(self, model: nn.Module) -> None:
+        """Store a frozen deep copy of `model` (on its device); drop the oldest beyond capacity."""
+        self._store.insert(0, _frozen_copy(model))
+        del self._store[self.capacity :]
+
+    def teachers(self) -> list[nn.Module]:
+        """The exposed copies, newest first."""
+        return [self._store[i] for i in self.exposed_slots()]
+
+    @property
+    def full(self) -> bool:
+        """True once all k teacher ages exist."""
+        return len(self) == self.k
+
+    def __len__(self) -> int:
+        return len(self.exposed_slots())
+
+    def logits(self, x: Tensor) -> Tensor:
+        """K×B×C logits of the exposed teachers on `x`, newest first (an inference-mode tensor)."""
+        teachers = self.teachers()
+        if not teachers:
+            raise InputError("mrkd.bank: no snapshot has been taken yet")
+        with torch.inference_mode():
+            return torch.stack([t(x) for t in teachers])
+
+    def state_dict(self) -> dict:
+        """Plain dict: {"k", "spacing", "snapshots": [state_dict, …]} (all kept backups, newest first)."""
+        return {"k": self.k, "spacing": self.spacing, "snapshots": [m.state_dict() for m in self._store]}
+
+    def load_state_dict(self, state: dict, template: nn.Module) -> None:
+        """Rebuild the copies from `template` (any instance of the student's architecture)."""
+        if state.get("k") != self.k or state.get("spacing") != self.spacing:
+            raise InputError(
+                f"mrkd.k: checkpoint bank has k={state.get('k')!r}, spacing={state.get('spacing')!r}; "
+                f"the config says k={self.k}, spacing={self.spacing!r}"
+            )
+        snapshots = state["snapshots"]
+        if len(snapshots) > self.capacity:
+            raise InputError(f"mrkd.bank: checkpoint holds {len(snapshots)} snapshots, more than {self.capacity}")
+        store = []
+        for sd in snapshots:
+            clone = _frozen_copy(template)
+            clone.load_state_dict(sd)
+            store.append(clone)
+        self._store = store
+
+
+class BackupSchedule:
+    """When to back the student up: every `interval` epochs or steps; the first at the end of the first interval."""
+
+    def __init__(self, interval: int, unit: str) -> None:
+        self.interval = _positive_int("interval", interval)
+        if unit not in UNITS:
+            raise InputError(f"mrkd.interval_unit: must be one of {', '.join(UNITS)}, got {unit!r}")
+        self.unit = unit
+
+    def due_after_step(self, global_step: int) -> bool:
+        """`global_step` counts completed optimiser steps (1-based)."""
+        return self.unit == "step" and global_step >= 1 and global_step % self.interval == 0
+
+    def due_after_epoch(self, epoch: int) -> bool:
+        """`epoch` counts completed epochs (1-based)."""
+        return self.unit == "epoch" and epoch >= 1 and epoch % self.interval == 0

@@ -1,0 +1,113 @@
+"""Prepare throughput and epoch-read cost, side by side in one run (issue: prepare/cache).
+
+    python benchmarks/bench_prepare.py [--clips 1000] [--workers 2]
+
+Makes N one-second 44.1 kHz clips (tones + noise) in a DCASE layout, then measures:
+  1. ``audio-mrkd prepare`` (fresh cache, N workers) vs a librosa loop (load + resample to 32 kHz +
+     melspectrogram, the same front-end parameters), in clips/s;
+  2. one epoch read through the real dataset API (load_split + BatchLoader, batch 256) vs decoding every WAV and
+     computing the log-mel again (what a pipeline without a feature cache does every epoch), in seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import librosa
+import numpy as np
+import soundfile as sf
+import torch
+
+from audio_mrkd.data.dataset import BatchLoader, load_split
+from audio_mrkd.data.frontend import FrontendConfig, LogMel, Resampler, load_clip
+from audio_mrkd.data.prepare import prepare
+from audio_mrkd.versions import versions
+
+
+def make_tree(root: Path, n: int, rate: int = 44100) -> Path:
+    rng = np.random.default_rng(0)
+    t = np.arange(rate) / rate
+    meta, train, evaluate = (["filename\tscene_label\tidentifier\tsource_label"], ["filename\tscene_label"],
+                             ["filename\tscene_label"])
+    (root / "audio").mkdir(parents=True)
+    (root / "evaluation_setup").mkdir()
+    for i in range(n):
+        label = ("park", "street", "metro")[i % 3]
+        x = 0.3 * np.sin(2 * np.pi * (300 + 200 * (i % 3)) * t) + 0.05 * rng.standard_normal(rate)
+        name = f"audio/{label}-{i:05d}.wav"
+        sf.write(root / name, x, rate, subtype="PCM_16")
+        meta.append(f"{name}\t{label}\tloc{i % 10}\ta")
+        (evaluate if i % 10 == 0 else train).append(f"{name}\t{label}")
+    (root / "meta.csv").write_text("\n".join(meta) + "\n")
+    (root / "evaluation_setup/fold1_train.csv").write_text("\n".join(train) + "\n")
+    (root / "evaluation_setup/fold1_evaluate.csv").write_text("\n".join(evaluate) + "\n")
+    return root
+
+
+def librosa_loop(paths: list[Path], cfg: FrontendConfig) -> float:
+    start = time.perf_counter()
+    for path in paths:
+        y, _ = librosa.load(path, sr=cfg.sample_rate, mono=True, duration=cfg.clip_seconds)
+        y = librosa.util.fix_length(y, size=cfg.n_samples)
+        mel = librosa.feature.melspectrogram(y=y, sr=cfg.sample_rate, n_fft=cfg.n_fft, win_length=cfg.win_length,
+                                             hop_length=cfg.hop_length, n_mels=cfg.n_mels, htk=True, norm=None)
+        np.log(mel + cfg.log_offset)
+    return time.perf_counter() - start
+
+
+def decode_epoch(paths: list[Path], cfg: FrontendConfig, batch: int = 256) -> float:
+    """Decode + resample + log-mel every clip, batched like a training loader would (one process)."""
+    frontend, resampler = LogMel(cfg), Resampler(cfg.sample_rate)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for i in range(0, len(paths), batch):
+            waves = torch.stack([load_clip(p, cfg, resampler) for p in paths[i:i + batch]])
+            frontend(waves)
+    return time.perf_counter() - start
+
+
+def cache_epoch(name: str, manifests: Path, batch: int = 256) -> float:
+    start = time.perf_counter()
+    split = load_split(name, "train", manifests)
+    for b in BatchLoader(split, batch_size=batch, shuffle=True, seed=0):
+        b.x.sum()  # touch the data
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--clips", type=int, default=1000)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    cfg = FrontendConfig()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        tree = make_tree(tmp / "dev", args.clips)
+        paths = sorted((tree / "audio").glob("*.wav"))
+        result = prepare(tree, "bench", cache_dir=tmp / "cache", manifest_dir=tmp / "manifests",
+                         workers=args.workers, log=lambda *_: None)
+        ours = args.clips / result.seconds
+        lib = args.clips / librosa_loop(paths, cfg)
+        train = load_split("bench", "train", tmp / "manifests")
+        train_paths = [tree / f for f in train.items["filename"]]
+        cached = min(cache_epoch("bench", tmp / "manifests") for _ in range(3))
+        decoded = decode_epoch(train_paths, cfg)
+        bytes_per_clip = int(np.prod(cfg.shape)) * 2
+    v = versions()
+    print(f"# bench_prepare: {args.clips} one-second 44.1 kHz clips, {args.workers} workers, "
+          f"torch {v['torch']}, torchaudio {v['torchaudio']}, librosa {v['librosa']}, {torch.get_num_threads()} "
+          f"thread(s) in the main process")
+    print(f"prepare (audio-mrkd, {args.workers} workers)   {ours:8.0f} clips/s  (target >= 1000)")
+    print(f"librosa loop (1 process)              {lib:8.0f} clips/s")
+    print(f"ratio prepare / librosa               {ours / lib:8.1f} x")
+    print(f"cache bytes per clip                  {bytes_per_clip:8d} (float16, {cfg.shape[0]}x{cfg.shape[1]})")
+    print(f"epoch read from cache ({len(train)} clips)     {cached:8.3f} s  (load_split + BatchLoader, batch 256)")
+    print(f"epoch decode + log-mel ({len(train)} clips)    {decoded:8.3f} s  (soundfile + torchaudio, 1 process)")
+    print(f"ratio decode / cache                  {decoded / cached:8.0f} x  (target >= 100)")
+
+
+if __name__ == "__main__":
+    main()
