@@ -33,6 +33,31 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from audio_mrkd.experiment import load_experiment
+    from audio_mrkd.train.engine import resume_run
+    from audio_mrkd.train.sweep import run_seeds, table
+    if args.resume:
+        if args.config or args.overrides:
+            raise InputError("--resume takes the run's saved config.yaml; drop --config and overrides")
+        run_dir, metrics = resume_run(args.resume)
+        print(f"resumed {run_dir}: last macro acc {metrics['last']['macro_accuracy']:.4f}, "
+              f"best {metrics['best']['macro_accuracy']:.4f} (epoch {metrics['best']['epoch']})")
+        return 0
+    if not args.config:
+        raise InputError("train: --config is required (or --resume RUN_DIR)")
+    cfg = load_experiment(args.config, args.overrides)
+    summary = run_seeds(cfg)
+    print(table({f"{cfg.name} ({cfg.method})": summary}))
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from audio_mrkd.train.evaluate import evaluate_run
+    evaluate_run(args.run_dir, args.split, args.checkpoint)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="audio-mrkd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -47,6 +72,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--manifest-dir", default="data_manifests")
     p.add_argument("--workers", type=int, default=2)
     p.set_defaults(func=cmd_demo_data)
+
+    p = sub.add_parser("train", help="train CE or MrKD (one run per seed); --resume continues a run")
+    p.add_argument("--config", help="experiment YAML (configs/experiments/*.yaml)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last checkpoint")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=3 mrkd.k=2 seeds=[0,1,2]")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="evaluate a run's checkpoint on a split")
+    p.add_argument("run_dir")
+    p.add_argument("--split", default=None, help="split to evaluate (default: the run's evaluated split)")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 

@@ -157,8 +157,20 @@ def to_dict(obj: Any) -> Any:
     return obj
 
 
+def read_with_base(path: str | Path) -> dict:
+    """A YAML mapping whose optional ``base: other.yaml`` (relative to this file) is merged underneath it."""
+    data = read_yaml(path)
+    base = data.pop("base", None)
+    if base is None:
+        return data
+    base_path = Path(path).parent / base
+    if not base_path.is_file():
+        raise InputError(f"{path}: base '{base}' not found ({base_path})")
+    return deep_merge(read_with_base(base_path), data)
+
+
 def load(cls: type[T], path: str | Path | None, overrides: list[str] | None = None, where: str = "") -> T:
-    """Load ``cls`` from an optional YAML file plus dotted overrides."""
-    data = read_yaml(path) if path else {}
+    """Load ``cls`` from an optional YAML file (with ``base:`` inheritance) plus dotted overrides."""
+    data = read_with_base(path) if path else {}
     data = deep_merge(data, parse_overrides(overrides or []))
     return from_dict(cls, data, where)

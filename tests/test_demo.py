@@ -165,6 +165,7 @@ def test_build_from_tree_writes_dcase_layout(drumkits, tmp_path):
     assert (out / ".complete").is_file() and json.loads((out / ".complete").read_text())["items"] == 20
     assert "duplicates removed 1" in lines[-1] and "'kick': 4" in lines[-1]
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]               # no temp folder left
+    assert out.stat().st_mode & 0o777 == 0o755                                          # not mkdtemp's 0700
 
 
 def test_fold_files_grouped_and_complete(drumkits, tmp_path):

@@ -246,6 +246,7 @@ def write_dcase(out_dir: Path, name: str, records: list[ClipRecord], duplicates:
     evaluate = split_by_group([r.scene_label for r in records], [r.identifier for r in records])
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private (0700); the published data set is an ordinary folder
     try:
         (tmp / "audio").mkdir()
         for rec in tqdm(records, desc=f"writing {name}", unit="clip"):
@@ -380,6 +381,7 @@ def extract_drumkits(deb: Path, work_dir: Path) -> Path:
     if (target / MARKER).is_file():
         return target / DRUMKITS_IN_DEB
     tmp = Path(tempfile.mkdtemp(prefix=f".{EXTRACTED_NAME}.", suffix=".tmp", dir=work_dir))
+    tmp.chmod(0o755)
     try:
         _untar_drumkits(deb, tmp)
         (tmp / MARKER).write_text(deb.name + "\n", encoding="utf-8")

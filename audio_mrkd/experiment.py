@@ -1,0 +1,135 @@
+"""The experiment configuration: every key a training run reads, with its default and meaning.
+
+Loaded from ``configs/experiments/*.yaml`` plus dotted overrides (``train.epochs=3 mrkd.k=2``); unknown keys
+are errors. The resolved configuration is saved in each run directory as ``config.yaml``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from audio_mrkd import config as config_io
+from audio_mrkd.distill.mrkd import MrKDConfig
+from audio_mrkd.errors import InputError
+
+DATA_KINDS = ("audio", "cifar10", "cifar100", "cinic10", "fashion_mnist", "synthetic")
+
+
+@dataclass
+class DataConfig:
+    """What to train on. ``kind: audio`` reads a prepared dataset (``name``); image kinds read ``root``."""
+
+    kind: str = "audio"
+    name: str | None = None               # prepared audio dataset (data_manifests/<name>)
+    root: str | None = None               # image dataset folder (official on-disk format)
+    manifest_dir: str = "data_manifests"
+    train_split: str = "train"
+    eval_split: str = "evaluate"          # the split evaluated every epoch (reported, never tuned on)
+    normalize: bool = True                # per-mel-bin (audio) / per-channel (images) train mean/std
+    resident: bool = True                 # hold the split on the training device (RAM or GPU)
+    cv_folds: int = 0                     # >0: recording-grouped k-fold CV over train ∪ eval split (by identifier)
+    cv_fold: int = 0                      # which fold is evaluated when cv_folds > 0
+    cv_pool: str = "train"                # items pooled for CV: "train" (never touches the evaluated split) | "all"
+    coarse_labels: bool = False           # CIFAR-100: the 20 superclasses
+    holdout: int = 0                      # images: hold back this many training items as the evaluated split
+    synthetic_items: int = 256            # kind: synthetic (tests and benchmarks): items per split
+
+    def validate(self) -> None:
+        if self.kind not in DATA_KINDS:
+            raise InputError(f"data.kind: {self.kind!r} is not one of {', '.join(DATA_KINDS)}")
+        if self.kind == "audio" and not self.name:
+            raise InputError("data.name: required for audio (the --name given to `audio-mrkd prepare`)")
+        if self.kind not in ("audio", "synthetic") and not self.root:
+            raise InputError(f"data.root: required for data.kind {self.kind}")
+        if self.cv_pool not in ("train", "all"):
+            raise InputError(f"data.cv_pool: {self.cv_pool!r} is not one of 'train', 'all'")
+        if self.cv_folds < 0 or (self.cv_folds and not 0 <= self.cv_fold < self.cv_folds):
+            raise InputError(f"data.cv_fold: {self.cv_fold} not in 0..{self.cv_folds - 1}")
+
+
+@dataclass
+class ModelConfig:
+    name: str = "cp_mobile"
+    options: dict = field(default_factory=dict)   # constructor keyword arguments (width, depth, …)
+
+
+@dataclass
+class AugmentConfig:
+    """Batch augmentations on the training device; each is off at 0 / false."""
+
+    roll: float = 0.0              # audio: random circular time shift, max fraction of the frames
+    freq_mask: int = 0             # audio: SpecAugment frequency mask, max width in bins
+    time_mask: int = 0             # audio: SpecAugment time mask, max width in frames
+    mixstyle_p: float = 0.0        # Freq-MixStyle probability per batch (DCASE'24 baseline: 0.4)
+    mixstyle_alpha: float = 0.3    # Beta(α, α) mixing of per-frequency statistics
+    mixup_alpha: float = 0.0       # mixup Beta(α, α); 0 = off
+    crop_padding: int = 0          # images: random crop after zero-padding this many pixels (CIFAR: 4)
+    hflip: bool = False            # images: random horizontal flip
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 256
+    optimizer: str = "adamw"       # adamw | sgd
+    lr: float = 5e-3
+    weight_decay: float = 1e-4
+    momentum: float = 0.9          # sgd
+    nesterov: bool = True          # sgd
+    schedule: str = "cosine"       # cosine (with linear warm-up) | multistep | constant
+    warmup_epochs: float = 0.0
+    milestones: list[int] = field(default_factory=list)   # multistep: epochs where lr *= gamma
+    gamma: float = 0.1
+    best_metric: str = "macro_accuracy"   # eval metric that picks the best epoch (higher is better)
+    out_dir: str | None = None     # default runs/<experiment name>
+    log_every: int = 10            # steps between TensorBoard scalar writes
+    device: str = "auto"           # auto (CUDA if present) | cpu | cuda
+    precision: str = "auto"        # auto (bf16-mixed on CUDA, 32 on CPU) | 32 | bf16-mixed | 16-mixed
+    channels_last: bool = True     # CUDA only
+    compile: bool = False          # CUDA only: torch.compile the student
+    threads: int = 0               # CPU threads (0 = torch default)
+    save_checkpoints: bool = True
+    progress: bool = True
+
+    def validate(self) -> None:
+        checks = {
+            "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1, "lr": self.lr > 0,
+            "optimizer": self.optimizer in ("adamw", "sgd"),
+            "schedule": self.schedule in ("cosine", "multistep", "constant"),
+            "device": self.device in ("auto", "cpu", "cuda"),
+            "precision": self.precision in ("auto", "32", "bf16-mixed", "16-mixed"),
+            "best_metric": self.best_metric in ("accuracy", "macro_accuracy"), "log_every": self.log_every >= 1,
+        }
+        for key, ok in checks.items():
+            if not ok:
+                raise InputError(f"train.{key}: invalid value {getattr(self, key)!r}")
+
+
+@dataclass
+class ExperimentConfig:
+    name: str = "experiment"
+    method: str = "ce"             # ce | mrkd
+    seed: int = 0
+    seeds: list[int] = field(default_factory=list)   # several seeds: one run each + a mean ± std summary
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    mrkd: MrKDConfig = field(default_factory=MrKDConfig)
+
+    def validate(self) -> None:
+        if self.method not in ("ce", "mrkd"):
+            raise InputError(f"method: {self.method!r} is not one of 'ce', 'mrkd'")
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.train.out_dir) if self.train.out_dir else Path("runs") / self.name
+
+
+def load_experiment(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
+    """Experiment YAML (optional) + dotted overrides → validated :class:`ExperimentConfig`."""
+    return config_io.load(ExperimentConfig, path, overrides)
+
+
+def experiment_from_dict(data: dict) -> ExperimentConfig:
+    return config_io.from_dict(ExperimentConfig, data)

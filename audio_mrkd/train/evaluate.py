@@ -1,0 +1,43 @@
+"""``audio-mrkd evaluate RUN_DIR``: a trained run's checkpoint on a split, with the same metrics as training."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from audio_mrkd import fileio
+from audio_mrkd.data.dataset import BatchLoader, FeatureSplit, load_split
+from audio_mrkd.data.dcase import DEVICE_GROUPS
+from audio_mrkd.train.checkpoint import load_run_model
+from audio_mrkd.train.metrics import classification_metrics
+
+
+def _split_for(info: dict, cfg, split: str) -> FeatureSplit:
+    if info["kind"] == "audio":
+        return load_split(info["name"], split, info["manifest_dir"])
+    from audio_mrkd.data.images import load_image_splits
+    return load_image_splits(cfg.data.kind, cfg.data.root, holdout=cfg.data.holdout, seed=0,
+                             coarse_labels=cfg.data.coarse_labels)[split]
+
+
+def evaluate_run(run_dir: str | Path, split: str | None = None, which: str = "best", log=print) -> dict:
+    """Metrics of checkpoint ``which`` on ``split``; written to ``RUN_DIR/eval-<split>-<which>.json``."""
+    run_dir = Path(run_dir)
+    model, info, cfg = load_run_model(run_dir, which)
+    split = split or info["eval_split"]
+    data = _split_for(info, cfg, split)
+    if info["norm_mean"] is not None:  # the run's own train statistics, not the manifest's
+        data.norm_mean = np.asarray(info["norm_mean"], dtype=np.float32)
+        data.norm_std = np.asarray(info["norm_std"], dtype=np.float32)
+    loader = BatchLoader(data, 256, "cpu", normalize=info["norm_mean"] is not None)
+    with torch.inference_mode():
+        probs = torch.cat([torch.softmax(model(b.x), 1) for b in loader]).numpy()
+    metrics = classification_metrics(probs, data.labels, data.class_names, data.devices, data.device_names,
+                                     DEVICE_GROUPS if info["kind"] == "audio" else None)
+    fileio.write_json(run_dir / f"eval-{split}-{which}.json", metrics)
+    log(f"{run_dir.name} [{which}] on {split} ({len(data)} items): accuracy {metrics['accuracy']:.4f}, "
+        f"macro accuracy {metrics['macro_accuracy']:.4f}, log loss {metrics['log_loss']:.4f}")
+    for name, acc in metrics.get("per_device", {}).items():
+        log(f"  device {name}: {acc:.4f}")
+    return metrics

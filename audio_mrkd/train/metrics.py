@@ -1,0 +1,65 @@
+"""Evaluation metrics (design.md §6): accuracy, macro (class-wise) accuracy — the DCASE ranking metric —,
+multi-class log loss, top-5, expected calibration error, per-class, per-device and device-group accuracy,
+confusion matrix; and mean ± std summaries over seeds."""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import confusion_matrix, log_loss
+
+#: Scalar metrics; the rest are per-class / per-device mappings and the confusion matrix.
+SCALARS = ("accuracy", "macro_accuracy", "log_loss", "top5", "ece")
+
+
+def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
+    """ECE with ``bins`` equal-width confidence bins (Guo et al. 2017)."""
+    confidence = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        in_bin = (confidence > lo) & (confidence <= hi)
+        if in_bin.any():
+            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return float(ece)
+
+
+def _group_accuracy(correct: np.ndarray, groups: np.ndarray, names: list[str]) -> dict[str, float]:
+    return {name: float(correct[groups == i].mean()) for i, name in enumerate(names) if (groups == i).any()}
+
+
+def classification_metrics(probs: np.ndarray, labels: np.ndarray, class_names: list[str],
+                           devices: np.ndarray | None = None, device_names: list[str] | None = None,
+                           device_groups: dict[str, str] | None = None) -> dict:
+    """All metrics for class probabilities ``probs`` (N×C) and integer ``labels`` (N)."""
+    n_classes = len(class_names)
+    probs = np.asarray(probs, dtype=np.float64)
+    probs = probs / probs.sum(axis=1, keepdims=True)
+    pred = probs.argmax(axis=1)
+    correct = pred == labels
+    per_class = {name: float(correct[labels == i].mean()) for i, name in enumerate(class_names)
+                 if (labels == i).any()}
+    top5 = np.argsort(-probs, axis=1)[:, :5]
+    out = {
+        "accuracy": float(correct.mean()),
+        "macro_accuracy": float(np.mean(list(per_class.values()))),
+        "log_loss": float(log_loss(labels, np.clip(probs, 1e-15, 1.0), labels=list(range(n_classes)))),
+        "top5": float((top5 == labels[:, None]).any(axis=1).mean()),
+        "ece": expected_calibration_error(probs, labels),
+        "n_items": int(len(labels)),
+        "per_class": per_class,
+        "confusion": confusion_matrix(labels, pred, labels=list(range(n_classes))).tolist(),
+    }
+    if devices is not None and device_names is not None:
+        out["per_device"] = _group_accuracy(correct, devices, device_names)
+        if device_groups:
+            group_names = sorted(set(device_groups.values()))
+            group_of = np.array([group_names.index(device_groups.get(d, "other")) if d in device_groups else -1
+                                 for d in device_names])
+            out["per_device_group"] = _group_accuracy(correct, group_of[devices], group_names)
+    return out
+
+
+def mean_std(values: list[float]) -> dict[str, float]:
+    """Mean and sample standard deviation (ddof=1; 0 for a single value)."""
+    arr = np.asarray(values, dtype=float)
+    return {"mean": float(arr.mean()), "std": float(arr.std(ddof=1)) if len(arr) > 1 else 0.0, "n": len(arr)}

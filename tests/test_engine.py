@@ -1,0 +1,153 @@
+"""The training engine end to end on a small prepared DCASE tree: run dir, TensorBoard, resume, seeds, CLI."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from audio_mrkd.cli import main
+from audio_mrkd.data.prepare import prepare
+from audio_mrkd.experiment import load_experiment
+from audio_mrkd.train.checkpoint import checkpoint_path
+from audio_mrkd.train.engine import Trainer, lr_factor, resume_run, train_run
+from audio_mrkd.train.evaluate import evaluate_run
+from audio_mrkd.train.sweep import run_seeds
+from tests.conftest import make_dcase_tree
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("engine")
+    tree = make_dcase_tree(root / "dev", n=48)
+    prepare(tree, "tiny", cache_dir=root / "cache", manifest_dir=root / "manifests", workers=1,
+            overrides=["n_mels=32"], log=lambda *_: None)
+    return root
+
+
+def config(prepared, tmp_path, *extra):
+    return load_experiment(None, [
+        "data.name=tiny", f"data.manifest_dir={prepared / 'manifests'}", f"train.out_dir={tmp_path / 'runs'}",
+        "model.name=cp_mobile", "model.options={base_channels: 8, n_blocks: [1, 1, 1]}", "train.epochs=3",
+        "train.batch_size=8", "train.lr=0.01", "train.progress=false", "train.log_every=1",
+        "augment.roll=0.1", "augment.freq_mask=4", *extra])
+
+
+def scalars(run_dir, tag):
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0})
+    acc.Reload()
+    return acc, [e.value for e in acc.Scalars(tag)] if tag else None
+
+
+def test_ce_run_directory(prepared, tmp_path):
+    run_dir, summary = train_run(config(prepared, tmp_path, "method=ce"))
+    for name in ("config.yaml", "versions.json", "seed", "data.json", "metrics.json", "predictions.csv"):
+        assert (run_dir / name).is_file(), name
+    assert list(run_dir.glob("events.out.tfevents.*"))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["complete"] and metrics["last"]["epoch"] == 3 and 1 <= metrics["best"]["epoch"] <= 3
+    for key in ("accuracy", "macro_accuracy", "log_loss", "per_class", "per_device", "per_device_group",
+                "confusion"):
+        assert key in metrics["last"] and key in metrics["best"]
+    assert metrics["best"]["macro_accuracy"] == max(h["macro_accuracy"] for h in metrics["history"])
+    assert set(metrics["last"]["per_device_group"]) <= {"real", "seen_sim", "unseen_sim"}
+    preds = pd.read_csv(run_dir / "predictions.csv", sep="\t")
+    assert list(preds.columns[:2]) == ["filename", "scene_label"]
+    assert np.allclose(preds[["metro", "park", "street"]].sum(axis=1), 1.0, atol=1e-4)
+    assert (preds["scene_label"] == preds["true_label"]).mean() == pytest.approx(metrics["last"]["accuracy"])
+    for which in ("last", "best"):
+        state = torch.load(checkpoint_path(run_dir, which), weights_only=True)
+        assert {"model", "optimizer", "scheduler", "rng", "epoch"} <= set(state)
+    assert json.loads((run_dir / "versions.json").read_text())["torch"].startswith("2.11")
+    assert (run_dir / "seed").read_text().strip() == "0"
+
+
+def test_mrkd_tensorboard_tags_and_values(prepared, tmp_path):
+    run_dir, summary = train_run(config(prepared, tmp_path, "method=mrkd", "mrkd.k=2", "train.epochs=4"))
+    acc, active = scalars(run_dir, "mrkd/active")
+    tags = set(acc.Tags()["scalars"])
+    expected = {"loss/ce", "loss/kd", "loss/fcn", "lr", "mrkd/active", "mrkd/teacher_acc/0", "mrkd/teacher_acc/1",
+                "mrkd/ensemble_acc", "mrkd/mean_acc", "mrkd/ka_rate", "mrkd/teacher_time_share",
+                "eval/accuracy", "eval/macro_accuracy", "eval/log_loss", "eval/per_class/park"}
+    assert expected <= tags, expected - tags
+    events = acc.Scalars("mrkd/active")
+    first_active = min(e.step for e in events if e.value == 1.0)
+    # k=2 with one backup per epoch: the bank is full after epoch 2, so epochs 1-2 are plain CE
+    per_epoch = max(e.step for e in acc.Scalars("eval/epoch") if e.value == 1.0)
+    assert first_active == 2 * per_epoch + 1
+    assert all(e.value == 0.0 for e in events if e.step <= 2 * per_epoch)
+    ka = [e.value for e in acc.Scalars("mrkd/ka_rate")]
+    share = [e.value for e in acc.Scalars("mrkd/teacher_time_share") if e.step >= first_active]
+    assert all(0.0 <= v <= 1.0 for v in ka) and share and all(0.0 < v < 1.0 for v in share)
+    kd = {e.step: e.value for e in acc.Scalars("loss/kd")}
+    assert all(v > 0 for step, v in kd.items() if step >= first_active)
+    assert all(v == 0 for step, v in kd.items() if step < first_active)
+    assert "eval/confusion" in acc.Tags()["images"]
+    assert (run_dir / "hparams").is_dir()
+    lr = [e.value for e in acc.Scalars("lr")]
+    assert lr[-1] < lr[0]  # cosine decay
+    eval_acc = [e.value for e in acc.Scalars("eval/accuracy")]
+    assert eval_acc == pytest.approx([h["accuracy"] for h in summary["history"]])
+
+
+@pytest.mark.parametrize("method", ["ce", "mrkd"])
+def test_resume_continues_the_same_trajectory(prepared, tmp_path, method):
+    extra = [f"method={method}", "mrkd.k=1", "augment.mixup_alpha=0.3"]
+    _, straight = train_run(config(prepared, tmp_path / "a", *extra))
+    trainer = Trainer(config(prepared, tmp_path / "b", *extra))
+    partial = trainer.fit(stop_after=1)
+    assert partial["epochs_done"] == 1 and not partial["complete"]
+    run_dir, resumed = resume_run(trainer.run_dir)
+    assert run_dir == trainer.run_dir and resumed["complete"]
+    assert [h["accuracy"] for h in resumed["history"]] == [h["accuracy"] for h in straight["history"]]
+    assert resumed["last"]["log_loss"] == pytest.approx(straight["last"]["log_loss"], abs=1e-6)
+
+
+def test_seeds_summary_and_evaluate(prepared, tmp_path):
+    cfg = config(prepared, tmp_path, "method=ce", "seeds=[0,1]", "train.epochs=2")
+    summary = run_seeds(cfg, log=lambda *_: None)
+    saved = json.loads((cfg.out_dir / "summary.json").read_text())
+    assert saved["n_runs"] == 2 and saved["seeds"] == [0, 1]
+    runs = sorted(p for p in cfg.out_dir.iterdir() if p.is_dir())
+    lasts = [json.loads((r / "metrics.json").read_text())["last"]["log_loss"] for r in runs]
+    assert lasts[0] != lasts[1]  # different seeds, different runs
+    assert saved["last"]["log_loss"]["mean"] == pytest.approx(np.mean(lasts))
+    assert saved["last"]["log_loss"]["std"] == pytest.approx(np.std(lasts, ddof=1))
+    best = json.loads((runs[0] / "metrics.json").read_text())["best"]
+    again = evaluate_run(runs[0], which="best", log=lambda *_: None)
+    assert again["accuracy"] == pytest.approx(best["accuracy"])
+    assert again["log_loss"] == pytest.approx(best["log_loss"], abs=1e-4)
+
+
+def test_cli_train_and_errors(prepared, tmp_path, capsys):
+    base = ["data.name=tiny", f"data.manifest_dir={prepared / 'manifests'}", f"train.out_dir={tmp_path}",
+            "train.epochs=1", "train.batch_size=8", "train.progress=false", "model.options={base_channels: 8}"]
+    assert main(["train", "--config", "configs/experiments/dcase_ce.yaml", *base]) == 0
+    assert "| dcase_ce (ce) | 1 |" in capsys.readouterr().out
+    assert main(["train", "--config", "configs/experiments/dcase_mrkd.yaml", *base, "mrkd.kk=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "mrkd.kk: unknown config key" in err
+    assert main(["train", "--config", "configs/experiments/dcase_ce.yaml", "data.name=nope",
+                 f"data.manifest_dir={tmp_path}"]) == 2
+    assert "data.name 'nope'" in capsys.readouterr().err
+
+
+def test_lr_schedule_warmup_cosine_multistep():
+    cfg = load_experiment(None, ["data.kind=synthetic", "train.epochs=10", "train.warmup_epochs=1"])
+    factors = [lr_factor(s, cfg.train, 10) for s in range(100)]
+    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
+    assert factors[10] == pytest.approx(1.0) and factors[99] < 0.01
+    assert all(a >= b for a, b in zip(factors[9:], factors[10:]))
+    multi = load_experiment(None, ["data.kind=synthetic", "train.schedule=multistep", "train.milestones=[3,6]"])
+    assert [lr_factor(s * 10, multi.train, 10) for s in (0, 2, 3, 5, 6, 9)] == pytest.approx(
+        [1, 1, 0.1, 0.1, 0.01, 0.01])
+
+
+def test_synthetic_data_is_learnt_by_both_methods(tmp_path):
+    for method in ("ce", "mrkd"):
+        cfg = load_experiment(None, ["data.kind=synthetic", "model.name=dcase_cnn", f"method={method}",
+                                     "train.epochs=4", "train.batch_size=32", "mrkd.k=1", "train.progress=false",
+                                     f"train.out_dir={tmp_path}", "train.save_checkpoints=false"])
+        _, summary = train_run(cfg)
+        assert summary["last"]["accuracy"] > 0.9, method
