@@ -58,6 +58,18 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from audio_mrkd.train.ablation import run_ablation
+    print(run_ablation(args.spec, args.out, args.overrides))
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from audio_mrkd.demo import run_demo
+    run_demo(out_dir=args.out, cache_dir=args.cache_dir, epochs=args.epochs, seeds=args.seeds)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="audio-mrkd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -84,6 +96,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default=None, help="split to evaluate (default: the run's evaluated split)")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("ablate", help="variants x grouped CV folds x seeds, paired against a reference")
+    p.add_argument("spec", help="ablation YAML (configs/ablations/*.yaml)")
+    p.add_argument("--out", required=True, help="output folder (runs.jsonl, ablation.md, ablation.json)")
+    p.add_argument("overrides", nargs="*", help="spec overrides, e.g. seeds=[0] folds=3")
+    p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser("demo", help="the whole demo on real audio: Drums-5, prepare, CE vs MrKD over 3 seeds, table")
+    p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
+    p.add_argument("--cache-dir", default=None)
+    p.add_argument("--epochs", type=int, default=None, help="default: the demo config's (more on a GPU)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.set_defaults(func=cmd_demo)
+
+    from audio_mrkd.export.commands import add_export_parser, add_predict_parser
+    add_export_parser(sub)
+    add_predict_parser(sub)
     return parser
 
 

@@ -151,3 +151,29 @@ def test_synthetic_data_is_learnt_by_both_methods(tmp_path):
                                      f"train.out_dir={tmp_path}", "train.save_checkpoints=false"])
         _, summary = train_run(cfg)
         assert summary["last"]["accuracy"] > 0.9, method
+
+
+def test_ablation_grid_pairs_variants_by_fold_and_seed(prepared, tmp_path):
+    from audio_mrkd.train.ablation import run_ablation
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"""
+data: {{name: tiny, manifest_dir: {prepared / 'manifests'}}}
+model: {{name: cp_mobile, options: {{base_channels: 8, n_blocks: [1, 1, 1]}}}}
+train: {{epochs: 2, batch_size: 8, lr: 0.01}}
+mrkd: {{k: 1}}
+""")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("config: recipe.yaml\nfolds: 2\nseeds: [0]\nreference: ce\n"
+                    "variants:\n  ce: [method=ce]\n  mean: [method=mrkd, mrkd.ensemble=mean]\n")
+    text = run_ablation(spec, tmp_path / "abl", log=lambda *_: None)
+    records = [json.loads(line) for line in (tmp_path / "abl" / "runs.jsonl").read_text().splitlines()]
+    assert {(r["variant"], r["fold"]) for r in records} == {("ce", 0), ("ce", 1), ("mean", 0), ("mean", 1)}
+    by = {(r["variant"], r["fold"]): r for r in records}
+    assert by[("ce", 0)]["n_eval"] + by[("ce", 1)]["n_eval"] == 36  # the folds partition the 36 train items
+    summary = json.loads((tmp_path / "abl" / "ablation.json").read_text())
+    deltas = [by[("mean", f)]["last_macro_accuracy"] - by[("ce", f)]["last_macro_accuracy"] for f in (0, 1)]
+    assert summary["mean"]["delta_last_macro_accuracy"]["mean"] == pytest.approx(np.mean(deltas))
+    assert summary["ce"]["delta_last_macro_accuracy"]["mean"] == 0.0
+    assert "| mean | `method=mrkd mrkd.ensemble=mean` |" in text
+    again = run_ablation(spec, tmp_path / "abl", log=lambda *_: None)  # complete: nothing re-run
+    assert again == text

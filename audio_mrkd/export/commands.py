@@ -1,0 +1,235 @@
+"""``audio-mrkd export`` and ``audio-mrkd predict``: the commands and their parsers.
+
+``export RUN_DIR`` writes into ``--out`` (default ``RUN_DIR/export``), each file atomically:
+
+* ``model.onnx``: fp32, input ``features`` = raw log-mel ``B×1×F×T`` (dynamic batch), output ``logits``;
+  the train-split normalisation is the first layer of the graph;
+* ``model.int8.onnx`` (``--int8``): ONNX Runtime static QDQ quantisation, calibrated on ``--calibration`` items
+  of the train split (drawn with a fixed seed);
+* ``model_with_frontend.onnx`` (``--with-frontend``): input ``waveform`` ``B×samples`` → LogMel → the same model;
+* ``features.yaml`` (the front-end configuration the model expects), ``labels.json`` (``{"class_names": […]}``),
+  ``complexity.json`` and ``parity.json`` (see :mod:`.complexity` and :mod:`.parity`).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from audio_mrkd import config as config_io
+from audio_mrkd import fileio
+from audio_mrkd.data.frontend import FrontendConfig, Resampler, load_clip
+from audio_mrkd.errors import InputError
+from audio_mrkd.export import complexity, parity
+from audio_mrkd.export.onnx import (FEATURES_INPUT, FRONTEND_FILE, INT8_FILE, MODEL_FILE, WAVEFORM_INPUT,
+                                    FeatureModel, WaveformModel, export_onnx)
+from audio_mrkd.export.predict import FEATURES_FILE, LABELS_FILE
+from audio_mrkd.versions import versions
+
+FRONTEND_CLIPS = 32   # evaluated-split clips decoded to check the waveform graph
+
+
+@dataclass
+class ExportResult:
+    out_dir: Path
+    files: dict[str, Path]
+    complexity: dict
+    parity: dict
+    warnings: list[str] = field(default_factory=list)
+
+
+def _frontend_config(info: dict, where: str) -> FrontendConfig:
+    if not isinstance(info.get("features"), dict):
+        raise InputError(f"{where}: 'features' (the front-end configuration) missing")
+    return config_io.from_dict(FrontendConfig, info["features"], "features")
+
+
+def _load_split(info: dict, split: str, class_names: list[str], where: str):
+    from audio_mrkd.data.dataset import load_split
+
+    data = load_split(info["name"], split, info.get("manifest_dir", "data_manifests"), in_memory=False)
+    if list(data.class_names) != list(class_names):
+        raise InputError(f"{where}: class names {class_names} differ from those of the prepared dataset "
+                         f"'{info['name']}' ({data.class_names}); was it prepared again?")
+    return data
+
+
+def _frontend_clips(split, cfg: FrontendConfig, n: int) -> tuple[torch.Tensor, str]:
+    """Up to ``n`` evaluated-split clips, decoded by the front-end; synthetic tones if the audio is gone."""
+    data_dir = Path(split.info.get("data_dir", ""))
+    picks = np.unique(np.linspace(0, len(split) - 1, num=min(n, len(split))).round().astype(int)) if len(split) else []
+    resampler, waves = Resampler(cfg.sample_rate), []
+    for i in picks:
+        try:
+            waves.append(load_clip(data_dir / split.items["filename"].iloc[i], cfg, resampler))
+        except InputError:
+            break
+    if len(waves) == len(picks) and waves:
+        return torch.stack(waves), f"{len(waves)} clips of the evaluated split ({data_dir})"
+    g = torch.Generator().manual_seed(0)
+    t = torch.arange(cfg.n_samples) / cfg.sample_rate
+    freqs = torch.linspace(100.0, 0.4 * cfg.sample_rate, n)
+    waves = 0.3 * torch.sin(2 * torch.pi * freqs[:, None] * t) + 0.05 * torch.randn(n, cfg.n_samples, generator=g)
+    return waves, f"{n} synthetic tone+noise clips (the evaluated split's audio is not readable under {data_dir})"
+
+
+def export_run(run_dir: str | Path, out: str | Path | None = None, int8: bool = False, calibration: int = 512,
+               with_frontend: bool = False, checkpoint: str = "best",
+               int8_max_drop_pt: float = parity.INT8_MAX_DROP_PT, int8_activations: str = "int8",
+               log=print) -> ExportResult:
+    """Export the student of ``run_dir``; see the module docstring for what is written."""
+    from audio_mrkd.train.checkpoint import load_run_model
+
+    run_dir = Path(run_dir)
+    if not run_dir.exists():
+        raise InputError(f"{run_dir}: run directory not found")
+    if not run_dir.is_dir():
+        raise InputError(f"{run_dir}: not a run directory (a file)")
+    if calibration < 1:
+        raise InputError(f"--calibration: must be >= 1, got {calibration}")
+    net, info, cfg = load_run_model(run_dir, checkpoint)
+    where = str(run_dir / "data.json")
+    if info.get("kind", "audio") != "audio":
+        raise InputError(f"{where}: kind '{info.get('kind')}': export supports audio runs only "
+                         "(the exported graphs take log-mels or waveforms)")
+    feat_cfg = _frontend_config(info, where)
+    input_shape = list(info.get("input_shape") or [])
+    if input_shape != [1, *feat_cfg.shape]:
+        raise InputError(f"{where}: input_shape {input_shape} does not match the front-end's [1, {feat_cfg.n_mels}, "
+                         f"{feat_cfg.n_frames}]")
+    class_names = list(info["class_names"])
+    model = FeatureModel(net, info.get("norm_mean"), info.get("norm_std")).eval()
+    out = Path(out) if out else run_dir / "export"
+    out.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Path] = {}
+
+    # the configuration the model expects, next to it
+    header = (f"# Front-end the exported model expects (from {run_dir}/data.json); read by `audio-mrkd predict`.\n"
+              f"# Input of {MODEL_FILE}: raw log-mel B×1×{feat_cfg.n_mels}×{feat_cfg.n_frames}.\n")
+    fileio.write_text(out / FEATURES_FILE, header + yaml.safe_dump(config_io.to_dict(feat_cfg), sort_keys=False))
+    fileio.write_json(out / LABELS_FILE, {"class_names": class_names})
+    files["features"], files["labels"] = out / FEATURES_FILE, out / LABELS_FILE
+    metadata = {"class_names": class_names, "features": config_io.to_dict(feat_cfg), "run_dir": str(run_dir),
+                "checkpoint": checkpoint, "model": cfg.model.name}
+
+    log(f"export: {cfg.model.name} ({checkpoint}) → {out / MODEL_FILE}")
+    torch.manual_seed(0)
+    export_onnx(model, torch.randn(2, *input_shape), out / MODEL_FILE, FEATURES_INPUT,
+                {**metadata, "input": "raw log-mel B×1×F×T (normalisation inside the graph)"})
+    files["fp32"] = out / MODEL_FILE
+
+    quant_settings = None
+    if int8:
+        from audio_mrkd.export.quantize import FeatureReader, calibration_positions, quantize_int8
+
+        train = _load_split(info, info.get("train_split", cfg.data.train_split), class_names, where)
+        positions = calibration_positions(len(train), calibration)
+        log(f"export: int8 QDQ quantisation calibrated on {len(positions)} train-split clips → {out / INT8_FILE}")
+        quant_settings = quantize_int8(out / MODEL_FILE, out / INT8_FILE,
+                                       FeatureReader(train.features, FEATURES_INPUT, positions),
+                                       activations=int8_activations)
+        files["int8"] = out / INT8_FILE
+
+    eval_split = info.get("eval_split", cfg.data.eval_split)
+    evaluated = _load_split(info, eval_split, class_names, where)
+    log(f"export: parity on the '{eval_split}' split ({len(evaluated)} clips)")
+    report = parity.feature_parity(model, files["fp32"], files.get("int8"), evaluated.features, evaluated.labels,
+                                   eval_split, int8_max_drop_pt=int8_max_drop_pt)
+
+    if with_frontend:
+        waveform_model = WaveformModel(feat_cfg, model).eval()
+        try:
+            export_onnx(waveform_model, torch.zeros(2, feat_cfg.n_samples), out / FRONTEND_FILE, WAVEFORM_INPUT,
+                        {**metadata, "input": f"waveform B×{feat_cfg.n_samples} at {feat_cfg.sample_rate} Hz"})
+        except Exception as exc:  # an operator the exporter cannot convert: keep the evidence, keep going
+            text = " ".join(str(exc).split())[:2000]
+            report["with_frontend"] = {"error": f"export failed: {type(exc).__name__}: {text}"}
+        else:
+            files["with_frontend"] = out / FRONTEND_FILE
+            waves, source = _frontend_clips(evaluated, feat_cfg, FRONTEND_CLIPS)
+            report["with_frontend"] = parity.frontend_parity(waveform_model, files["with_frontend"], waves,
+                                                             source=source)
+    report.update({"run_dir": str(run_dir), "checkpoint": checkpoint, "quantization": quant_settings,
+                   "versions": versions()})
+    fileio.write_json(out / "parity.json", report)
+    files["parity"] = out / "parity.json"
+
+    onnx_files = {k: files[k] for k in ("fp32", "int8", "with_frontend") if k in files}
+    comp = complexity.complexity_report(net, input_shape, {files[k].name: files[k] for k in onnx_files},
+                                        stored_precision="int8" if int8 else "fp32", model_name=cfg.model.name)
+    fileio.write_json(out / "complexity.json", comp)
+    files["complexity"] = out / "complexity.json"
+
+    _summary(comp, report, log)
+    return ExportResult(out, files, comp, report, parity.parity_warnings(report))
+
+
+def _summary(comp: dict, report: dict, log) -> None:
+    limits = comp["limits"]
+    verdict = ", ".join(f"{p} {'pass' if v['pass'] else 'FAIL'} ({v['param_bytes']:,} B)"
+                        for p, v in comp["by_precision"].items())
+    log(f"export: {comp['parameters']:,} parameters, {comp['macs']:,} MACs "
+        f"(limits {limits['param_bytes']:,} B, {limits['macs']:,} MACs): {verdict}")
+    log(f"export: fp32 ONNX vs PyTorch max |Δlogit| {report['fp32_vs_pytorch']['max_abs_logit_diff']:.2e}; "
+        f"accuracy {100 * report['onnx_fp32']['accuracy']:.2f}%")
+    if "int8_vs_fp32" in report:
+        cmp = report["int8_vs_fp32"]
+        log(f"export: int8 accuracy {100 * report['onnx_int8']['accuracy']:.2f}% "
+            f"(Δ {100 * (report['onnx_int8']['accuracy'] - report['onnx_fp32']['accuracy']):+.2f} pt), argmax agreement with fp32 {100 * cmp['argmax_agreement']:.2f}%")
+    front = report.get("with_frontend")
+    if front and "error" not in front:
+        log(f"export: model_with_frontend.onnx vs Python front-end + model: max |Δlogit| "
+            f"{front['max_abs_logit_diff']:.2e} on {front['source']}")
+
+
+# ---- command line ----------------------------------------------------------------------------------------
+def cmd_export(args: argparse.Namespace) -> int:
+    result = export_run(args.run_dir, args.out, args.int8, args.calibration, args.with_frontend, args.checkpoint,
+                        args.int8_max_drop, args.int8_activations)
+    for line in result.warnings:
+        print(f"audio-mrkd export: warning: {line}", file=sys.stderr)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from audio_mrkd.export.predict import predict
+
+    return predict(args.model, args.files, args.csv, args.batch_size)
+
+
+def add_export_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("export", help="run directory → model.onnx (+ int8, + front-end graph), "
+                              "complexity.json, parity.json",
+                              description="Export a trained run to ONNX, with complexity and parity reports.")
+    p.add_argument("run_dir", help="a training run directory (config.yaml, data.json, checkpoints/)")
+    p.add_argument("--out", default=None, help="output folder (default RUN_DIR/export)")
+    p.add_argument("--int8", action="store_true", help="also write model.int8.onnx (ONNX Runtime static QDQ)")
+    p.add_argument("--calibration", type=int, default=512, help="train-split clips for int8 calibration (default 512)")
+    p.add_argument("--with-frontend", action="store_true",
+                   help="also write model_with_frontend.onnx (waveform in: STFT + mel + log + model)")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint (default best)")
+    p.add_argument("--int8-max-drop", type=float, default=parity.INT8_MAX_DROP_PT,
+                   help=f"accuracy points int8 may lose against fp32 before it is flagged (default "
+                        f"{parity.INT8_MAX_DROP_PT:g})")
+    p.add_argument("--int8-activations", choices=("int8", "uint8"), default="int8",
+                   help="activation type of the int8 model: int8 (S8S8, default; what MCU runtimes expect) or uint8 "
+                        "(U8S8, faster with ONNX Runtime on x86 VNNI CPUs)")
+    p.set_defaults(func=cmd_export)
+    return p
+
+
+def add_predict_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser("predict", help="WAV files → scene labels through an exported ONNX model",
+                              description="Label recordings with an exported model (features.yaml and labels.json "
+                                          "must be next to it). Exit code 1 if any file could not be read.")
+    p.add_argument("model", help="model.onnx, model.int8.onnx or model_with_frontend.onnx from `audio-mrkd export`")
+    p.add_argument("files", nargs="+", help="audio files (any rate / channels; soundfile formats)")
+    p.add_argument("--csv", default=None, help="write the DCASE submission file (TAB-separated) here")
+    p.add_argument("--batch-size", type=int, default=32, help="clips per ONNX Runtime call (default 32)")
+    p.set_defaults(func=cmd_predict)
+    return p

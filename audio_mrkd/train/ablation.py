@@ -1,0 +1,142 @@
+"""``audio-mrkd ablate``: a grid of variants × recording-grouped CV folds × seeds, paired against a reference.
+
+The spec is a YAML file (``configs/ablations/*.yaml``)::
+
+    config: ../experiments/demo_drums_mrkd.yaml   # the recipe every variant starts from
+    folds: 5                                     # data.cv_folds (grouped by identifier, pooled train split)
+    seeds: [0, 1, 2]
+    reference: ce
+    variants:
+      ce: [method=ce]
+      fcn_ka: [method=mrkd]
+      mean: [method=mrkd, mrkd.ensemble=mean]
+
+Every (variant, fold, seed) run is appended to ``runs.jsonl`` as it finishes, so an interrupted ablation
+continues where it stopped. The table gives mean ± std over folds × seeds of the last- and best-epoch metrics and
+the paired difference to the reference (same fold, same seed), with its standard error and win count.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from audio_mrkd import config as config_io
+from audio_mrkd import fileio
+from audio_mrkd.errors import InputError
+from audio_mrkd.experiment import load_experiment
+from audio_mrkd.train.metrics import mean_std
+
+
+@dataclass
+class AblationSpec:
+    config: str
+    variants: dict[str, list[str]]
+    folds: int = 5
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    reference: str = "ce"
+    overrides: list[str] = field(default_factory=list)   # applied to every variant (e.g. train.epochs=30)
+
+    def validate(self) -> None:
+        if self.reference not in self.variants:
+            raise InputError(f"reference: '{self.reference}' is not one of the variants")
+        if self.folds < 2:
+            raise InputError(f"folds: need at least 2, got {self.folds}")
+
+
+def load_spec(path: str | Path, overrides: list[str] | None = None) -> tuple[AblationSpec, Path]:
+    spec = config_io.load(AblationSpec, path, overrides)
+    config = Path(path).parent / spec.config
+    if not config.is_file():
+        raise InputError(f"{path}: config '{spec.config}' not found ({config})")
+    return spec, config
+
+
+def _done(records_path: Path) -> dict[tuple, dict]:
+    if not records_path.is_file():
+        return {}
+    records = [json.loads(line) for line in records_path.read_text().splitlines() if line.strip()]
+    return {(r["variant"], r["fold"], r["seed"]): r for r in records}
+
+
+def run_ablation(spec_path: str | Path, out_dir: str | Path, overrides: list[str] | None = None,
+                 train_fn=None, log=print) -> str:
+    """Run every missing (variant, fold, seed), then write ``ablation.md`` / ``ablation.json`` in ``out_dir``."""
+    from audio_mrkd.train.engine import train_run
+    train_fn = train_fn or train_run
+    spec, config = load_spec(spec_path, overrides)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records_path = out_dir / "runs.jsonl"
+    done = _done(records_path)
+    for seed in spec.seeds:
+        for fold in range(spec.folds):
+            for variant, variant_overrides in spec.variants.items():
+                if (variant, fold, seed) in done:
+                    continue
+                cfg = load_experiment(config, [*spec.overrides, *variant_overrides, f"seed={seed}",
+                                               f"data.cv_folds={spec.folds}", f"data.cv_fold={fold}",
+                                               f"train.out_dir={out_dir / variant}", "train.save_checkpoints=false",
+                                               "train.progress=false"])
+                _, metrics = train_fn(cfg)
+                record = {"variant": variant, "fold": fold, "seed": seed,
+                          **{f"{w}_{m}": metrics[w][m] for w in ("last", "best")
+                             for m in ("accuracy", "macro_accuracy", "log_loss")},
+                          "best_epoch": metrics["best"]["epoch"], "n_eval": metrics["last"]["n_items"]}
+                with records_path.open("a") as handle:
+                    handle.write(json.dumps(record) + "\n")
+                done[(variant, fold, seed)] = record
+                log(f"ablation {variant} fold {fold} seed {seed}: last macro {record['last_macro_accuracy']:.4f}")
+    summary = summarize(list(done.values()), spec)
+    fileio.write_json(out_dir / "ablation.json", summary)
+    text = format_table(summary, spec)
+    fileio.write_text(out_dir / "ablation.md", text + "\n")
+    return text
+
+
+def summarize(records: list[dict], spec: AblationSpec) -> dict:
+    """Per variant: mean ± std of each metric and the paired difference to the reference."""
+    by_key = {(r["variant"], r["fold"], r["seed"]): r for r in records}
+    out = {}
+    for variant in spec.variants:
+        rows = [r for r in records if r["variant"] == variant]
+        if not rows:
+            continue
+        entry = {m: mean_std([r[m] for r in rows]) for m in
+                 ("last_macro_accuracy", "best_macro_accuracy", "last_accuracy", "last_log_loss")}
+        diffs = {m: [] for m in ("last_macro_accuracy", "best_macro_accuracy", "last_log_loss")}
+        for r in rows:
+            ref = by_key.get((spec.reference, r["fold"], r["seed"]))
+            if ref is not None:
+                for m in diffs:
+                    diffs[m].append(r[m] - ref[m])
+        for m, values in diffs.items():
+            if values:
+                stat = mean_std(values)
+                stat["sem"] = stat["std"] / np.sqrt(len(values)) if len(values) > 1 else 0.0
+                stat["wins"] = int(sum(v > 0 for v in values))
+                entry[f"delta_{m}"] = stat
+        out[variant] = entry
+    return out
+
+
+def format_table(summary: dict, spec: AblationSpec) -> str:
+    def ms(s: dict, scale: float = 100) -> str:
+        return f"{scale * s['mean']:.1f} ± {scale * s['std']:.1f}"
+
+    lines = [f"{spec.folds} recording-grouped folds × {len(spec.seeds)} seeds {spec.seeds}; Δ = paired difference "
+             f"to `{spec.reference}` (same fold and seed), mean ± std (± standard error); accuracies in %.", "",
+             "| variant | overrides | last macro acc | best macro acc | last log loss | Δ last macro (sem) | wins "
+             "| Δ best macro (sem) |", "|---|---|---|---|---|---|---|---|"]
+    for variant, e in summary.items():
+        d_last = e.get("delta_last_macro_accuracy")
+        d_best = e.get("delta_best_macro_accuracy")
+        delta = f"{100 * d_last['mean']:+.1f} ± {100 * d_last['std']:.1f} ({100 * d_last['sem']:.1f})" if d_last else ""
+        wins = f"{d_last['wins']}/{d_last['n']}" if d_last else ""
+        delta_b = f"{100 * d_best['mean']:+.1f} ({100 * d_best['sem']:.1f})" if d_best else ""
+        over = " ".join(spec.variants[variant]) or "—"
+        lines.append(f"| {variant} | `{over}` | {ms(e['last_macro_accuracy'])} | {ms(e['best_macro_accuracy'])} | "
+                     f"{e['last_log_loss']['mean']:.3f} | {delta} | {wins} | {delta_b} |")
+    return "\n".join(lines)
