@@ -60,7 +60,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_ablate(args: argparse.Namespace) -> int:
     from audio_mrkd.train.ablation import run_ablation
-    print(run_ablation(args.spec, args.out, args.overrides))
+    print(run_ablation(args.spec, args.out, args.overrides, jobs=args.jobs))
     return 0
 
 
@@ -100,6 +100,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ablate", help="variants x grouped CV folds x seeds, paired against a reference")
     p.add_argument("spec", help="ablation YAML (configs/ablations/*.yaml)")
     p.add_argument("--out", required=True, help="output folder (runs.jsonl, ablation.md, ablation.json)")
+    p.add_argument("--jobs", type=int, default=1, help="parallel runs (one CPU thread each), default 1")
     p.add_argument("overrides", nargs="*", help="spec overrides, e.g. seeds=[0] folds=3")
     p.set_defaults(func=cmd_ablate)
 

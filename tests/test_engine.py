@@ -177,3 +177,40 @@ mrkd: {{k: 1}}
     assert "| mean | `method=mrkd mrkd.ensemble=mean` |" in text
     again = run_ablation(spec, tmp_path / "abl", log=lambda *_: None)  # complete: nothing re-run
     assert again == text
+
+
+def test_engine_run_exports_and_predicts(prepared, tmp_path, capsys):
+    """The export contract holds for a run written by the real engine (not a hand-made run directory)."""
+    from audio_mrkd.export.commands import export_run
+    run_dir, summary = train_run(config(prepared, tmp_path, "method=mrkd", "mrkd.k=1", "train.epochs=3"))
+    export_run(run_dir, int8=True, calibration=16, log=lambda *_: None)
+    out = run_dir / "export"
+    parity = json.loads((out / "parity.json").read_text())
+    assert parity["fp32_vs_pytorch"]["max_abs_logit_diff"] <= 1e-4
+    complexity = json.loads((out / "complexity.json").read_text())
+    from audio_mrkd.models import build_model
+    expected = sum(p.numel() for p in build_model("cp_mobile", 3, 1, base_channels=8, n_blocks=[1, 1, 1]).parameters())
+    assert complexity["parameters"] == expected
+    wav = next((prepared / "dev" / "audio").glob("park-*.wav"))
+    assert main(["predict", str(out / "model.onnx"), str(wav), "--csv", str(tmp_path / "pred.csv")]) == 0
+    pred = pd.read_csv(tmp_path / "pred.csv", sep="\t")
+    assert list(pred.columns) == ["filename", "scene_label", "metro", "park", "street"]
+
+
+def test_image_adapter_through_the_same_engine(tmp_path):
+    """CIFAR-10 files in the official format → the audio engine, with image metrics in metrics.json."""
+    from tests.image_formats import write_cifar10
+    folder, _ = write_cifar10(tmp_path, n_per_batch=16, n_test=24)
+    cfg = load_experiment("configs/experiments/cifar10_resnet18_mrkd.yaml", [
+        f"data.root={folder}", "model.name=resnet20", "train.epochs=2", "train.batch_size=16", "mrkd.k=1",
+        "train.milestones=[1]", f"train.out_dir={tmp_path / 'runs'}", "train.progress=false"])
+    run_dir, summary = train_run(cfg)
+    for key in ("accuracy", "top5", "log_loss", "ece"):
+        assert key in summary["last"]
+    assert summary["last"]["n_items"] == 24
+    info = json.loads((run_dir / "data.json").read_text())
+    assert info["kind"] == "image" and info["input_shape"] == [3, 32, 32] and len(info["norm_mean"]) == 3
+    acc, _ = scalars(run_dir, None)
+    assert {"eval/top5", "eval/ece", "mrkd/active"} <= set(acc.Tags()["scalars"])
+    with pytest.raises(Exception, match="data.root: required"):
+        load_experiment("configs/experiments/cifar100_resnet18_ce.yaml")

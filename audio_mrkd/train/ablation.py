@@ -18,10 +18,13 @@ the paired difference to the reference (same fold, same seed), with its standard
 from __future__ import annotations
 
 import json
+import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from audio_mrkd import config as config_io
 from audio_mrkd import fileio
@@ -61,34 +64,49 @@ def _done(records_path: Path) -> dict[tuple, dict]:
     return {(r["variant"], r["fold"], r["seed"]): r for r in records}
 
 
-def run_ablation(spec_path: str | Path, out_dir: str | Path, overrides: list[str] | None = None,
-                 train_fn=None, log=print) -> str:
-    """Run every missing (variant, fold, seed), then write ``ablation.md`` / ``ablation.json`` in ``out_dir``."""
+def _run_one(task: tuple) -> dict:
+    """One (variant, fold, seed) run → its record (executed in a worker process when jobs > 1)."""
+    config, overrides, variant, fold, seed, threads, train_fn = task
+    if threads:
+        torch.set_num_threads(threads)
     from audio_mrkd.train.engine import train_run
-    train_fn = train_fn or train_run
+    cfg = load_experiment(config, overrides)
+    _, metrics = (train_fn or train_run)(cfg)
+    return {"variant": variant, "fold": fold, "seed": seed,
+            **{f"{w}_{m}": metrics[w][m] for w in ("last", "best") for m in ("accuracy", "macro_accuracy", "log_loss")},
+            "best_epoch": metrics["best"]["epoch"], "n_eval": metrics["last"]["n_items"]}
+
+
+def run_ablation(spec_path: str | Path, out_dir: str | Path, overrides: list[str] | None = None,
+                 train_fn=None, jobs: int = 1, log=print) -> str:
+    """Run every missing (variant, fold, seed) — in ``jobs`` processes of one thread each when jobs > 1 —,
+    then write ``ablation.md`` / ``ablation.json`` in ``out_dir``."""
     spec, config = load_spec(spec_path, overrides)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records_path = out_dir / "runs.jsonl"
     done = _done(records_path)
-    for seed in spec.seeds:
-        for fold in range(spec.folds):
-            for variant, variant_overrides in spec.variants.items():
-                if (variant, fold, seed) in done:
-                    continue
-                cfg = load_experiment(config, [*spec.overrides, *variant_overrides, f"seed={seed}",
-                                               f"data.cv_folds={spec.folds}", f"data.cv_fold={fold}",
-                                               f"train.out_dir={out_dir / variant}", "train.save_checkpoints=false",
-                                               "train.progress=false"])
-                _, metrics = train_fn(cfg)
-                record = {"variant": variant, "fold": fold, "seed": seed,
-                          **{f"{w}_{m}": metrics[w][m] for w in ("last", "best")
-                             for m in ("accuracy", "macro_accuracy", "log_loss")},
-                          "best_epoch": metrics["best"]["epoch"], "n_eval": metrics["last"]["n_items"]}
-                with records_path.open("a") as handle:
-                    handle.write(json.dumps(record) + "\n")
-                done[(variant, fold, seed)] = record
-                log(f"ablation {variant} fold {fold} seed {seed}: last macro {record['last_macro_accuracy']:.4f}")
+    threads = 1 if jobs > 1 else 0
+    tasks = [(config, [*spec.overrides, *variant_overrides, f"seed={seed}", f"data.cv_folds={spec.folds}",
+                       f"data.cv_fold={fold}", f"train.out_dir={out_dir / variant}", "train.save_checkpoints=false",
+                       "train.progress=false"], variant, fold, seed, threads, train_fn)
+             for seed in spec.seeds for fold in range(spec.folds)
+             for variant, variant_overrides in spec.variants.items() if (variant, fold, seed) not in done]
+
+    def record(rec: dict) -> None:
+        with records_path.open("a") as handle:
+            handle.write(json.dumps(rec) + "\n")
+        done[(rec["variant"], rec["fold"], rec["seed"])] = rec
+        log(f"ablation {rec['variant']} fold {rec['fold']} seed {rec['seed']}: "
+            f"last macro {rec['last_macro_accuracy']:.4f} ({len(done)} runs done)")
+
+    if jobs > 1 and len(tasks) > 1:
+        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("fork")) as pool:
+            for rec in pool.map(_run_one, tasks):
+                record(rec)
+    else:
+        for task in tasks:
+            record(_run_one(task))
     summary = summarize(list(done.values()), spec)
     fileio.write_json(out_dir / "ablation.json", summary)
     text = format_table(summary, spec)
