@@ -48,7 +48,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         raise InputError("train: --config is required (or --resume RUN_DIR)")
     cfg = load_experiment(args.config, args.overrides)
     summary = run_seeds(cfg)
-    print(table({f"{cfg.name} ({cfg.method})": summary}))
+    if summary is not None:  # rank 0 of a data-parallel run, or the only process
+        print(table({f"{cfg.name} ({cfg.method})": summary}))
     return 0
 
 

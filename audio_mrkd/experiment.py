@@ -84,6 +84,8 @@ class TrainConfig:
     out_dir: str | None = None     # default runs/<experiment name>
     log_every: int = 10            # steps between TensorBoard scalar writes
     device: str = "auto"           # auto (CUDA if present) | cpu | cuda
+    devices: int = 1               # processes per node (GPUs, or CPU processes with gloo); >1 = data parallel
+    num_nodes: int = 1             # machines (launch with torchrun or the Fabric CLI on each)
     precision: str = "auto"        # auto (bf16-mixed on CUDA, 32 on CPU) | 32 | bf16-mixed | 16-mixed
     channels_last: bool = True     # CUDA only
     compile: bool = False          # CUDA only: torch.compile the student
@@ -98,6 +100,7 @@ class TrainConfig:
             "schedule": self.schedule in ("cosine", "multistep", "constant"),
             "device": self.device in ("auto", "cpu", "cuda"),
             "precision": self.precision in ("auto", "32", "bf16-mixed", "16-mixed"),
+            "devices": self.devices >= 1, "num_nodes": self.num_nodes >= 1,
             "best_metric": self.best_metric in ("accuracy", "macro_accuracy"), "log_every": self.log_every >= 1,
         }
         for key, ok in checks.items():

@@ -119,6 +119,9 @@ class Batch:
 class BatchLoader:
     """Batches of a :class:`FeatureSplit` on ``device``, gathered by index.
 
+    With ``world_size > 1`` every process draws the same global order and takes its share (``rank::world_size``)
+    of each global batch of ``batch_size`` items, so N processes see exactly the batches one process would.
+
     ``resident=True`` copies the whole split to ``device`` once (float16/uint8, as stored) and gathers batches
     there; otherwise each batch is read from the (memory-mapped) array and copied. Shuffling uses its own
     ``torch.Generator`` so runs are reproducible and resumable (``state_dict``).
@@ -126,8 +129,11 @@ class BatchLoader:
 
     def __init__(self, split: FeatureSplit, batch_size: int, device: torch.device | str = "cpu",
                  shuffle: bool = False, drop_last: bool = False, seed: int = 0, resident: bool = True,
-                 normalize: bool = True):
+                 normalize: bool = True, rank: int = 0, world_size: int = 1):
+        if batch_size % world_size:
+            raise InputError(f"train.batch_size: {batch_size} is not divisible by the {world_size} processes")
         self.split, self.batch_size = split, batch_size
+        self.rank, self.world_size = rank, world_size
         self.device = torch.device(device)
         self.shuffle, self.drop_last = shuffle, drop_last
         self.generator = torch.Generator().manual_seed(seed)
@@ -161,7 +167,7 @@ class BatchLoader:
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
         stop = n - n % self.batch_size if self.drop_last else n
         for start in range(0, stop, self.batch_size):
-            index = order[start:start + self.batch_size]
+            index = order[start:start + self.batch_size][self.rank::self.world_size]
             dev_index = index.to(self.device)
             yield Batch(self.features_at(index), self.labels[dev_index], self.devices[dev_index], dev_index)
 

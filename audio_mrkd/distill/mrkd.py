@@ -112,13 +112,17 @@ class MrKD:
     """
 
     def __init__(self, cfg: MrKDConfig, n_classes: int, device: torch.device,
-                 infer_all: Callable[[nn.Module], Tensor] | None = None) -> None:
+                 infer_all: Callable[[nn.Module], Tensor] | None = None,
+                 grad_sync: Callable[[list[Tensor]], None] | None = None) -> None:
+        """grad_sync: averages the FCN's gradients across processes (data-parallel training), so that every
+        rank's ensembler takes the same step."""
         cfg.validate()
         _check_int("n_classes", n_classes, 2)
         if cfg.teacher_input == "cached" and infer_all is None:
             raise InputError("mrkd.teacher_input: 'cached' needs the engine's infer_all function")
         self.cfg, self.n_classes, self.device = cfg, n_classes, torch.device(device)
         self.infer_all = infer_all
+        self.grad_sync = grad_sync
         self.bank = SnapshotBank(cfg.k, cfg.spacing)
         self.schedule = BackupSchedule(cfg.interval, cfg.interval_unit)
         self.fcn, self.fcn_opt = self._make_fcn()
@@ -218,6 +222,8 @@ class MrKD:
             l_fcn = F.cross_entropy(z_t, y, label_smoothing=smoothing)
             self.fcn_opt.zero_grad(set_to_none=True)
             l_fcn.backward()
+            if self.grad_sync is not None:
+                self.grad_sync([p.grad for p in self.fcn.parameters() if p.grad is not None])
             self.fcn_opt.step()
         return z_t.detach(), l_fcn.detach()
 

@@ -35,8 +35,9 @@ from audio_mrkd.train.tb import log_eval
 from audio_mrkd.versions import versions
 
 
-def make_fabric(tcfg: TrainConfig, devices: int = 1, strategy: str = "auto", num_nodes: int = 1) -> Fabric:
-    """CUDA when present (or asked for), else CPU; bf16 autocast on CUDA unless the config says otherwise."""
+def make_fabric(tcfg: TrainConfig) -> Fabric:
+    """CUDA when present (or asked for), else CPU; bf16 autocast on CUDA unless the config says otherwise;
+    DDP (NCCL on GPUs, gloo on CPUs) when ``train.devices × train.num_nodes > 1``."""
     cuda = torch.cuda.is_available() if tcfg.device == "auto" else tcfg.device == "cuda"
     if tcfg.device == "cuda" and not torch.cuda.is_available():
         raise InputError("train.device: 'cuda' requested but no CUDA device is available")
@@ -44,8 +45,18 @@ def make_fabric(tcfg: TrainConfig, devices: int = 1, strategy: str = "auto", num
     if precision == "auto":
         precision = "bf16-mixed" if cuda else "32"
     precision = {"32": "32-true"}.get(precision, precision)
-    return Fabric(accelerator="cuda" if cuda else "cpu", devices=devices, strategy=strategy, num_nodes=num_nodes,
-                  precision=precision)
+    parallel = tcfg.devices * tcfg.num_nodes > 1
+    return Fabric(accelerator="cuda" if cuda else "cpu", devices=tcfg.devices, num_nodes=tcfg.num_nodes,
+                  strategy="ddp" if parallel else "auto", precision=precision)
+
+
+def launched_fabric(tcfg: TrainConfig) -> Fabric:
+    """A Fabric whose processes are running: with several devices this starts the other ranks (or joins the
+    ones torchrun started), each re-running the same command."""
+    fabric = make_fabric(tcfg)
+    if fabric.world_size > 1 or tcfg.devices * tcfg.num_nodes > 1:
+        fabric.launch()
+    return fabric
 
 
 def make_optimizer(params, tcfg: TrainConfig) -> torch.optim.Optimizer:
@@ -108,22 +119,26 @@ class Trainer:
         self.student, self.optimizer = self.fabric.setup(model, optimizer)
         self.forward = torch.compile(self.student) if (cfg.train.compile and self.cuda) else self.student
         n_train = len(self.data.train)
+        rank, world = self.fabric.global_rank, self.fabric.world_size
         self.train_loader = BatchLoader(self.data.train, cfg.train.batch_size, device, shuffle=True,
                                         drop_last=n_train > cfg.train.batch_size, seed=cfg.seed,
-                                        resident=cfg.data.resident, normalize=cfg.data.normalize)
-        self.eval_loader = BatchLoader(self.data.eval, cfg.train.batch_size, device, resident=cfg.data.resident,
-                                       normalize=cfg.data.normalize)
+                                        resident=cfg.data.resident, normalize=cfg.data.normalize,
+                                        rank=rank, world_size=world)
+        self.eval_shards = np.array_split(np.arange(len(self.data.eval)), world)
+        self.eval_loader = BatchLoader(self.data.eval.subset(self.eval_shards[rank]), cfg.train.batch_size, device,
+                                       resident=cfg.data.resident, normalize=cfg.data.normalize)
         self.steps_per_epoch = len(self.train_loader)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, cfg.train, self.steps_per_epoch))
-        self.mrkd = (MrKD(cfg.mrkd, self.n_classes, device, infer_all=self._infer_train)
+        self.mrkd = (MrKD(cfg.mrkd, self.n_classes, device, infer_all=self._infer_train,
+                          grad_sync=self._average_grads if world > 1 else None)
                      if cfg.method == "mrkd" else None)
         self.epoch, self.global_step, self.best, self.history = 0, 0, None, []
         if resume_from:
             self.run_dir = Path(resume_from)
             self._load(ckpt.load_checkpoint(ckpt.checkpoint_path(self.run_dir, "last"), map_location=device))
         else:
-            self.run_dir = new_run_dir(cfg)
+            self.run_dir = Path(self.fabric.broadcast(str(new_run_dir(cfg)), src=0))  # one run dir for all ranks
         self.writer = None
 
     # ---- run directory ---------------------------------------------------------------------------------------
@@ -177,6 +192,37 @@ class Trainer:
             self.mrkd.load_state_dict(state["mrkd"], template=self.model)
         self.best, self.history = (state["best"] or None), list(state["history"])
 
+    # ---- data parallel ----------------------------------------------------------------------------------------
+    def _average_grads(self, grads: list[torch.Tensor]) -> None:
+        for grad in grads:
+            grad.copy_(self.fabric.all_reduce(grad, reduce_op="mean"))
+
+    def _sync_buffers(self) -> None:
+        """Rank 0's BatchNorm statistics to every rank (weights are already identical under DDP), so that a
+        snapshot taken now is the same model on every rank."""
+        if self.fabric.world_size > 1:
+            for buffer in self.model.buffers():
+                buffer.copy_(self.fabric.broadcast(buffer, src=0))
+
+    def _gather_rows(self, local: torch.Tensor) -> torch.Tensor:
+        """Concatenate every rank's rows (contiguous shards, rank order) on every rank."""
+        if self.fabric.world_size == 1:
+            return local
+        longest = max(len(s) for s in self.eval_shards)
+        padded = torch.zeros((longest, *local.shape[1:]), dtype=local.dtype, device=local.device)
+        padded[:len(local)] = local
+        gathered = self.fabric.all_gather(padded)
+        return torch.cat([gathered[r, :len(shard)] for r, shard in enumerate(self.eval_shards)])
+
+    def bank_digest(self) -> str:
+        """Hash of the snapshot bank's tensors (equal on every rank when data-parallel training is right)."""
+        import hashlib
+        digest = hashlib.sha256()
+        for teacher in (self.mrkd.bank.teachers() if self.mrkd else []):
+            for tensor in teacher.state_dict().values():
+                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:15]  # fits an int64 for the all_gather
+
     # ---- inference --------------------------------------------------------------------------------------------
     def _logits(self, model: torch.nn.Module, loader: BatchLoader) -> torch.Tensor:
         """N×C float32 logits of ``model`` over a loader's items, in loader order, without augmentation."""
@@ -203,7 +249,9 @@ class Trainer:
         return self._logits(snapshot, loader)
 
     def evaluate(self) -> tuple[dict, np.ndarray]:
-        probs = torch.softmax(self._logits(self.student, self.eval_loader), dim=1).cpu().numpy()
+        """Metrics of the student on the evaluated split (each rank scores its shard; the rows are gathered)."""
+        logits = self._gather_rows(self._logits(self.student, self.eval_loader))
+        probs = torch.softmax(logits, dim=1).cpu().numpy()
         split = self.data.eval
         metrics = classification_metrics(probs, split.labels, split.class_names, split.devices, split.device_names,
                                          self.data.device_groups or None)
@@ -237,6 +285,8 @@ class Trainer:
         self.scheduler.step()
         self.global_step += 1
         if self.mrkd:
+            if self.mrkd.schedule.due_after_step(self.global_step):
+                self._sync_buffers()
             self.mrkd.after_step(self.model, self.global_step)
         if self.global_step % self.cfg.train.log_every:
             return {}
@@ -265,6 +315,8 @@ class Trainer:
                 bar.set_postfix(ce=f"{logs['loss/ce']:.3f}")
         self.epoch += 1
         if self.mrkd:
+            if self.mrkd.schedule.due_after_epoch(self.epoch):
+                self._sync_buffers()
             self.mrkd.after_epoch(self.model, self.epoch)
         return float(np.nanmean(losses)) if losses else float("nan")
 
@@ -319,6 +371,10 @@ class Trainer:
         if self._last_metrics is None and self.history:  # resumed after the last epoch: re-evaluate
             self._last_metrics, _ = self.evaluate()
         summary = self.metrics_summary(final=stop_after is None)
+        if self.fabric.world_size > 1:
+            digests = self.fabric.all_gather(torch.tensor([int(self.bank_digest() or "0", 16)], dtype=torch.int64))
+            summary["distributed"] = {"world_size": self.fabric.world_size,
+                                      "bank_digests": [f"{int(d):016x}" for d in digests.flatten().tolist()]}
         if self.is_main:
             fileio.write_json(self.run_dir / "metrics.json", summary)
             if self.writer:
@@ -337,14 +393,15 @@ class Trainer:
         self.writer.add_hparams(flat, final, run_name="hparams", global_step=self.global_step)
 
 
-def train_run(cfg: ExperimentConfig, data: DataBundle | None = None) -> tuple[Path, dict]:
+def train_run(cfg: ExperimentConfig, data: DataBundle | None = None,
+              fabric: Fabric | None = None) -> tuple[Path, dict]:
     """Train one run; returns its run directory and metrics summary."""
-    trainer = Trainer(cfg, data)
+    trainer = Trainer(cfg, data, fabric=fabric)
     return trainer.run_dir, trainer.fit()
 
 
 def resume_run(run_dir: str | Path) -> tuple[Path, dict]:
     """Continue a run from its ``last`` checkpoint with its saved configuration."""
     cfg = ckpt.read_run_config(run_dir)
-    trainer = Trainer(cfg, resume_from=run_dir)
+    trainer = Trainer(cfg, resume_from=run_dir, fabric=launched_fabric(cfg.train))
     return trainer.run_dir, trainer.fit()

@@ -25,10 +25,17 @@ def summarize(runs: list[dict]) -> dict:
     return out
 
 
-def run_seeds(cfg: ExperimentConfig, train_fn=None, log=print) -> dict:
-    """Train one run per seed in ``cfg.seeds`` (else ``cfg.seed``); write ``<out_dir>/summary.json``."""
-    from audio_mrkd.train.engine import train_run
-    train_fn = train_fn or train_run
+def run_seeds(cfg: ExperimentConfig, train_fn=None, log=print) -> dict | None:
+    """Train one run per seed in ``cfg.seeds`` (else ``cfg.seed``); write ``<out_dir>/summary.json``.
+
+    Returns the summary (None on the non-zero ranks of a data-parallel run, which write nothing)."""
+    is_main = True
+    from audio_mrkd.train.engine import launched_fabric, train_run
+    if train_fn is None:
+        fabric = launched_fabric(cfg.train)  # one launch for all seeds (several processes when devices > 1)
+        train_fn = lambda c: train_run(c, fabric=fabric)  # noqa: E731
+        is_main = fabric.is_global_zero
+        log = log if is_main else (lambda *_: None)
     runs = []
     for seed in cfg.seeds or [cfg.seed]:
         run_dir, metrics = train_fn(with_seed(cfg, seed))
@@ -36,6 +43,8 @@ def run_seeds(cfg: ExperimentConfig, train_fn=None, log=print) -> dict:
             f"best {metrics['best']['macro_accuracy']:.4f} (epoch {metrics['best']['epoch']}) → {run_dir}")
         runs.append(metrics)
     summary = {"experiment": cfg.name, "method": cfg.method, "seeds": cfg.seeds or [cfg.seed], **summarize(runs)}
+    if not is_main:
+        return None
     fileio.write_json(cfg.out_dir / "summary.json", summary)
     return summary
 
