@@ -32,6 +32,7 @@ class DataConfig:
     cv_pool: str = "train"                # items pooled for CV: "train" (never touches the evaluated split) | "all"
     coarse_labels: bool = False           # CIFAR-100: the 20 superclasses
     holdout: int = 0                      # images: hold back this many training items as the evaluated split
+    train_limit: int = 0                  # >0: train on a class-stratified subset of this many items (CPU budgets)
     synthetic_items: int = 256            # kind: synthetic (tests and benchmarks): items per split
 
     def validate(self) -> None:

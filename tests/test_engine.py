@@ -214,3 +214,13 @@ def test_image_adapter_through_the_same_engine(tmp_path):
     assert {"eval/top5", "eval/ece", "mrkd/active"} <= set(acc.Tags()["scalars"])
     with pytest.raises(Exception, match="data.root: required"):
         load_experiment("configs/experiments/cifar100_resnet18_ce.yaml")
+
+
+def test_train_limit_takes_a_stratified_subset():
+    from audio_mrkd.train.data import load_data
+    cfg = load_experiment(None, ["data.kind=synthetic", "data.train_limit=64"]).data
+    full = load_experiment(None, ["data.kind=synthetic"]).data
+    limited, whole = load_data(cfg), load_data(full)
+    assert len(limited.train) == 64 and len(whole.train) == 256
+    assert np.bincount(limited.train.labels).tolist() == [16, 16, 16, 16]
+    assert len(limited.eval) == len(whole.eval)

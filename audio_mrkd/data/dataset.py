@@ -54,6 +54,22 @@ class FeatureSplit:
                             self.info)
 
 
+def stratified_holdout(labels: np.ndarray, holdout: int, seed: int) -> np.ndarray:
+    """Sorted positions of ``holdout`` items drawn per class in proportion to the class sizes (largest
+    remainder), at random within each class with ``numpy.random.default_rng(seed)``."""
+    labels = np.asarray(labels)
+    classes, counts = np.unique(labels, return_counts=True)
+    quota = holdout * counts / counts.sum()
+    take = np.floor(quota).astype(np.int64)
+    short = holdout - int(take.sum())
+    if short:
+        order = np.lexsort((classes, -(quota - take)))  # largest remainder first, ties by class index
+        take[order[:short]] += 1
+    rng = np.random.default_rng(seed)
+    picked = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)]
+    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
+
+
 def read_manifest_info(name: str, manifest_dir: str | Path = "data_manifests") -> dict:
     path = Path(manifest_dir) / name / "features.json"
     if not path.is_file():

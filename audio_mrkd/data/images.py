@@ -34,7 +34,7 @@ import numpy as np
 import pandas as pd
 
 from audio_mrkd.data import cache
-from audio_mrkd.data.dataset import FeatureSplit
+from audio_mrkd.data.dataset import FeatureSplit, stratified_holdout
 from audio_mrkd.errors import InputError
 
 KINDS = ("cifar10", "cifar100", "cinic10", "fashion_mnist")
@@ -460,22 +460,6 @@ def _fashion_complete(folder: Path) -> bool:
 
 
 # ---------------------------------------------------------------------------------------------- common
-def stratified_holdout(labels: np.ndarray, holdout: int, seed: int) -> np.ndarray:
-    """Sorted positions of ``holdout`` items drawn per class in proportion to the class sizes (largest
-    remainder), at random within each class with ``numpy.random.default_rng(seed)``."""
-    labels = np.asarray(labels)
-    classes, counts = np.unique(labels, return_counts=True)
-    quota = holdout * counts / counts.sum()
-    take = np.floor(quota).astype(np.int64)
-    short = holdout - int(take.sum())
-    if short:
-        order = np.lexsort((classes, -(quota - take)))  # largest remainder first, ties by class index
-        take[order[:short]] += 1
-    rng = np.random.default_rng(seed)
-    picked = [rng.permutation(np.flatnonzero(labels == c))[:k] for c, k in zip(classes, take)]
-    return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
-
-
 def channel_stats(images: np.ndarray, chunk: int = 1024) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel mean and population std of uint8 N×C×H×W images, as float32 C×1×1 (exact integer sums)."""
     n_channels = images.shape[1]

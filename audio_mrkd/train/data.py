@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from sklearn.model_selection import StratifiedGroupKFold
 
-from audio_mrkd.data.dataset import FeatureSplit, load_split
+from audio_mrkd.data.dataset import FeatureSplit, load_split, stratified_holdout
 from audio_mrkd.data.dcase import DEVICE_GROUPS
 from audio_mrkd.experiment import DataConfig
 
@@ -80,7 +80,14 @@ def synthetic_splits(cfg: DataConfig, seed: int = 1234, shape=(1, 32, 16), n_cla
 
 
 def load_data(cfg: DataConfig) -> DataBundle:
-    """The train and evaluated splits named by ``cfg``."""
+    """The train and evaluated splits named by ``cfg`` (train limited to ``cfg.train_limit`` items if set)."""
+    bundle = _load(cfg)
+    if 0 < cfg.train_limit < len(bundle.train):
+        bundle.train = bundle.train.subset(stratified_holdout(bundle.train.labels, cfg.train_limit, seed=1))
+    return bundle
+
+
+def _load(cfg: DataConfig) -> DataBundle:
     if cfg.kind == "audio":
         train = load_split(cfg.name, cfg.train_split, cfg.manifest_dir)
         held = load_split(cfg.name, cfg.eval_split, cfg.manifest_dir)
