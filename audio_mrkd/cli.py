@@ -71,6 +71,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    from audio_mrkd.bench import run_bench
+    run_bench(args.ks, args.model, args.batch, args.steps, args.device)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="audio-mrkd", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -111,6 +117,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=None, help="default: the demo config's (more on a GPU)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="MrKD vs CE step time side by side (K teachers, same vs cached inputs)")
+    p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8])
+    p.add_argument("--model", default="cp_mobile")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.set_defaults(func=cmd_bench)
 
     from audio_mrkd.export.commands import add_export_parser, add_predict_parser
     add_export_parser(sub)

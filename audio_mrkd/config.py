@@ -118,6 +118,8 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
             raise InputError(f"{where}: expected a number, got {value!r}")
         return float(value)
     if hint is str:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)  # e.g. train.precision=32, data.name=2024
         if not isinstance(value, str):
             raise InputError(f"{where}: expected a string, got {value!r}")
         return value
