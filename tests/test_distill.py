@@ -376,3 +376,21 @@ def test_loss_under_autocast_casts_teachers_to_float32(batch):
     assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in mrkd.fcn.parameters())
     loss.backward()
     assert all(p.grad is not None for p in student.parameters())
+
+
+def test_fused_teachers_match_the_plain_copies():
+    """BatchNorm folded into the convolutions: the same logits as the plain frozen copies (fp32 rounding)."""
+    from audio_mrkd.distill.snapshots import SnapshotBank
+    from audio_mrkd.models import build_model
+    torch.manual_seed(0)
+    student = build_model("cp_mobile", 5, 1, base_channels=8)
+    student.train()
+    student(torch.randn(16, 1, 32, 20))  # non-trivial BatchNorm running statistics
+    fused, plain = SnapshotBank(2, fuse=True), SnapshotBank(2, fuse=False)
+    for bank in (fused, plain):
+        bank.push(student)
+        bank.push(student)
+    x = torch.randn(4, 1, 32, 20)
+    assert fused._fast[0] is not fused._store[0]  # really a fused module
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused._fast[0].modules())
+    assert torch.allclose(fused.logits(x), plain.logits(x), atol=1e-5)

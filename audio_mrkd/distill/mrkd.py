@@ -38,6 +38,7 @@ class MrKDConfig:
     "cached" (each snapshot's logits on the un-augmented items, computed once when it enters the bank).
     spacing: "uniform" (the latest k backups) | "exponential" (backups of age 1, 2, 4, …, 2**(k-1) intervals).
     fcn_label_smoothing: label smoothing of the FCN's CE (an FCN that sharpens the target less).
+    fuse_teachers: teacher forwards on BatchNorm-folded copies (same outputs, faster; off = the plain copies).
     alpha_ramp_epochs: α rises linearly over this many epochs once the bank is full (0 = off): in the n-th
     active epoch (n = 1, 2, …) α_eff = α · min(1, n / alpha_ramp_epochs).
     """
@@ -56,6 +57,7 @@ class MrKDConfig:
     spacing: str = "uniform"
     fcn_label_smoothing: float = 0.0
     alpha_ramp_epochs: int = 0
+    fuse_teachers: bool = True
 
     def validate(self) -> None:
         """Raise InputError("mrkd.<key>: <problem>") on the first bad value."""
@@ -123,7 +125,7 @@ class MrKD:
         self.cfg, self.n_classes, self.device = cfg, n_classes, torch.device(device)
         self.infer_all = infer_all
         self.grad_sync = grad_sync
-        self.bank = SnapshotBank(cfg.k, cfg.spacing)
+        self.bank = SnapshotBank(cfg.k, cfg.spacing, fuse=cfg.fuse_teachers)
         self.schedule = BackupSchedule(cfg.interval, cfg.interval_unit)
         self.fcn, self.fcn_opt = self._make_fcn()
         self._cache_all: list[Tensor] = []  # cached mode: N×C per kept backup, aligned with the bank, newest first
