@@ -61,7 +61,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_ablate(args: argparse.Namespace) -> int:
     from audio_mrkd.train.ablation import run_ablation
-    print(run_ablation(args.spec, args.out, args.overrides, jobs=args.jobs))
+    print(run_ablation(args.spec, args.out, args.overrides, jobs=args.jobs, run_overrides=args.run))
     return 0
 
 
@@ -108,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="ablation YAML (configs/ablations/*.yaml)")
     p.add_argument("--out", required=True, help="output folder (runs.jsonl, ablation.md, ablation.json)")
     p.add_argument("--jobs", type=int, default=1, help="parallel runs (one CPU thread each), default 1")
+    p.add_argument("--run", action="append", default=[], metavar="KEY=VALUE",
+                   help="override for every run, e.g. --run data.root=PATH (repeatable)")
     p.add_argument("overrides", nargs="*", help="spec overrides, e.g. seeds=[0] folds=3")
     p.set_defaults(func=cmd_ablate)
 

@@ -3,7 +3,8 @@
 The spec is a YAML file (``configs/ablations/*.yaml``)::
 
     config: ../experiments/demo_drums_mrkd.yaml   # the recipe every variant starts from
-    folds: 5                                     # data.cv_folds (grouped by identifier, pooled train split)
+    folds: 5                                     # data.cv_folds (grouped by identifier, pooled train split);
+                                                 # 0 = no CV, the config's own evaluated split (images)
     seeds: [0, 1, 2]
     reference: ce
     variants:
@@ -45,8 +46,9 @@ class AblationSpec:
     def validate(self) -> None:
         if self.reference not in self.variants:
             raise InputError(f"reference: '{self.reference}' is not one of the variants")
-        if self.folds < 2:
-            raise InputError(f"folds: need at least 2, got {self.folds}")
+        if self.folds == 1 or self.folds < 0:
+            raise InputError(f"folds: 0 (no cross-validation: the config's own evaluated split) or at least 2, "
+                             f"got {self.folds}")
 
 
 def load_spec(path: str | Path, overrides: list[str] | None = None) -> tuple[AblationSpec, Path]:
@@ -78,7 +80,7 @@ def _run_one(task: tuple) -> dict:
 
 
 def run_ablation(spec_path: str | Path, out_dir: str | Path, overrides: list[str] | None = None,
-                 train_fn=None, jobs: int = 1, log=print) -> str:
+                 train_fn=None, jobs: int = 1, run_overrides: list[str] | None = None, log=print) -> str:
     """Run every missing (variant, fold, seed) — in ``jobs`` processes of one thread each when jobs > 1 —,
     then write ``ablation.md`` / ``ablation.json`` in ``out_dir``."""
     spec, config = load_spec(spec_path, overrides)
@@ -87,10 +89,13 @@ def run_ablation(spec_path: str | Path, out_dir: str | Path, overrides: list[str
     records_path = out_dir / "runs.jsonl"
     done = _done(records_path)
     threads = 1 if jobs > 1 else 0
-    tasks = [(config, [*spec.overrides, *variant_overrides, f"seed={seed}", f"data.cv_folds={spec.folds}",
-                       f"data.cv_fold={fold}", f"train.out_dir={out_dir / variant}", "train.save_checkpoints=false",
+    def cv(fold: int) -> list[str]:
+        return [f"data.cv_folds={spec.folds}", f"data.cv_fold={fold}"] if spec.folds else []
+
+    tasks = [(config, [*spec.overrides, *(run_overrides or []), *variant_overrides, f"seed={seed}", *cv(fold),
+                       f"train.out_dir={out_dir / variant}", "train.save_checkpoints=false",
                        "train.progress=false"], variant, fold, seed, threads, train_fn)
-             for seed in spec.seeds for fold in range(spec.folds)
+             for seed in spec.seeds for fold in range(max(spec.folds, 1))
              for variant, variant_overrides in spec.variants.items() if (variant, fold, seed) not in done]
 
     def record(rec: dict) -> None:
@@ -144,7 +149,8 @@ def format_table(summary: dict, spec: AblationSpec) -> str:
     def ms(s: dict, scale: float = 100) -> str:
         return f"{scale * s['mean']:.1f} ± {scale * s['std']:.1f}"
 
-    lines = [f"{spec.folds} recording-grouped folds × {len(spec.seeds)} seeds {spec.seeds}; Δ = paired difference "
+    where = f"{spec.folds} recording-grouped folds" if spec.folds else "the evaluated split"
+    lines = [f"{where} × {len(spec.seeds)} seeds {spec.seeds}; Δ = paired difference "
              f"to `{spec.reference}` (same fold and seed), mean ± std (± standard error); accuracies in %.", "",
              "| variant | overrides | last macro acc | best macro acc | last log loss | Δ last macro (sem) | wins "
              "| Δ best macro (sem) |", "|---|---|---|---|---|---|---|---|"]
