@@ -84,6 +84,7 @@ class TrainConfig:
     best_metric: str = "macro_accuracy"   # eval metric that picks the best epoch (higher is better)
     out_dir: str | None = None     # default runs/<experiment name>
     log_every: int = 10            # steps between TensorBoard scalar writes
+    eval_every: int = 1            # evaluate every N epochs (and always after the last one)
     device: str = "auto"           # auto (CUDA if present) | cpu | cuda
     devices: int = 1               # processes per node (GPUs, or CPU processes with gloo); >1 = data parallel
     num_nodes: int = 1             # machines (launch with torchrun or the Fabric CLI on each)
@@ -102,7 +103,7 @@ class TrainConfig:
             "device": self.device in ("auto", "cpu", "cuda"),
             "precision": self.precision in ("auto", "32", "bf16-mixed", "16-mixed"),
             "devices": self.devices >= 1, "num_nodes": self.num_nodes >= 1,
-            "best_metric": self.best_metric in ("accuracy", "macro_accuracy"), "log_every": self.log_every >= 1,
+            "best_metric": self.best_metric in ("accuracy", "macro_accuracy"), "log_every": self.log_every >= 1, "eval_every": self.eval_every >= 1,
         }
         for key, ok in checks.items():
             if not ok:

@@ -224,3 +224,12 @@ def test_train_limit_takes_a_stratified_subset():
     assert len(limited.train) == 64 and len(whole.train) == 256
     assert np.bincount(limited.train.labels).tolist() == [16, 16, 16, 16]
     assert len(limited.eval) == len(whole.eval)
+
+
+def test_eval_every_evaluates_on_schedule_and_after_the_last_epoch(tmp_path):
+    cfg = load_experiment(None, ["data.kind=synthetic", "model.name=dcase_cnn", "train.epochs=5", "train.eval_every=2",
+                                 "train.batch_size=64", "train.progress=false", f"train.out_dir={tmp_path}"])
+    run_dir, summary = train_run(cfg)
+    assert [h["epoch"] for h in summary["history"]] == [2, 4, 5]
+    assert summary["last"]["epoch"] == 5
+    assert torch.load(checkpoint_path(run_dir, "last"), weights_only=True)["epoch"] == 5

@@ -342,6 +342,11 @@ class Trainer:
                 ckpt.save_checkpoint(state, ckpt.checkpoint_path(self.run_dir, "best"))
         fileio.write_json(self.run_dir / "metrics.json", self.metrics_summary(final=False))
 
+    def _save_last(self) -> None:
+        """The ``last`` checkpoint after an epoch without evaluation (so --resume loses nothing)."""
+        if self.is_main and self.cfg.train.save_checkpoints:
+            ckpt.save_checkpoint(self._state(), ckpt.checkpoint_path(self.run_dir, "last"))
+
     def metrics_summary(self, final: bool = True) -> dict:
         last = {**self._last_metrics, "epoch": self.epoch} if self._last_metrics else {}
         return {"run_id": self.run_dir.name, "method": self.cfg.method, "seed": self.cfg.seed,
@@ -360,12 +365,15 @@ class Trainer:
                    unit="epoch", disable=not (self.cfg.train.progress and self.is_main) or None)
         while self.epoch < epochs:
             train_ce = self._train_epoch()
-            metrics, probs = self.evaluate()
-            self._last_metrics = metrics
             if self.writer:
                 self.writer.add_scalar("train/ce_epoch", train_ce, self.global_step)
-            self._record(metrics, probs)
             bar.update(1)
+            if self.epoch % self.cfg.train.eval_every and self.epoch < self.cfg.train.epochs:
+                self._save_last()
+                continue
+            metrics, probs = self.evaluate()
+            self._last_metrics = metrics
+            self._record(metrics, probs)
             bar.set_postfix(acc=f"{metrics['accuracy']:.3f}", macro=f"{metrics['macro_accuracy']:.3f}")
         bar.close()
         if self._last_metrics is None and self.history:  # resumed after the last epoch: re-evaluate
