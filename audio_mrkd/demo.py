@@ -32,6 +32,7 @@ def build_and_prepare(out: str | Path | None = None, cache_dir: str | Path | Non
                    overrides=DEMO_FRONTEND, log=log)
 
 
+METHOD_LABELS = {"ce": "CE", "mrkd": "MrKD"}
 CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "experiments"
 
 
@@ -57,8 +58,8 @@ def run_demo(out_dir: str | Path = "runs/demo", cache_dir: str | Path | None = N
     summaries = {}
     for method in ("ce", "mrkd"):
         cfg = load_experiment(_demo_config(method), [*overrides, f"train.out_dir={out_dir / method}"])
-        log(f"demo: training {method.upper()} ({cfg.model.name}, {cfg.train.epochs} epochs, seeds {list(seeds)})")
-        summaries[f"{method.upper()} {cfg.model.name}"] = run_seeds(cfg, log=log)
+        log(f"demo: training {METHOD_LABELS[method]} ({cfg.model.name}, {cfg.train.epochs} epochs, seeds {list(seeds)})")
+        summaries[f"{METHOD_LABELS[method]} {cfg.model.name}"] = run_seeds(cfg, log=log)
     train = load_split(prepared.name, "train", manifest_dir)
     held = load_split(prepared.name, "evaluate", manifest_dir)
     linear = linear_baseline(train, held)

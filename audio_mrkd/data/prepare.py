@@ -38,7 +38,8 @@ class PrepareResult:
     cache_entry: Path
     reused: bool
     n_clips: int
-    seconds: float
+    seconds: float               # the whole command
+    extract_seconds: float = 0.0 # decoding + log-mel only (0 when the cache was reused)
 
 
 def _stat_files(ds: DcaseDataset) -> list[tuple[str, int, int]]:
@@ -167,13 +168,16 @@ def prepare(data_dir: str | Path, name: str, features: str | Path | None = None,
     key = cache.cache_key(cfg.canonical(), _stat_files(ds))
     entry = cache_dir / name / key
     entry.parent.mkdir(parents=True, exist_ok=True)
+    extract_seconds = 0.0
     with FileLock(str(entry.parent / f".{key}.lock")):
         reused = cache.is_complete(entry)
         if reused:
             log(f"prepare: reusing complete feature cache {entry} (key {key}); no audio decoded")
         else:
             log(f"prepare: extracting {len(ds.meta)} clips → {entry} with {workers} worker(s)")
+            extract_started = time.perf_counter()
             build_cache(ds, cfg, entry, key, workers, log)
+            extract_seconds = time.perf_counter() - extract_started
     features_arr = cache.open_features(entry)
     row_of = {f: i for i, f in enumerate(ds.meta["filename"])}
     rows = np.array([row_of[f] for f in ds.splits["train"]], dtype=np.int64)
@@ -192,4 +196,4 @@ def prepare(data_dir: str | Path, name: str, features: str | Path | None = None,
     seconds = time.perf_counter() - started
     log(f"prepare: {name}: {len(ds.meta)} clips, features {tuple(features_arr.shape)} float16 "
         f"({features_arr.nbytes / len(ds.meta):.0f} bytes/clip), manifests in {manifest_dir} ({seconds:.1f} s)")
-    return PrepareResult(name, manifest_dir, entry, reused, len(ds.meta), seconds)
+    return PrepareResult(name, manifest_dir, entry, reused, len(ds.meta), seconds, extract_seconds)
