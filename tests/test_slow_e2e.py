@@ -42,3 +42,18 @@ def test_demo_command_end_to_end(tmp_path, monkeypatch, capsys):
         summary = json.loads((tmp_path / "demo" / method / "summary.json").read_text())
         assert summary["n_runs"] == 1
         assert list((tmp_path / "demo" / method).glob("*/events.out.tfevents.*"))
+
+
+def test_fashion_mnist_subset_through_the_image_path(tmp_path):
+    """Real images: Fashion-MNIST from Debian's package, a 2,000-image subset, ResNet-20, MrKD, 3 epochs."""
+    if shutil.which("apt-get") is None:
+        pytest.skip("apt-get not available: Fashion-MNIST comes from Debian's dataset-fashion-mnist package")
+    from audio_mrkd.data.images import fetch_fashion_mnist
+    root = fetch_fashion_mnist(cache.default_cache_dir() / "fashion_mnist")
+    cfg = load_experiment("configs/experiments/fmnist_cpu_mrkd.yaml", [
+        f"data.root={root}", "data.train_limit=2000", "data.holdout=2000", "train.epochs=3", "train.eval_every=3",
+        "train.milestones=[2]", "mrkd.k=1", f"train.out_dir={tmp_path}", "train.progress=false"])
+    _, summary = train_run(cfg)
+    assert summary["last"]["n_items"] == 2000
+    assert summary["last"]["accuracy"] > 0.6, summary["last"]  # chance is 0.1
+    assert summary["last"]["top5"] > 0.9 and 0 <= summary["last"]["ece"] < 0.3
