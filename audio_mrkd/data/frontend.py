@@ -116,7 +116,7 @@ class LogMel(torch.nn.Module):
         if self._fb_sparse is None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # sparse CSR is "beta" in torch; the product is exact
-                self._fb_sparse = self.fb.t().contiguous().to_sparse_csr()
+                self._fb_sparse = self.fb.to_sparse_csr()
         return self._fb_sparse
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
@@ -124,8 +124,7 @@ class LogMel(torch.nn.Module):
         batch, frames, freqs = power.shape
         use_sparse = power.device.type == "cpu" and not torch.onnx.is_in_onnx_export() and not power.requires_grad
         if use_sparse:
-            flat = power.reshape(batch * frames, freqs).t().contiguous()
-            mel = torch.sparse.mm(self._sparse_fb(), flat).reshape(-1, batch, frames).permute(1, 0, 2)
+            mel = (power.reshape(batch * frames, freqs) @ self._sparse_fb()).reshape(batch, frames, -1).transpose(1, 2)
         else:
             mel = torch.matmul(power, self.fb).transpose(1, 2)
         return torch.log(mel + self.cfg.log_offset)
@@ -144,7 +143,7 @@ def read_audio(path: str | Path, where: str | None = None) -> tuple[np.ndarray, 
         raise InputError(f"{where}: empty audio (0 samples)")
     if not np.isfinite(data).all():
         raise InputError(f"{where}: audio contains NaN or inf samples")
-    return data.mean(axis=1), rate
+    return (data[:, 0] if data.shape[1] == 1 else data.mean(axis=1)), rate
 
 
 class Resampler:
