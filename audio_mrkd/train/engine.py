@@ -130,6 +130,7 @@ class Trainer:
         self.steps_per_epoch = len(self.train_loader)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda step: lr_factor(step, cfg.train, self.steps_per_epoch))
+        self._infer_loader = None
         self.mrkd = (MrKD(cfg.mrkd, self.n_classes, device, infer_all=self._infer_train,
                           grad_sync=self._average_grads if world > 1 else None)
                      if cfg.method == "mrkd" else None)
@@ -242,11 +243,12 @@ class Trainer:
 
     def _infer_train(self, snapshot: torch.nn.Module) -> torch.Tensor:
         """A snapshot's logits on every un-augmented training item (MrKD cached-teacher mode)."""
-        loader = BatchLoader(self.data.train, max(self.cfg.train.batch_size, 512), self.fabric.device,
-                             resident=self.cfg.data.resident, normalize=self.cfg.data.normalize)
-        if self.train_loader.resident:
-            loader.features = self.train_loader.features  # share the resident copy
-        return self._logits(snapshot, loader)
+        if self._infer_loader is None:  # built once; shares the training loader's resident copy
+            self._infer_loader = BatchLoader(self.data.train, max(self.cfg.train.batch_size, 512), self.fabric.device,
+                                             resident=False, normalize=self.cfg.data.normalize)
+            if self.train_loader.resident:
+                self._infer_loader.features, self._infer_loader.resident = self.train_loader.features, True
+        return self._logits(snapshot, self._infer_loader)
 
     def evaluate(self) -> tuple[dict, np.ndarray]:
         """Metrics of the student on the evaluated split (each rank scores its shard; the rows are gathered)."""
