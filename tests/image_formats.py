@@ -94,21 +94,15 @@ def py2_pickle(obj, numpy_module: str = "numpy.core.multiarray") -> bytes:
                 for v in x:
                     save(v)
                 out.extend(b"t")
-        elif isinstance(x, list):
-            out.extend(b"]")
-            if x:
+        elif isinstance(x, (list, dict)):  # EMPTY_LIST/DICT, then MARK … APPENDS/SETITEMS
+            empty, items, close = (b"]", x, b"e") if isinstance(x, list) else \
+                (b"}", [v for pair in x.items() for v in pair], b"u")
+            out.extend(empty)
+            if items:
                 out.extend(b"(")
-                for v in x:
+                for v in items:
                     save(v)
-                out.extend(b"e")
-        elif isinstance(x, dict):
-            out.extend(b"}")
-            if x:
-                out.extend(b"(")
-                for k, v in x.items():
-                    save(k)
-                    save(v)
-                out.extend(b"u")
+                out.extend(close)
         else:
             raise TypeError(f"py2_pickle: cannot write {type(x).__name__}")
 
