@@ -1,91 +1,272 @@
-"""``audio-mrkd bench``: MrKD vs CE training-step cost through the real engine, side by side in one run.
+"""``audio-mrkd bench``: training throughput and MrKD's cost, side by side in one run, through the real engine.
 
-Synthetic log-mels of the default front-end shape (1×256×65) and the real ``Trainer._step``; the snapshot bank is
-filled before timing, so every timed MrKD step runs the K teacher forwards (``teacher_input: same``) or gathers
-cached logits (``teacher_input: cached``). Printed per variant: ms/step (median), the ratio to CE, the
-teacher-forward share of the step, the K teacher forwards timed alone, and the overhead ratio
-(MrKD step − CE step) / (K teacher forwards alone); for the cached mode, the one inference pass per backup.
+Suites (``--suite``; ``all`` runs every one in turn):
+
+* ``step`` — CE vs MrKD with K = ks teachers, on the same augmented batch (``teacher_input: same``) and cached:
+  ms/step, the ratio to CE, the teacher share of the step, the K teacher forwards timed alone and the overhead
+  ratio (MrKD step − CE step) / (K teacher forwards alone); for the cached mode, the one inference pass per backup.
+* ``pipeline`` — the DCASE'24 baseline's own way of training (waveform → resample → mel on the device every step,
+  fp32, AdamW; re-implemented here, waveforms resident on the device so no file I/O is counted against it) vs this
+  engine on cached log-mels with each GPU switch added in turn (bf16, channels_last, torch.compile, residency) and
+  MrKD K = 4: samples/s and the ratio to the baseline.
+* ``resnet`` — ResNet-18 on 32×32 images: fp32 vs bf16 + channels_last (+ torch.compile).
+
+Synthetic inputs of the real shapes; the snapshot bank is filled before timing, so every timed MrKD step runs its
+teachers. Throughput = steps timed back to back with one device sync per block (median of 3 blocks). Variants
+whose switches need CUDA are listed as skipped on a CPU.
 """
 from __future__ import annotations
 
+import itertools
 import time
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from audio_mrkd.experiment import load_experiment
 from audio_mrkd.train.data import DataBundle, synthetic_splits
 from audio_mrkd.train.engine import Trainer
 from audio_mrkd.versions import versions
 
+SUITES = ("step", "pipeline", "resnet")
+AUDIO_SHAPE, IMAGE_SHAPE, N_CLASSES = (1, 256, 65), (3, 32, 32), 10
+DCASE_AUGMENT = ["augment.freq_mask=48", "augment.mixstyle_p=0.4"]  # the DCASE'24 baseline's defaults
+GPU_FAST = ["train.precision=bf16-mixed", "train.channels_last=true", "train.cudnn_benchmark=true", "train.compile=true",
+            "train.compile_mode=reduce-overhead"]
+NO_SWITCHES = ["train.precision=32", "train.channels_last=false", "train.cudnn_benchmark=false"]
 
-def _trainer(method: str, k: int, model: str, batch: int, teacher_input: str, device: str,
-             items: int) -> Trainer:
+
+_DEVICE = {"name": "cpu"}  # the resolved device of the running bench (set by run_bench)
+
+
+def _sync() -> None:
+    if _DEVICE["name"] == "cuda":
+        torch.cuda.synchronize()
+
+
+def _trainer(overrides: list[str], shape=AUDIO_SHAPE, items: int = 256) -> Trainer:
     cfg = load_experiment(None, [
-        "data.kind=synthetic", f"model.name={model}", f"method={method}", f"mrkd.k={k}",
-        f"mrkd.teacher_input={teacher_input}", f"train.batch_size={batch}", "train.progress=false",
-        "train.log_every=1", "train.out_dir=/tmp/audio_mrkd_bench", "train.save_checkpoints=false",
-        f"train.device={device}", f"data.synthetic_items={items}"])
-    train, held = synthetic_splits(cfg.data, shape=(1, 256, 65), n_classes=10)
+        f"train.device={_DEVICE['name']}", "data.kind=synthetic", f"data.synthetic_items={items}", "train.progress=false", "train.log_every=1000000",
+        "train.out_dir=/tmp/audio_mrkd_bench", "train.save_checkpoints=false", *overrides])
+    train, held = synthetic_splits(cfg.data, shape=shape, n_classes=N_CLASSES)
     return Trainer(cfg, DataBundle(train, held, "synthetic", {}))
 
 
-def _median_ms(fn, steps: int, warmup: int = 3) -> float:
+def _fill_bank(trainer: Trainer) -> float:
+    """Fill the snapshot bank (K backups); returns ms per backup (the cached mode's inference pass included)."""
+    if not trainer.mrkd:
+        return float("nan")
+    _sync()
+    start = time.perf_counter()
+    for _ in range(trainer.cfg.mrkd.k):
+        trainer.mrkd._backup(trainer.model)
+    _sync()
+    return 1000 * (time.perf_counter() - start) / trainer.cfg.mrkd.k
+
+
+def _cycle(loader):
+    while True:
+        yield from loader
+
+
+def _ms_per_call(fn, steps: int, warmup: int = 3, blocks: int = 3) -> float:
+    """Median over `blocks` of the mean ms per call of `steps` back-to-back calls (one device sync per block)."""
+    for _ in range(warmup):
+        fn()
+    _sync()
     times = []
-    for i in range(steps + warmup):
+    for _ in range(blocks):
         start = time.perf_counter()
-        fn(i)
-        if torch.cuda.is_available():
-            torch.cuda.synchronize()
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
+        for _ in range(steps):
+            fn()
+        _sync()
+        times.append((time.perf_counter() - start) / steps)
     return 1000 * float(np.median(times))
 
 
-def measure(method: str, k: int, model: str = "cp_mobile", batch: int = 64, steps: int = 20,
-            teacher_input: str = "same", device: str = "auto") -> dict:
-    """Median ms per training step (and, for MrKD, teacher share, teachers alone, backup pass)."""
-    trainer = _trainer(method, k, model, batch, teacher_input, device, items=max(4 * batch, 256))
-    out = {}
-    if trainer.mrkd:
-        start = time.perf_counter()
-        for _ in range(k):
-            trainer.mrkd._backup(trainer.model)
-        out["backup_pass_ms"] = 1000 * (time.perf_counter() - start) / k
-    batches = list(trainer.train_loader)
-    shares = []
-
-    def step(i: int) -> None:
-        logs = trainer._step(batches[i % len(batches)])
-        shares.append(logs.get("mrkd/teacher_time_share", 0.0))
-
-    out["step_ms"] = _median_ms(step, steps)
-    out["teacher_share"] = float(np.median(shares[3:])) if shares[3:] else 0.0
-    if trainer.mrkd and teacher_input == "same":
-        x = batches[0].x
-        out["teachers_alone_ms"] = _median_ms(lambda i: trainer.mrkd.bank.logits(x), steps)
+def measure_trainer(overrides: list[str], batch: int, steps: int, shape=AUDIO_SHAPE,
+                    teachers_alone: bool = False) -> dict:
+    """ms per training step through ``Trainer._step`` (and the K teacher forwards alone, if asked)."""
+    trainer = _trainer([f"train.batch_size={batch}", *overrides], shape, items=max(8 * batch, 256))
+    out = {"backup_ms": _fill_bank(trainer)}
+    batches = _cycle(trainer.train_loader)
+    out["step_ms"] = _ms_per_call(lambda: trainer._step(next(batches)), steps, warmup=max(3, steps // 4))
+    if teachers_alone and trainer.mrkd:
+        x = next(batches).x
+        out["teachers_alone_ms"] = _ms_per_call(lambda: trainer.mrkd.bank.logits(x), steps)
+        trainer.cfg.train.log_every = 1  # one logged step: the teacher share inside the step
+        shares = [trainer._step(next(batches)).get("mrkd/teacher_time_share", 0.0) for _ in range(5)]
+        out["teacher_share"] = float(np.median(shares))
     return out
 
 
-def run_bench(ks=(1, 2, 4, 8), model: str = "cp_mobile", batch: int = 64, steps: int = 20, device: str = "auto",
-              log=print) -> list[dict]:
+class Dcase24BaselineStep:
+    """The DCASE'24 Task 1 baseline's training step, as that repository does it: a batch of 44.1 kHz waveforms →
+    resample to 32 kHz → mel spectrogram (n_fft 4096, window 3072, hop 500, 256 bands) → log(x + 1e-5) →
+    frequency masking (48) and Freq-MixStyle (p 0.4) → the same network in fp32 → cross-entropy → AdamW."""
+
+    def __init__(self, device: torch.device, batch: int, items: int, seed: int = 0) -> None:
+        import torchaudio
+
+        from audio_mrkd.data.augment import freq_mixstyle, spec_mask
+        from audio_mrkd.models import build_model
+        gen = torch.Generator().manual_seed(seed)
+        self.batch, self.items, self.device = batch, items, device
+        self.wave = (0.1 * torch.randn(items, 44100, generator=gen)).to(device)
+        self.labels = torch.randint(0, N_CLASSES, (items,), generator=gen).to(device)
+        self.frontend = torch.nn.Sequential(
+            torchaudio.transforms.Resample(44100, 32000),
+            torchaudio.transforms.MelSpectrogram(32000, n_fft=4096, win_length=3072, hop_length=500, n_mels=256),
+        ).to(device)
+        self.model = build_model("cp_mobile", N_CLASSES, 1).to(device).train()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=5e-3, weight_decay=1e-4)
+        self.augment = lambda x: freq_mixstyle(spec_mask(x, 48, axis=2), 0.4, 0.3)
+
+    def __call__(self) -> None:
+        index = torch.randint(0, self.items, (self.batch,), device=self.device)
+        x = (self.frontend(self.wave[index]) + 1e-5).log()[:, None]
+        loss = F.cross_entropy(self.model(self.augment(x)), self.labels[index])
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+
+
+def _header(log, suite: str, batch: int, steps: int) -> str:
     v = versions()
-    dev = "cuda" if (device == "cuda" or (device == "auto" and torch.cuda.is_available())) else "cpu"
-    log(f"# audio-mrkd bench: {model}, batch {batch}, input 1x256x65, median of {steps} steps, device {dev}, "
-        f"torch {v['torch']}, {torch.get_num_threads()} CPU threads")
-    ce = measure("ce", 1, model, batch, steps, device=device)
+    cuda = _DEVICE["name"] == "cuda"
+    dev = torch.cuda.get_device_name() if cuda else f"CPU ({torch.get_num_threads()} threads)"
+    log(f"# audio-mrkd bench --suite {suite}: batch {batch}, {steps} steps per block, median of 3 blocks; "
+        f"device {dev}; torch {v['torch']}, torchaudio {v.get('torchaudio', '?')}, python {v['python']}")
+    return "cuda" if cuda else "cpu"
+
+
+def run_step_suite(ks=(1, 2, 4, 8), model: str = "cp_mobile", batch: int = 64, steps: int = 20,
+                   extra: list[str] | None = None, log=print) -> list[dict]:
+    """CE vs MrKD K = ks (same batch, cached): per-step cost, teacher share and the overhead ratio."""
+    dev = _header(log, "step", batch, steps)
+    extra = [f"model.name={model}", *(extra if extra is not None else (GPU_FAST if dev == "cuda" else []))]
+    log(f"# config overrides: {' '.join(extra) or '(defaults)'}")
+    ce = measure_trainer(["method=ce", *extra], batch, steps)
     rows = [{"variant": "CE", **ce, "ratio": 1.0}]
     for teacher_input in ("same", "cached"):
         for k in ks:
-            m = measure("mrkd", k, model, batch, steps, teacher_input, device)
+            m = measure_trainer(["method=mrkd", f"mrkd.k={k}", f"mrkd.teacher_input={teacher_input}", *extra],
+                                batch, steps, teachers_alone=teacher_input == "same")
             m.update(variant=f"MrKD K={k} {teacher_input}", ratio=m["step_ms"] / ce["step_ms"])
             if "teachers_alone_ms" in m:
                 m["overhead_ratio"] = (m["step_ms"] - ce["step_ms"]) / m["teachers_alone_ms"]
             rows.append(m)
     log(f"{'variant':22s} {'ms/step':>8s} {'/ CE':>6s} {'teacher share':>13s} {'K fwd alone ms':>15s} "
-        f"{'(MrKD-CE)/K fwd':>16s} {'backup pass ms':>15s} {'samples/s':>10s}")
+        f"{'(MrKD-CE)/K fwd':>16s} {'backup ms':>10s} {'samples/s':>10s}")
     for r in rows:
-        log(f"{r['variant']:22s} {r['step_ms']:8.1f} {r['ratio']:6.2f} {r.get('teacher_share', 0):13.2f} "
-            f"{r.get('teachers_alone_ms', float('nan')):15.1f} {r.get('overhead_ratio', float('nan')):16.2f} "
-            f"{r.get('backup_pass_ms', float('nan')):15.1f} {1000 * batch / r['step_ms']:10.0f}")
+        log(f"{r['variant']:22s} {r['step_ms']:8.2f} {r['ratio']:6.2f} {r.get('teacher_share', float('nan')):13.2f} "
+            f"{r.get('teachers_alone_ms', float('nan')):15.2f} {r.get('overhead_ratio', float('nan')):16.2f} "
+            f"{r['backup_ms']:10.1f} {1000 * batch / r['step_ms']:10.0f}")
     return rows
+
+
+# The pipeline suite: (label, config overrides, needs CUDA, the CE row an MrKD row's overhead is measured against).
+# The same augmentations as the baseline throughout.
+CE_FP32, CE_FAST = "CE fp32, cached features (no GPU switches)", "CE fast: bf16 + cl + benchmark + compile(reduce-overhead)"
+BF16_CL = ["train.precision=bf16-mixed", "train.channels_last=true"]
+MRKD4 = [*GPU_FAST, "method=mrkd", "mrkd.k=4", "mrkd.teacher_compile=false"]
+PIPELINE_VARIANTS = [
+    (CE_FP32, NO_SWITCHES, False, None),
+    ("CE + bf16", [*NO_SWITCHES, "train.precision=bf16-mixed"], True, None),
+    ("CE + bf16 + channels_last", [*BF16_CL, "train.cudnn_benchmark=false"], True, None),
+    ("CE + bf16 + channels_last + cudnn.benchmark", [*BF16_CL, "train.cudnn_benchmark=true"], True, None),
+    ("CE + bf16 + cl + benchmark + compile(default)", [*BF16_CL, "train.compile=true"], True, None),
+    (CE_FAST, GPU_FAST, True, None),
+    ("CE fast, features NOT resident (host gather + copy)", [*GPU_FAST, "data.resident=false"], True, None),
+    ("MrKD K=4 same batch, fast, teacher CUDA graph (BN-folded, not compiled)", MRKD4, True, CE_FAST),
+    ("MrKD K=4 same batch, fast, graph + compiled teachers", [*MRKD4, "mrkd.teacher_compile=true"], True, CE_FAST),
+    ("MrKD K=4 same batch, fast, compiled teachers, no graph",
+     [*MRKD4, "mrkd.teacher_compile=true", "mrkd.teacher_graph=false"], True, CE_FAST),
+    ("MrKD K=2 same batch, fast, graph + compiled teachers",
+     [*MRKD4, "mrkd.teacher_compile=true", "mrkd.k=2"], True, CE_FAST),
+    ("MrKD K=4 same batch, fast, teacher loop (no graph)", [*MRKD4, "mrkd.teacher_graph=false"], True, CE_FAST),
+    ("MrKD K=4 same batch, fast, unfused teachers in a loop",
+     [*MRKD4, "mrkd.teacher_graph=false", "mrkd.fuse_teachers=false"], True, CE_FAST),
+    ("MrKD K=4 cached, fast", [*MRKD4, "mrkd.teacher_input=cached"], True, CE_FAST),
+    ("MrKD K=4 same batch, fp32 (no GPU switches)", [*NO_SWITCHES, "method=mrkd", "mrkd.k=4"], False, CE_FP32),
+]
+
+
+def run_pipeline_suite(batch: int = 256, steps: int = 20, log=print) -> list[dict]:
+    """The DCASE'24 baseline's pipeline vs this engine's cached-feature path, switch by switch, and MrKD K=4."""
+    dev = _header(log, "pipeline", batch, steps)
+    log(f"# augmentation everywhere: {' '.join(DCASE_AUGMENT)}; model cp_mobile, input 1x256x65")
+    device = torch.device(dev)
+    base = Dcase24BaselineStep(device, batch, items=max(8 * batch, 256))
+    base_ms = _ms_per_call(base, steps, warmup=max(3, steps // 4))
+    del base
+    rows = [{"variant": "DCASE'24 baseline way (wave->resample->mel each step, fp32)", "step_ms": base_ms}]
+    for label, overrides, cuda_only, ce_label in PIPELINE_VARIANTS:
+        if cuda_only and dev != "cuda":
+            rows.append({"variant": label, "skipped": "needs CUDA"})
+            continue
+        m = measure_trainer(["model.name=cp_mobile", *DCASE_AUGMENT, *overrides], batch, steps,
+                            teachers_alone="method=mrkd" in overrides and "mrkd.teacher_input=cached" not in overrides)
+        ce_ms = next((r["step_ms"] for r in rows if r["variant"] == ce_label), None)
+        if ce_ms and "teachers_alone_ms" in m:
+            m["overhead_ratio"] = (m["step_ms"] - ce_ms) / m["teachers_alone_ms"]
+        if ce_ms:
+            m["vs_ce"] = m["step_ms"] / ce_ms
+        rows.append({"variant": label, **m})
+    for r in rows:
+        if "step_ms" in r:
+            r["samples_per_s"] = 1000 * batch / r["step_ms"]
+            r["vs_baseline"] = base_ms / r["step_ms"]
+    log(f"{'variant':72s} {'ms/step':>8s} {'samples/s':>10s} {'x baseline':>10s} {'step / CE':>9s} "
+        f"{'K fwd alone ms':>15s} {'(MrKD-CE)/K fwd':>16s}")
+    for r in rows:
+        if "skipped" in r:
+            log(f"{r['variant']:72s} skipped ({r['skipped']})")
+            continue
+        log(f"{r['variant']:72s} {r['step_ms']:8.2f} {r['samples_per_s']:10.0f} {r['vs_baseline']:10.2f} "
+            f"{r.get('vs_ce', float('nan')):9.2f} {r.get('teachers_alone_ms', float('nan')):15.2f} {r.get('overhead_ratio', float('nan')):16.2f}")
+    return rows
+
+
+RESNET_VARIANTS = [
+    ("ResNet-18 fp32", NO_SWITCHES),
+    ("ResNet-18 fp32 + cudnn.benchmark", [*NO_SWITCHES, "train.cudnn_benchmark=true"]),
+    ("ResNet-18 bf16 + channels_last + benchmark", [*BF16_CL, "train.cudnn_benchmark=true"]),
+    ("ResNet-18 bf16 + cl + benchmark + compile(reduce-overhead)", GPU_FAST),
+]
+
+
+def run_resnet_suite(batch: int = 256, steps: int = 20, log=print) -> list[dict]:
+    """ResNet-18 on 32×32×3: fp32 vs bf16 + channels_last (+ compile), CE, crop + flip augmentation."""
+    dev = _header(log, "resnet", batch, steps)
+    if dev != "cuda":
+        log("# skipped: the ResNet-18 precision comparison needs CUDA (bf16 and channels_last are CUDA-only here)")
+        return []
+    rows = []
+    for label, overrides in RESNET_VARIANTS:
+        m = measure_trainer(["model.name=resnet18", "augment.crop_padding=4", "augment.hflip=true", *overrides],
+                            batch, steps, shape=IMAGE_SHAPE)
+        rows.append({"variant": label, **m, "samples_per_s": 1000 * batch / m["step_ms"]})
+    for r in rows:
+        r["vs_fp32"] = rows[0]["step_ms"] / r["step_ms"]
+        log(f"{r['variant']:58s} {r['step_ms']:8.2f} ms/step {r['samples_per_s']:10.0f} samples/s "
+            f"{r['vs_fp32']:6.2f}x fp32")
+    return rows
+
+
+def run_bench(ks=(1, 2, 4, 8), model: str = "cp_mobile", batch: int = 64, steps: int = 20, device: str = "auto",
+              log=print, suite: str = "step") -> dict[str, list[dict]]:
+    """Run one suite (or ``all``); returns {suite: rows}."""
+    if device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("audio-mrkd bench: --device cuda but no CUDA device is available")
+    _DEVICE["name"] = "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
+    results = {}
+    for name in (SUITES if suite == "all" else (suite,)):
+        if name == "step":
+            results[name] = run_step_suite(ks, model, batch, steps, log=log)
+        elif name == "pipeline":
+            results[name] = run_pipeline_suite(batch, steps, log=log)
+        else:
+            results[name] = run_resnet_suite(batch, steps, log=log)
+    return results

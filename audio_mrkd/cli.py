@@ -73,7 +73,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     from audio_mrkd.bench import run_bench
-    run_bench(args.ks, args.model, args.batch, args.steps, args.device)
+    results = run_bench(args.ks, args.model, args.batch, args.steps, args.device, suite=args.suite)
+    if args.json:
+        from audio_mrkd import fileio
+        from audio_mrkd.versions import versions
+        fileio.write_json(args.json, {"versions": versions(), "args": vars(args) | {"func": None}, **results})
     return 0
 
 
@@ -120,11 +124,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("bench", help="MrKD vs CE step time side by side (K teachers, same vs cached inputs)")
+    p = sub.add_parser("bench", help="training throughput side by side: MrKD vs CE, the DCASE'24 pipeline vs "
+                                     "cached features with the GPU switches, ResNet-18 precision")
+    p.add_argument("--suite", default="step", choices=["step", "pipeline", "resnet", "all"],
+                   help="step: MrKD vs CE per K; pipeline: vs the DCASE'24 baseline's way; resnet: fp32 vs bf16")
+    p.add_argument("--json", help="also write every measured row to this JSON file")
     p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8])
     p.add_argument("--model", default="cp_mobile")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--batch", type=int, default=64, help="batch size (the GPU figures use 256)")
+    p.add_argument("--steps", type=int, default=20, help="steps per timed block (median of 3 blocks)")
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.set_defaults(func=cmd_bench)
 

@@ -91,6 +91,8 @@ class TrainConfig:
     precision: str = "auto"        # auto (bf16-mixed on CUDA, 32 on CPU) | 32 | bf16-mixed | 16-mixed
     channels_last: bool = True     # CUDA only
     compile: bool = False          # CUDA only: torch.compile the student
+    compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
+    cudnn_benchmark: bool = True   # CUDA only: let cuDNN time its convolution algorithms for the fixed shapes
     threads: int = 0               # CPU threads (0 = torch default)
     save_checkpoints: bool = True
     progress: bool = True
@@ -102,6 +104,7 @@ class TrainConfig:
             "schedule": self.schedule in ("cosine", "multistep", "constant"),
             "device": self.device in ("auto", "cpu", "cuda"),
             "precision": self.precision in ("auto", "32", "bf16-mixed", "16-mixed"),
+            "compile_mode": self.compile_mode in ("default", "reduce-overhead", "max-autotune"),
             "devices": self.devices >= 1, "num_nodes": self.num_nodes >= 1,
             "best_metric": self.best_metric in ("accuracy", "macro_accuracy"), "log_every": self.log_every >= 1, "eval_every": self.eval_every >= 1,
         }

@@ -394,3 +394,85 @@ def test_fused_teachers_match_the_plain_copies():
     assert fused._fast[0] is not fused._store[0]  # really a fused module
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused._fast[0].modules())
     assert torch.allclose(fused.logits(x), plain.logits(x), atol=1e-5)
+
+
+def _bn_student(seed: int = 0) -> nn.Module:
+    from audio_mrkd.models import build_model
+    torch.manual_seed(seed)
+    student = build_model("cp_mobile", 5, 1, base_channels=8)
+    student.train()
+    student(torch.randn(16, 1, 32, 20))  # non-trivial BatchNorm running statistics
+    return student
+
+
+def test_bf16_channels_last_teachers_match_the_plain_loop_within_bf16_tolerance():
+    """The GPU teacher format (bfloat16 weights, channels_last), run here on the CPU: same logits as the plain
+    fp32 per-snapshot loop within bf16 rounding."""
+    fast, plain = SnapshotBank(2, dtype=torch.bfloat16, channels_last=True), SnapshotBank(2, fuse=False)
+    for seed in (0, 1):  # two different snapshots, the same in both banks
+        student = _bn_student(seed)
+        fast.push(student)
+        plain.push(student)
+    x = torch.randn(8, 1, 32, 20)
+    got, ref = fast.logits(x), plain.logits(x)
+    assert got.dtype == torch.bfloat16 and got.shape == ref.shape == (2, 8, 5)
+    assert next(fast._fast[0].parameters()).dtype == torch.bfloat16
+    rel = (got.float() - ref).norm() / ref.norm()
+    assert rel < 2e-2, rel
+
+
+def test_loss_without_logs_is_the_same_loss(batch):
+    """with_logs=False (the engine's non-logging steps: no host sync) changes nothing but the logs."""
+    x, y = batch
+    cfg = MrKDConfig(k=2, ensemble="mean")
+    student, mrkd, epoch = filled_mrkd(cfg, x, y)
+    z_s = student(x)
+    with_logs, logs = mrkd.loss(z_s, x, y, epoch=epoch)
+    without, none = mrkd.loss(z_s, x, y, epoch=epoch, with_logs=False)
+    assert none == {} and logs["mrkd/active"] == 1.0
+    assert torch.equal(with_logs, without)
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA graphs need a CUDA device")
+
+
+@needs_cuda
+def test_cuda_graph_teachers_equal_the_loop_and_follow_new_snapshots():
+    student = _bn_student().cuda()
+    graphed = SnapshotBank(3, dtype=torch.bfloat16, channels_last=True, graph=True)
+    looped = SnapshotBank(3, dtype=torch.bfloat16, channels_last=True, graph=False)
+    reference = SnapshotBank(3, fuse=False)
+    x = torch.randn(8, 1, 32, 20, device="cuda")
+    for round_ in range(4):  # the graph is re-captured after every push and sees the new teachers
+        for bank in (graphed, looped, reference):
+            bank.push(student)
+        with torch.no_grad():
+            for p in student.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        for batch in (x, torch.randn_like(x), x[:5]):  # new data, and a second (last-batch) shape
+            got = graphed.logits(batch).clone()
+            loop = looped.logits(batch)
+            assert ((got.float() - loop.float()).norm() / loop.float().norm()) < 1e-3
+            ref = reference.logits(batch)
+            assert ((got.float() - ref).norm() / ref.norm()) < 2e-2
+    assert len(graphed.runner._graphs) == 2
+
+
+@needs_cuda
+def test_compiled_graphed_teachers_equal_the_plain_loop_and_compile_once():
+    """teacher_compile: unfused copies of the student's class, compiled once for every snapshot."""
+    from torch._dynamo.utils import counters
+    student = _bn_student().cuda()
+    compiled = SnapshotBank(2, dtype=torch.bfloat16, channels_last=True, graph=True, compile=True)
+    reference = SnapshotBank(2, fuse=False)
+    x = torch.randn(8, 1, 32, 20, device="cuda")
+    counters.clear()
+    for _ in range(3):
+        for bank in (compiled, reference):
+            bank.push(student)
+        with torch.no_grad():
+            for p in student.parameters():
+                p.add_(0.05 * torch.randn_like(p))
+        got, ref = compiled.logits(x).float(), reference.logits(x)
+        assert ((got - ref).norm() / ref.norm()) < 2e-2
+    assert counters["stats"]["unique_graphs"] == 1

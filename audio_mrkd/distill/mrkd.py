@@ -39,6 +39,9 @@ class MrKDConfig:
     spacing: "uniform" (the latest k backups) | "exponential" (backups of age 1, 2, 4, …, 2**(k-1) intervals).
     fcn_label_smoothing: label smoothing of the FCN's CE (an FCN that sharpens the target less).
     fuse_teachers: teacher forwards on BatchNorm-folded copies (same outputs, faster; off = the plain copies).
+    teacher_graph: on CUDA, replay the K teacher forwards as one captured CUDA graph (off = a plain loop).
+    teacher_compile: on CUDA, torch.compile the teachers' inference copies (the compiler fuses BatchNorm and
+    ReLU; compiled once for all snapshots).
     alpha_ramp_epochs: α rises linearly over this many epochs once the bank is full (0 = off): in the n-th
     active epoch (n = 1, 2, …) α_eff = α · min(1, n / alpha_ramp_epochs).
     """
@@ -58,6 +61,8 @@ class MrKDConfig:
     fcn_label_smoothing: float = 0.0
     alpha_ramp_epochs: int = 0
     fuse_teachers: bool = True
+    teacher_graph: bool = True
+    teacher_compile: bool = True
 
     def validate(self) -> None:
         """Raise InputError("mrkd.<key>: <problem>") on the first bad value."""
@@ -71,7 +76,7 @@ class MrKDConfig:
                              ("teacher_input", TEACHER_INPUTS), ("spacing", SPACINGS)):
             if getattr(self, key) not in options:
                 raise InputError(f"mrkd.{key}: must be one of {', '.join(options)}, got {getattr(self, key)!r}")
-        for key in ("ka", "ka_per_teacher"):
+        for key in ("ka", "ka_per_teacher", "fuse_teachers", "teacher_graph", "teacher_compile"):
             if not isinstance(getattr(self, key), bool):
                 raise InputError(f"mrkd.{key}: must be true or false, got {getattr(self, key)!r}")
 
@@ -115,9 +120,11 @@ class MrKD:
 
     def __init__(self, cfg: MrKDConfig, n_classes: int, device: torch.device,
                  infer_all: Callable[[nn.Module], Tensor] | None = None,
-                 grad_sync: Callable[[list[Tensor]], None] | None = None) -> None:
+                 grad_sync: Callable[[list[Tensor]], None] | None = None,
+                 teacher_dtype: torch.dtype | None = None, channels_last: bool = False) -> None:
         """grad_sync: averages the FCN's gradients across processes (data-parallel training), so that every
-        rank's ensembler takes the same step."""
+        rank's ensembler takes the same step. teacher_dtype / channels_last: the teacher copies' precision and
+        memory format (the engine passes bfloat16 + channels_last on a GPU under bf16 training)."""
         cfg.validate()
         _check_int("n_classes", n_classes, 2)
         if cfg.teacher_input == "cached" and infer_all is None:
@@ -125,10 +132,13 @@ class MrKD:
         self.cfg, self.n_classes, self.device = cfg, n_classes, torch.device(device)
         self.infer_all = infer_all
         self.grad_sync = grad_sync
-        self.bank = SnapshotBank(cfg.k, cfg.spacing, fuse=cfg.fuse_teachers)
+        self.bank = SnapshotBank(cfg.k, cfg.spacing, fuse=cfg.fuse_teachers, dtype=teacher_dtype,
+                                 channels_last=channels_last, graph=cfg.teacher_graph,
+                                 compile=cfg.teacher_compile and self.device.type == "cuda")
         self.schedule = BackupSchedule(cfg.interval, cfg.interval_unit)
         self.fcn, self.fcn_opt = self._make_fcn()
         self._cache_all: list[Tensor] = []  # cached mode: N×C per kept backup, aligned with the bank, newest first
+        self._cache_stack: Tensor | None = None  # the exposed ones stacked (one gather per batch)
         self._active_epoch = -1  # completed epochs at the first loss() with a full bank (alpha ramp origin)
 
     def _make_fcn(self) -> tuple[FCNEnsembler | None, torch.optim.Optimizer | None]:
@@ -136,7 +146,7 @@ class MrKD:
             return None, None
         with torch.random.fork_rng(devices=[]):  # the init must not shift the run's global RNG stream
             fcn = FCNEnsembler(self.cfg.k, self.n_classes, self.cfg.fcn_hidden).to(self.device)
-        return fcn, torch.optim.Adam(fcn.parameters(), lr=self.cfg.fcn_lr)
+        return fcn, torch.optim.Adam(fcn.parameters(), lr=self.cfg.fcn_lr, fused=self.device.type == "cuda" or None)
 
     @property
     def active(self) -> bool:
@@ -158,12 +168,13 @@ class MrKD:
 
     # ---- the loss -------------------------------------------------------------------------------------------
     def loss(self, student_logits: Tensor, x: Tensor | None, y: Tensor, index: Tensor | None = None,
-             epoch: int = 0) -> tuple[Tensor, dict[str, float]]:
+             epoch: int = 0, with_logs: bool = True) -> tuple[Tensor, dict[str, float]]:
         """Total student loss and float logs. Inactive: plain CE. Active: (1 − α)·CE + α·KD toward KA(g(Z)).
 
         y: B class indices, or B×C soft targets (mixup: CE on the soft targets; FCN, KA and accuracies use the
         class of largest weight). index: item indices of the batch (cached mode). epoch: completed epochs,
         used by the alpha ramp. One optimiser step of the FCN is taken here (on detached teacher logits).
+        with_logs=False returns no logs and never waits for the device (no host sync inside the step).
         """
         if student_logits.dim() != 2 or student_logits.shape[1] != self.n_classes:
             raise InputError(f"mrkd.n_classes: student logits must be B×{self.n_classes}, "
@@ -172,17 +183,20 @@ class MrKD:
         z_s = student_logits.float()
         ce = F.cross_entropy(z_s, y if y.dim() == 1 else y.float())
         if not self.active:
-            return ce, {"loss/ce": ce.item(), "loss/kd": 0.0, "loss/fcn": 0.0, "mrkd/active": 0.0,
-                        "mrkd/alpha": 0.0, "mrkd/teacher_time": 0.0}
+            return ce, ({"loss/ce": ce.item(), "loss/kd": 0.0, "loss/fcn": 0.0, "mrkd/active": 0.0,
+                         "mrkd/alpha": 0.0, "mrkd/teacher_time": 0.0} if with_logs else {})
         if self._active_epoch < 0:
             self._active_epoch = epoch
+        if with_logs and z_s.is_cuda:
+            torch.cuda.synchronize(z_s.device)  # time the teachers alone
         start = time.perf_counter()
         z = self._teacher_logits(x, index, z_s.shape[0])
-        if z.is_cuda:
+        if with_logs and z.is_cuda:
             torch.cuda.synchronize(z.device)
         teacher_time = time.perf_counter() - start
         with torch.autocast(device_type=z_s.device.type, enabled=False):
-            return self._active_loss(z_s, ce, z, y_hard, epoch, teacher_time)
+            total, logs = self._active_loss(z_s, ce, z, y_hard, epoch)
+        return total, (self._logs(*logs, teacher_time) if with_logs else {})
 
     def _teacher_logits(self, x: Tensor | None, index: Tensor | None, batch: int) -> Tensor:
         """K×B×C float32 teacher logits as an ordinary (non-inference, detached) tensor."""
@@ -193,15 +207,16 @@ class MrKD:
         else:
             if index is None or index.dim() != 1 or index.shape[0] != batch or index.dtype.is_floating_point:
                 raise InputError(f"mrkd.teacher_input: 'cached' needs `index`, {batch} integer item indices")
-            idx = index.to(self._cache_all[0].device, torch.long)
-            z = torch.stack([self._cache_all[i][idx] for i in self.bank.exposed_slots()])
+            if self._cache_stack is None:  # K×N×C of the exposed teachers, rebuilt after each backup
+                self._cache_stack = self.cached_logits
+            z = self._cache_stack[:, index.to(self._cache_stack.device, torch.long)]
         if z.shape[1:] != (batch, self.n_classes):
             raise InputError(f"mrkd.n_classes: teachers gave logits of shape {tuple(z.shape)}, "
                              f"expected K×{batch}×{self.n_classes}")
         return z
 
-    def _active_loss(self, z_s: Tensor, ce: Tensor, z: Tensor, y: Tensor, epoch: int,
-                     teacher_time: float) -> tuple[Tensor, dict[str, float]]:
+    def _active_loss(self, z_s: Tensor, ce: Tensor, z: Tensor, y: Tensor, epoch: int) -> tuple[Tensor, tuple]:
+        """The total loss and the tensors the logs are computed from (see _logs)."""
         raw = z
         if self.cfg.ka_per_teacher:
             k, b, c = z.shape
@@ -211,7 +226,7 @@ class MrKD:
         alpha = self.alpha_at(epoch)
         kd = kd_loss(z_s, t, self.cfg.tau)
         total = (1.0 - alpha) * ce + alpha * kd
-        return total, self._logs(raw, y, z_t, adjusted, ce, kd, l_fcn, alpha, teacher_time)
+        return total, (raw, y, z_t, adjusted, ce, kd, l_fcn, alpha)
 
     def _ensemble_step(self, z: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """Combined teacher logits (detached) and the ensembler's CE; one FCN Adam step in fcn mode."""
@@ -261,6 +276,7 @@ class MrKD:
         if self.cfg.teacher_input == "cached":
             self._cache_all.insert(0, self._infer(self.bank.teachers()[0]))
             del self._cache_all[self.bank.capacity :]
+            self._cache_stack = None
 
     def _infer(self, snapshot: nn.Module) -> Tensor:
         """The snapshot's N×C logits on all un-augmented items, as float32 on the training device."""
@@ -297,6 +313,7 @@ class MrKD:
             self.fcn.load_state_dict(state["fcn"])
             self.fcn_opt.load_state_dict(state["fcn_opt"])
         self._cache_all = [c.to(self.device, torch.float32) for c in state["cache"]]
+        self._cache_stack = None
         if self.cfg.teacher_input == "cached" and len(self._cache_all) != self.bank.n_stored:
             raise InputError(f"mrkd.teacher_input: checkpoint has {len(self._cache_all)} cached logit sets "
                              f"for {self.bank.n_stored} snapshots")

@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# One batched run on a lent GPU machine (the `device` tool; see docs/benchmarks.md): the CUDA-only tests and the
+# GPU benchmark suites, every log and JSON written under $OUT. Stages: tests, pipeline, step, resnet (args pick).
+#   bash benchmarks/gpu_session.sh tests pipeline
+set -uo pipefail
+OUT=${OUT:-/tmp/audio_mrkd_gpu}
+mkdir -p "$OUT"
+if [ -d .whl ]; then  # packages the GPU image lacks, carried as wheels (no network there)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+bench() { timeout "$1" python3 -m audio_mrkd.cli bench "${@:2}" 2>&1; }
+stages=("$@")
+[ ${#stages[@]} -eq 0 ] && stages=(tests pipeline step resnet)
+for stage in "${stages[@]}"; do
+  start=$(date +%s)
+  case $stage in
+    tests) timeout 150 python3 -m pytest -q -p no:cacheprovider tests/test_distill.py tests/test_precision.py \
+             -k cuda -s 2>&1 | tee "$OUT/tests.log" ;;
+    pipeline) bench 420 --suite pipeline --batch 256 --steps 20 --json "$OUT/pipeline.json" | tee "$OUT/pipeline.log" ;;
+    step) bench 300 --suite step --batch 256 --steps 20 --ks 1 2 4 8 --json "$OUT/step.json" | tee "$OUT/step.log" ;;
+    profile) timeout 200 python3 benchmarks/profile_gpu.py 2>&1 | tee "$OUT/profile.log" ;;
+    resnet) bench 240 --suite resnet --batch 256 --steps 20 --json "$OUT/resnet.json" | tee "$OUT/resnet.log" ;;
+  esac
+  echo "## stage $stage took $(( $(date +%s) - start )) s" | tee -a "$OUT/stages.txt"
+done
