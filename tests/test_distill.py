@@ -459,7 +459,7 @@ def test_cuda_graph_teachers_equal_the_loop_and_follow_new_snapshots():
 
 
 @needs_cuda
-def test_compiled_graphed_teachers_equal_the_plain_loop_and_compile_once():
+def test_cuda_compiled_graphed_teachers_equal_the_plain_loop_and_compile_once():
     """teacher_compile: unfused copies of the student's class, compiled once for every snapshot."""
     from torch._dynamo.utils import counters
     student = _bn_student().cuda()
@@ -476,3 +476,27 @@ def test_compiled_graphed_teachers_equal_the_plain_loop_and_compile_once():
         got, ref = compiled.logits(x).float(), reference.logits(x)
         assert ((got - ref).norm() / ref.norm()) < 2e-2
     assert counters["stats"]["unique_graphs"] == 1
+
+
+def test_compiled_loss_tail_equals_the_eager_one(batch):
+    """compile=True (the engine's choice under train.compile on CUDA; torch.compile works on the CPU too): the same
+    total loss, student gradient and FCN update as the eager functions, over several steps."""
+    x, y = batch
+    results = []
+    for compile_tail in (False, True):
+        student = make_model(0)
+        mrkd = MrKD(MrKDConfig(k=2), N_CLS, CPU, compile=compile_tail)
+        for epoch in (1, 2):
+            train_a_bit(student, x, y)
+            mrkd.after_epoch(student, epoch)
+        losses = []
+        for _ in range(3):
+            student.zero_grad()
+            loss, _ = mrkd.loss(student(x), x, y, epoch=2, with_logs=False)
+            loss.backward()
+            losses.append(loss.detach())
+        results.append((torch.stack(losses), student[0].weight.grad.clone(),
+                        [p.detach().clone() for p in mrkd.fcn.parameters()]))
+    (l0, g0, f0), (l1, g1, f1) = results
+    assert torch.allclose(l0, l1, atol=1e-6) and torch.allclose(g0, g1, atol=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(f0, f1))

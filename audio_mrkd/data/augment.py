@@ -37,7 +37,8 @@ def freq_mixstyle(x: torch.Tensor, p: float, alpha: float, eps: float = 1e-6) ->
     mu = x.mean(dim=(1, 3), keepdim=True)
     sig = (x.var(dim=(1, 3), keepdim=True) + eps).sqrt()
     normed = (x - mu) / sig
-    lam = torch.distributions.Beta(alpha, alpha).sample((x.shape[0], 1, 1, 1)).to(x.device)
+    conc = torch.full((x.shape[0], 1, 1, 1), float(alpha), device=x.device)
+    lam = torch.distributions.Beta(conc, conc).sample()  # drawn on x's device: no host-to-device copy per batch
     perm = torch.randperm(x.shape[0], device=x.device)
     mu_mix = lam * mu + (1 - lam) * mu[perm]
     sig_mix = lam * sig + (1 - lam) * sig[perm]

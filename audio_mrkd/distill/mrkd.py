@@ -105,6 +105,20 @@ def _hard_labels(y: Tensor, student_logits: Tensor) -> Tensor:
     raise InputError(f"mrkd.y: expected {b} integer labels or {b}×{c} soft targets, got {tuple(y.shape)} {y.dtype}")
 
 
+def fcn_objective(fcn: FCNEnsembler, z: Tensor, y: Tensor, smoothing: float) -> tuple[Tensor, Tensor]:
+    """The ensembler's output g(Z) (B×C) and its cross-entropy to the labels."""
+    z_t = combine_teachers(z, "fcn", fcn)
+    return z_t, F.cross_entropy(z_t, y, label_smoothing=smoothing)
+
+
+def distill_objective(z_s: Tensor, ce: Tensor, z_t: Tensor, y: Tensor, alpha: float, tau: float,
+                      ka: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(1 − α)·CE + α·KD(z_s ‖ KA(z_t)), the KD term, and the mask of KA-adjusted rows."""
+    t, adjusted = knowledge_adjust(z_t, y) if ka else (z_t, torch.zeros_like(y, dtype=torch.bool))
+    kd = kd_loss(z_s, t, tau)
+    return (1.0 - alpha) * ce + alpha * kd, kd, adjusted
+
+
 def _accuracy(logits: Tensor, y: Tensor) -> Tensor:
     """Share of rows whose argmax is y, over the last-but-one dim (…×B×C → …)."""
     return (logits.argmax(dim=-1) == y).float().mean(dim=-1)
@@ -121,10 +135,13 @@ class MrKD:
     def __init__(self, cfg: MrKDConfig, n_classes: int, device: torch.device,
                  infer_all: Callable[[nn.Module], Tensor] | None = None,
                  grad_sync: Callable[[list[Tensor]], None] | None = None,
-                 teacher_dtype: torch.dtype | None = None, channels_last: bool = False) -> None:
+                 teacher_dtype: torch.dtype | None = None, channels_last: bool = False,
+                 compile: bool = False) -> None:
         """grad_sync: averages the FCN's gradients across processes (data-parallel training), so that every
         rank's ensembler takes the same step. teacher_dtype / channels_last: the teacher copies' precision and
-        memory format (the engine passes bfloat16 + channels_last on a GPU under bf16 training)."""
+        memory format (the engine passes bfloat16 + channels_last on a GPU under bf16 training). compile:
+        torch.compile the per-step tensor work after the teachers (FCN objective; KA + KD + mixing), dozens of
+        small kernels otherwise launched one by one."""
         cfg.validate()
         _check_int("n_classes", n_classes, 2)
         if cfg.teacher_input == "cached" and infer_all is None:
@@ -140,6 +157,8 @@ class MrKD:
         self._cache_all: list[Tensor] = []  # cached mode: N×C per kept backup, aligned with the bank, newest first
         self._cache_stack: Tensor | None = None  # the exposed ones stacked (one gather per batch)
         self._active_epoch = -1  # completed epochs at the first loss() with a full bank (alpha ramp origin)
+        self._fcn_objective = torch.compile(fcn_objective) if compile else fcn_objective
+        self._distill = torch.compile(distill_objective) if compile else distill_objective
 
     def _make_fcn(self) -> tuple[FCNEnsembler | None, torch.optim.Optimizer | None]:
         if self.cfg.ensemble != "fcn":
@@ -222,10 +241,8 @@ class MrKD:
             k, b, c = z.shape
             z = knowledge_adjust(z.reshape(k * b, c), y.repeat(k))[0].reshape(k, b, c)
         z_t, l_fcn = self._ensemble_step(z, y)
-        t, adjusted = knowledge_adjust(z_t, y) if self.cfg.ka else (z_t, torch.zeros_like(y, dtype=torch.bool))
         alpha = self.alpha_at(epoch)
-        kd = kd_loss(z_s, t, self.cfg.tau)
-        total = (1.0 - alpha) * ce + alpha * kd
+        total, kd, adjusted = self._distill(z_s, ce, z_t, y, alpha, self.cfg.tau, self.cfg.ka)
         return total, (raw, y, z_t, adjusted, ce, kd, l_fcn, alpha)
 
     def _ensemble_step(self, z: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
@@ -235,8 +252,7 @@ class MrKD:
             z_t = combine_teachers(z, self.cfg.ensemble, None)
             return z_t, F.cross_entropy(z_t, y, label_smoothing=smoothing)
         with torch.enable_grad():
-            z_t = combine_teachers(z.detach(), "fcn", self.fcn)
-            l_fcn = F.cross_entropy(z_t, y, label_smoothing=smoothing)
+            z_t, l_fcn = self._fcn_objective(self.fcn, z.detach(), y, smoothing)
             self.fcn_opt.zero_grad(set_to_none=True)
             l_fcn.backward()
             if self.grad_sync is not None:

@@ -139,7 +139,8 @@ class Trainer:
         bf16 = self.cuda and str(self.fabric.strategy.precision.precision).startswith("bf16")
         self.mrkd = (MrKD(cfg.mrkd, self.n_classes, device, infer_all=self._infer_train,
                           grad_sync=self._average_grads if world > 1 else None,
-                          teacher_dtype=torch.bfloat16 if bf16 else None, channels_last=self._channels_last)
+                          teacher_dtype=torch.bfloat16 if bf16 else None, channels_last=self._channels_last,
+                          compile=cfg.train.compile and self.cuda)
                      if cfg.method == "mrkd" else None)
         self.epoch, self.global_step, self.best, self.history = 0, 0, None, []
         if resume_from:
