@@ -71,12 +71,22 @@ def test_rerun_reuses_cache_without_decoding(dcase_tree, dirs, monkeypatch):
         raise AssertionError("audio decoded although the cache is complete")
 
     monkeypatch.setattr(prepare_mod, "_extract", no_decoding)
-    monkeypatch.setattr(prepare_mod, "load_clip", no_decoding)
+    monkeypatch.setattr(prepare_mod, "load_clips", no_decoding)
     messages = []
     second = prepare(dcase_tree, "dev", cache_dir=dirs["cache"], manifest_dir=dirs["manifests"],
                      log=messages.append)
     assert second.reused and second.cache_entry == first.cache_entry
     assert any("reusing complete feature cache" in m for m in messages)
+
+
+def test_reused_cache_gives_the_same_train_stats(dcase_tree, dirs):
+    """Fresh: statistics from the sums the workers return; reused: read back from the cache. Same numbers."""
+    first = json.loads((run_prepare(dcase_tree, dirs).manifest_dir / "features.json").read_text())
+    second_run = run_prepare(dcase_tree, dirs)
+    assert second_run.reused
+    second = json.loads((second_run.manifest_dir / "features.json").read_text())
+    np.testing.assert_allclose(second["train_mean"], first["train_mean"], atol=2e-6)
+    np.testing.assert_allclose(second["train_std"], first["train_std"], atol=2e-6)
 
 
 @pytest.mark.parametrize("override", ["n_mels=128", "hop_length=400", "log_offset=1e-6", "f_max=15000"])

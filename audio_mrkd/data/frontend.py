@@ -8,7 +8,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,14 +83,41 @@ def load_frontend_config(path: str | Path | None, overrides: list[str] | None = 
     return config_io.load(FrontendConfig, path, overrides, where="features")
 
 
+def _bands(weights: torch.Tensor, size: int, tol: float = 0.0) -> list[tuple[int, int, torch.Tensor]]:
+    """Cut the columns of a mostly-zero ``weights`` (inputs × outputs) into groups of ``size``; per group, the rows
+    where it has weights above ``tol`` → ``(first, stop, weights[first:stop, group])``. See :func:`_apply_bands`."""
+    bands = []
+    for col in range(0, weights.shape[1], size):
+        group = weights[:, col:col + size]
+        rows = (group.abs() > tol).any(1).nonzero()[:, 0]
+        first, stop = (int(rows[0]), int(rows[-1]) + 1) if len(rows) else (0, 1)
+        bands.append((first, stop, group[first:stop].contiguous()))
+    return bands
+
+
+def _apply_bands(x: torch.Tensor, bands: list[tuple[int, int, torch.Tensor]]) -> torch.Tensor:
+    """``x @ weights`` (over the last axis) computed band by band, skipping the zero blocks."""
+    return torch.cat([x[..., first:stop] @ block for first, stop, block in bands], -1)
+
+
 class LogMel(torch.nn.Module):
     """Batched waveform (B×samples, at ``cfg.sample_rate``) → log-mel (B×n_mels×frames).
 
-    The same arithmetic as ``torchaudio.transforms.MelSpectrogram`` + log (torch.stft and torchaudio's mel
-    filterbank), arranged for speed: the power spectrum is ``re² + im²`` in time-major layout and, on the CPU
-    outside export, the filterbank (≤ 2 non-zeros per FFT bin) is applied as a sparse matrix, which measured
-    ~2× faster per clip than the dense version on one core. Export and GPU use the dense matrix.
+    The arithmetic of ``torchaudio.transforms.MelSpectrogram`` + log (torch.stft with reflect padding, torchaudio's
+    mel filterbank). Export, autograd, the GPU and ``power`` ≠ 2 use it as written (dense filterbank). On the CPU,
+    :meth:`forward` is arranged for speed (DCASE'24 defaults, one core: ~0.5 ms per one-second clip, where one pass
+    over 32 clips with a sparse filterbank took 1.3 ms):
+
+    * at most ``CPU_SAMPLES`` of waveform per STFT (one clip at least): the frames and spectrum of 4 one-second
+      clips (~4 MB) stay near the L2 cache, where 32 at once ran at half the speed per clip;
+    * re² and im² squared in place on the STFT output and summed by the filterbank product itself (each filter row
+      repeated for the interleaved re/im layout);
+    * the filterbank applied band by band: each group of ``MELS_PER_BAND`` filters only over the FFT bins where it is
+      non-zero (≈ 1/15 of the dense product's work).
     """
+
+    CPU_SAMPLES = 4 * 32000
+    MELS_PER_BAND = 16
 
     def __init__(self, cfg: FrontendConfig):
         super().__init__()
@@ -102,31 +128,33 @@ class LogMel(torch.nn.Module):
             cfg.sample_rate, cfg.mel_norm, cfg.mel_scale)
         self.register_buffer("window", torch.hann_window(cfg.win_length), persistent=False)
         self.register_buffer("fb", fb, persistent=False)  # n_freqs × n_mels
-        self._fb_sparse = None
+        self._bands = _bands(fb.repeat_interleave(2, 0), self.MELS_PER_BAND)  # over interleaved re², im²
+
+    def _stft(self, waveform: torch.Tensor) -> torch.Tensor:
+        """B×samples → B×frames×freqs complex STFT."""
+        cfg = self.cfg
+        return torch.stft(waveform, cfg.n_fft, cfg.hop_length, cfg.win_length, window=self.window,
+                          center=cfg.center, pad_mode="reflect", return_complex=True).transpose(1, 2)
 
     def power_spectrum(self, waveform: torch.Tensor) -> torch.Tensor:
         """B×samples → B×frames×freqs power spectrum (|STFT|^power)."""
-        cfg = self.cfg
-        spec = torch.stft(waveform, cfg.n_fft, cfg.hop_length, cfg.win_length, window=self.window,
-                          center=cfg.center, pad_mode="reflect", return_complex=True).transpose(1, 2)
+        spec = self._stft(waveform)
         power = torch.addcmul(spec.real * spec.real, spec.imag, spec.imag)
-        return power if cfg.power == 2.0 else power.pow(cfg.power / 2.0)
+        return power if self.cfg.power == 2.0 else power.pow(self.cfg.power / 2.0)
 
-    def _sparse_fb(self) -> torch.Tensor:
-        if self._fb_sparse is None:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # sparse CSR is "beta" in torch; the product is exact
-                self._fb_sparse = self.fb.to_sparse_csr()
-        return self._fb_sparse
+    def _cpu_logmel(self, waveform: torch.Tensor) -> torch.Tensor:
+        squares = torch.view_as_real(self._stft(waveform)).square_().flatten(2)  # B×frames×(re², im², …)
+        mel = _apply_bands(squares, self._bands)
+        return mel.add_(self.cfg.log_offset).log_().transpose(1, 2)
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        power = self.power_spectrum(waveform)
-        batch, frames, freqs = power.shape
-        use_sparse = power.device.type == "cpu" and not torch.onnx.is_in_onnx_export() and not power.requires_grad
-        if use_sparse:
-            mel = (power.reshape(batch * frames, freqs) @ self._sparse_fb()).reshape(batch, frames, -1).transpose(1, 2)
-        else:
-            mel = torch.matmul(power, self.fb).transpose(1, 2)
+        fast = (waveform.device.type == "cpu" and self.cfg.power == 2.0 and not waveform.requires_grad
+                and not torch.onnx.is_in_onnx_export())
+        if fast:
+            clips = max(1, self.CPU_SAMPLES // waveform.shape[-1])
+            parts = [self._cpu_logmel(part) for part in waveform.split(clips)]
+            return parts[0] if len(parts) == 1 else torch.cat(parts)
+        mel = torch.matmul(self.power_spectrum(waveform), self.fb).transpose(1, 2)
         return torch.log(mel + self.cfg.log_offset)
 
 
@@ -147,43 +175,75 @@ def read_audio(path: str | Path, where: str | None = None) -> tuple[np.ndarray, 
 
 
 class Resampler:
-    """Resamples to one target rate, keeping one torchaudio kernel per source rate."""
+    """Resamples to one target rate with torchaudio's default sinc filter (``transforms.Resample``), built once per
+    source rate.
+
+    torchaudio applies the filter as a dense conv1d, although for 44.1 → 32 kHz only ~17 of each output phase's 459
+    taps are non-zero. The same windows (``unfold``) are multiplied here band by band, ``PHASES_PER_BAND`` phases over
+    their non-zero taps: the same output (within 1e-6) at ~4× the speed.
+    """
+
+    PHASES_PER_BAND = 32
 
     def __init__(self, target_rate: int):
         self.target_rate = target_rate
-        self._kernels: dict[int, torchaudio.transforms.Resample] = {}
+        self._filters: dict[int, tuple[int, int, int, list]] = {}
+
+    def _filter(self, rate: int) -> tuple[int, int, int, list]:
+        if rate not in self._filters:
+            dense = torchaudio.transforms.Resample(rate, self.target_rate)
+            gcd = math.gcd(rate, self.target_rate)
+            # Taps past the last zero crossing hold cos²(π/2)·sinc ≈ 1e-33 in torchaudio's kernel: zeros here.
+            bands = _bands(dense.kernel[:, 0].T, self.PHASES_PER_BAND, tol=1e-20)
+            self._filters[rate] = (rate // gcd, self.target_rate // gcd, dense.width, bands)
+        return self._filters[rate]
 
     def __call__(self, samples: torch.Tensor, rate: int) -> torch.Tensor:
+        """``…×n`` samples at ``rate`` → ``…×ceil(n·target/rate)`` at the target rate."""
         if rate == self.target_rate:
             return samples
-        if rate not in self._kernels:
-            self._kernels[rate] = torchaudio.transforms.Resample(rate, self.target_rate)
-        return self._kernels[rate](samples)
+        orig, new, width, bands = self._filter(rate)
+        length = samples.shape[-1]
+        padded = torch.nn.functional.pad(samples.reshape(-1, length), (width, width + orig))
+        windows = padded.unfold(-1, 2 * width + orig, orig)  # conv1d's windows: one per `orig` input samples
+        out = _apply_bands(windows, bands)  # … × `new` output samples each
+        return out.reshape(*samples.shape[:-1], -1)[..., :-(-length * new // orig)]
 
 
-def fit_length(samples: torch.Tensor, n_samples: int) -> torch.Tensor:
-    """Crop the start ``n_samples`` or zero-pad at the end."""
-    if samples.shape[-1] >= n_samples:
-        return samples[..., :n_samples]
-    return torch.nn.functional.pad(samples, (0, n_samples - samples.shape[-1]))
+def load_clips(paths: list[str | Path], cfg: FrontendConfig, resampler: Resampler | None = None,
+               where: list[str] | None = None) -> torch.Tensor:
+    """Decode, mix to mono, resample to ``cfg.sample_rate`` and crop / zero-pad at the end to the clip length
+    → N×samples float32. Errors name ``where[i]`` (default: the path).
+
+    Clips of one source rate are resampled together, zero-padded to a common length; each keeps only its own
+    resampled length, so a clip comes out the same as alone.
+    """
+    resampler = resampler or Resampler(cfg.sample_rate)
+    out = torch.zeros(len(paths), cfg.n_samples)
+    by_rate: dict[int, list[tuple[int, np.ndarray]]] = {}
+    for i, path in enumerate(paths):
+        samples, rate = read_audio(path, where[i] if where else None)
+        # Resampling only what the clip needs (plus filter context) keeps long recordings cheap.
+        by_rate.setdefault(rate, []).append((i, samples[:math.ceil(cfg.clip_seconds * rate) + 64]))
+    for rate, clips in by_rate.items():
+        batch = np.zeros((len(clips), max(len(s) for _, s in clips)), dtype=np.float32)
+        for row, (_, samples) in enumerate(clips):
+            batch[row, :len(samples)] = samples
+        waves = resampler(torch.from_numpy(batch), rate)
+        for (i, samples), wave in zip(clips, waves):
+            n = min(-(-len(samples) * cfg.sample_rate // rate), cfg.n_samples)  # this clip's resampled length
+            out[i, :n] = wave[:n]
+    return out
 
 
 def load_clip(path: str | Path, cfg: FrontendConfig, resampler: Resampler | None = None,
               where: str | None = None) -> torch.Tensor:
-    """Decode, mix to mono, resample to ``cfg.sample_rate`` and pad/crop to the clip length → 1-D float32."""
-    samples, rate = read_audio(path, where)
-    resampler = resampler or Resampler(cfg.sample_rate)
-    wave = torch.from_numpy(samples)
-    # Resampling only what the clip needs (plus filter context) keeps long recordings cheap.
-    needed = math.ceil(cfg.clip_seconds * rate) + 64
-    wave = resampler(wave[:needed], rate)
-    return fit_length(wave, cfg.n_samples)
+    """One file → 1-D float32 at ``cfg.sample_rate``, clip length (see :func:`load_clips`)."""
+    return load_clips([path], cfg, resampler, [where] if where else None)[0]
 
 
 def compute_logmel(paths: list[str | Path], cfg: FrontendConfig, where: list[str] | None = None) -> np.ndarray:
     """Log-mel of several files → float32 array (N×n_mels×frames). Convenience for predict and tests."""
-    resampler = Resampler(cfg.sample_rate)
-    frontend = LogMel(cfg)
-    waves = [load_clip(p, cfg, resampler, where[i] if where else None) for i, p in enumerate(paths)]
+    waves = load_clips(paths, cfg, where=where)
     with torch.inference_mode():
-        return frontend(torch.stack(waves)).numpy()
+        return LogMel(cfg)(waves).numpy()

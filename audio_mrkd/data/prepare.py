@@ -2,7 +2,8 @@
 
 Steps: read and validate meta.csv and the fold files; stat every audio file (the cache key); reuse a complete
 cache with that key without decoding anything, or extract log-mels in parallel worker processes that write
-straight into the memory-mapped array; compute per-mel-bin mean/std of the train split; write
+straight into the memory-mapped array (and return per-clip sums for the statistics); compute per-mel-bin mean/std
+of the train split; write
 ``data_manifests/<name>/{train,evaluate,test,all}.csv`` and ``features.json`` atomically.
 """
 from __future__ import annotations
@@ -23,11 +24,11 @@ from audio_mrkd import config as config_io
 from audio_mrkd import fileio
 from audio_mrkd.data import cache
 from audio_mrkd.data.dcase import SPLITS, DcaseDataset, read_dataset
-from audio_mrkd.data.frontend import FrontendConfig, LogMel, Resampler, load_clip, load_frontend_config
+from audio_mrkd.data.frontend import FrontendConfig, LogMel, Resampler, load_clips, load_frontend_config
 from audio_mrkd.errors import InputError
 from audio_mrkd.versions import versions
 
-CHUNK = 32  # clips per worker task: one batched STFT each
+CHUNK = 32  # clips per worker task: decoded, resampled and written together
 MANIFEST_COLUMNS = ["row", "filename", "scene_label", "identifier", "source_label", "device_group"]
 
 
@@ -65,49 +66,65 @@ def _init_worker(array_path: str, cfg: FrontendConfig) -> None:
     _STATE["resampler"] = Resampler(cfg.sample_rate)
 
 
-def _extract_chunk(task: tuple[int, list[tuple[str, str]]]) -> int:
-    """Decode + log-mel rows ``start … start+len(items)`` and write them into the shared array."""
+def moments(features: torch.Tensor) -> np.ndarray:
+    """Per clip and mel bin, the sum and the sum of squares over the frames (float64) → N×2×n_mels."""
+    x = features.double()
+    return torch.stack([x.sum(-1), x.square().sum(-1)], 1).numpy()
+
+
+def _extract_chunk(task: tuple[int, list[tuple[str, str]]]) -> tuple[int, np.ndarray]:
+    """Decode + log-mel rows ``start … start+len(items)``, write them into the shared array → (start, their
+    :func:`moments`, of the float16 values as cached)."""
     start, items = task
-    cfg = _STATE["cfg"]
-    waves = [load_clip(path, cfg, _STATE["resampler"], where) for path, where in items]
+    waves = load_clips([path for path, _ in items], _STATE["cfg"], _STATE["resampler"], [w for _, w in items])
     with torch.inference_mode():
-        mels = _STATE["frontend"](torch.stack(waves))
-    _STATE["array"][start:start + len(items)] = mels.numpy().astype(np.float16)
-    return len(items)
+        half = _STATE["frontend"](waves).half()
+    _STATE["array"][start:start + len(items)] = half.numpy()
+    return start, moments(half)
 
 
-def _extract(ds: DcaseDataset, cfg: FrontendConfig, array_path: Path, workers: int, log) -> None:
+def _extract(ds: DcaseDataset, cfg: FrontendConfig, array_path: Path, workers: int, log) -> np.ndarray:
+    """Fill the array at ``array_path`` → the :func:`moments` of every row."""
     meta_path = ds.root / "meta.csv"
     items = [(str(ds.root / f), f"{ds.root / f} (meta.csv line {line})")
              for f, line in zip(ds.meta["filename"], ds.meta["line"])]
     tasks = [(i, items[i:i + CHUNK]) for i in range(0, len(items), CHUNK)]
+    out = np.zeros((len(items), 2, cfg.n_mels))
     bar = tqdm(total=len(items), desc=f"log-mel {meta_path.parent.name}", unit="clip", disable=None)
+
+    def collect(results):
+        for start, done in results:
+            out[start:start + len(done)] = done
+            bar.update(len(done))
+
     try:
         if workers <= 1:
             _init_worker(str(array_path), cfg)
-            for task in tasks:
-                bar.update(_extract_chunk(task))
+            collect(map(_extract_chunk, tasks))
         else:
             ctx = mp.get_context("fork")
             with ctx.Pool(workers, initializer=_init_worker, initargs=(str(array_path), cfg)) as pool:
-                for done in pool.imap_unordered(_extract_chunk, tasks):
-                    bar.update(done)
+                collect(pool.imap_unordered(_extract_chunk, tasks))
     finally:
         bar.close()
         _STATE.clear()
+    return out
 
 
 # ---- main side -------------------------------------------------------------------------------------------
-def train_stats(features: np.ndarray, rows: np.ndarray, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
-    """Per-mel-bin mean and std over all frames of ``rows`` (float64 accumulation)."""
-    total = np.zeros(features.shape[1])
-    total_sq = np.zeros(features.shape[1])
-    count = 0
+def cached_moments(features: np.ndarray, rows: np.ndarray, chunk: int = 512) -> np.ndarray:
+    """:func:`moments` of ``rows`` read back from a cached array (sorted row order)."""
+    rows = np.sort(rows)
+    out = np.zeros((len(rows), 2, features.shape[1]))
     for i in range(0, len(rows), chunk):
-        block = np.asarray(features[np.sort(rows[i:i + chunk])], dtype=np.float64)
-        total += block.sum(axis=(0, 2))
-        total_sq += (block ** 2).sum(axis=(0, 2))
-        count += block.shape[0] * block.shape[2]
+        out[i:i + chunk] = moments(torch.from_numpy(np.asarray(features[rows[i:i + chunk]])))
+    return out
+
+
+def train_stats(row_moments: np.ndarray, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """Per-mel-bin mean and std over all frames of the clips whose :func:`moments` are given (float64)."""
+    total, total_sq = row_moments.sum(axis=0)
+    count = len(row_moments) * n_frames
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean ** 2, 0.0))
     return mean, std
@@ -121,20 +138,22 @@ def _index_frame(ds: DcaseDataset) -> pd.DataFrame:
     return index
 
 
-def build_cache(ds: DcaseDataset, cfg: FrontendConfig, entry: Path, key: str, workers: int, log) -> None:
-    """Extract every meta.csv row into a new cache entry (staged, then renamed)."""
+def build_cache(ds: DcaseDataset, cfg: FrontendConfig, entry: Path, key: str, workers: int, log,
+                versions_info: dict) -> np.ndarray:
+    """Extract every meta.csv row into a new cache entry (staged, then renamed) → the :func:`moments` of every row."""
     tmp = cache.staging_dir(entry)
     try:
         array = cache.create_array(tmp, len(ds.meta), cfg.shape)
         del array  # workers reopen it
-        _extract(ds, cfg, tmp / cache.FEATURES, workers, log)
+        row_moments = _extract(ds, cfg, tmp / cache.FEATURES, workers, log)
         _index_frame(ds).to_csv(tmp / cache.INDEX, index=False)
         info = {"key": key, "features": config_io.to_dict(cfg), "shape": [len(ds.meta), *cfg.shape],
-                "dtype": "float16", "data_dir": str(ds.root.resolve()), "versions": versions()}
+                "dtype": "float16", "data_dir": str(ds.root.resolve()), "versions": versions_info}
         cache.finish(tmp, entry, info)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
+    return row_moments
 
 
 def write_manifests(ds: DcaseDataset, manifest_dir: Path, info: dict) -> None:
@@ -169,6 +188,7 @@ def prepare(data_dir: str | Path, name: str, features: str | Path | None = None,
     entry = cache_dir / name / key
     entry.parent.mkdir(parents=True, exist_ok=True)
     extract_seconds = 0.0
+    versions_info = versions()
     with FileLock(str(entry.parent / f".{key}.lock")):
         reused = cache.is_complete(entry)
         if reused:
@@ -176,12 +196,13 @@ def prepare(data_dir: str | Path, name: str, features: str | Path | None = None,
         else:
             log(f"prepare: extracting {len(ds.meta)} clips → {entry} with {workers} worker(s)")
             extract_started = time.perf_counter()
-            build_cache(ds, cfg, entry, key, workers, log)
+            row_moments = build_cache(ds, cfg, entry, key, workers, log, versions_info)
             extract_seconds = time.perf_counter() - extract_started
     features_arr = cache.open_features(entry)
     row_of = {f: i for i, f in enumerate(ds.meta["filename"])}
     rows = np.array([row_of[f] for f in ds.splits["train"]], dtype=np.int64)
-    mean, std = train_stats(features_arr, rows)
+    train_moments = cached_moments(features_arr, rows) if reused else row_moments[rows]
+    mean, std = train_stats(train_moments, features_arr.shape[2])
     info = {
         "name": name, "key": key, "cache_entry": str(entry.resolve()), "data_dir": str(ds.root.resolve()),
         "features": config_io.to_dict(cfg), "shape": list(features_arr.shape), "dtype": "float16",
@@ -189,7 +210,7 @@ def prepare(data_dir: str | Path, name: str, features: str | Path | None = None,
         "train_split": train_split or "fold1_train.csv",
         "split_sizes": {s: len(ds.splits[s]) for s in SPLITS},
         "train_mean": mean.round(6).tolist(), "train_std": std.round(6).tolist(),
-        "versions": versions(),
+        "versions": versions_info,
     }
     manifest_dir = Path(manifest_dir) / name
     write_manifests(ds, manifest_dir, info)
