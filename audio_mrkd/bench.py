@@ -24,6 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from audio_mrkd.cpu_memory import tune_malloc
 from audio_mrkd.experiment import load_experiment
 from audio_mrkd.train.data import DataBundle, synthetic_splits
 from audio_mrkd.train.engine import Trainer
@@ -32,8 +33,8 @@ from audio_mrkd.versions import versions
 SUITES = ("step", "pipeline", "resnet")
 AUDIO_SHAPE, IMAGE_SHAPE, N_CLASSES = (1, 256, 65), (3, 32, 32), 10
 DCASE_AUGMENT = ["augment.freq_mask=48", "augment.mixstyle_p=0.4"]  # the DCASE'24 baseline's defaults
-GPU_FAST = ["train.precision=bf16-mixed", "train.channels_last=true", "train.cudnn_benchmark=true", "train.compile=true",
-            "train.compile_mode=reduce-overhead"]
+GPU_FAST = ["train.precision=bf16-mixed", "train.channels_last=true", "train.cudnn_benchmark=true",
+            "train.compile=true", "train.compile_mode=reduce-overhead"]
 NO_SWITCHES = ["train.precision=32", "train.channels_last=false", "train.cudnn_benchmark=false"]
 
 
@@ -47,7 +48,8 @@ def _sync() -> None:
 
 def _trainer(overrides: list[str], shape=AUDIO_SHAPE, items: int = 256) -> Trainer:
     cfg = load_experiment(None, [
-        f"train.device={_DEVICE['name']}", "data.kind=synthetic", f"data.synthetic_items={items}", "train.progress=false", "train.log_every=1000000",
+        f"train.device={_DEVICE['name']}", "data.kind=synthetic", f"data.synthetic_items={items}",
+        "train.progress=false", "train.log_every=1000000",
         "train.out_dir=/tmp/audio_mrkd_bench", "train.save_checkpoints=false", *overrides])
     train, held = synthetic_splits(cfg.data, shape=shape, n_classes=N_CLASSES)
     return Trainer(cfg, DataBundle(train, held, "synthetic", {}))
@@ -168,7 +170,8 @@ def run_step_suite(ks=(1, 2, 4, 8), model: str = "cp_mobile", batch: int = 64, s
 
 # The pipeline suite: (label, config overrides, needs CUDA, the CE row an MrKD row's overhead is measured against).
 # The same augmentations as the baseline throughout.
-CE_FP32, CE_FAST = "CE fp32, cached features (no GPU switches)", "CE fast: bf16 + cl + benchmark + compile(reduce-overhead)"
+CE_FP32 = "CE fp32, cached features (no GPU switches)"
+CE_FAST = "CE fast: bf16 + cl + benchmark + compile(reduce-overhead)"
 BF16_CL = ["train.precision=bf16-mixed", "train.channels_last=true"]
 MRKD4 = [*GPU_FAST, "method=mrkd", "mrkd.k=4", "mrkd.teacher_compile=false"]
 PIPELINE_VARIANTS = [
@@ -225,7 +228,8 @@ def run_pipeline_suite(batch: int = 256, steps: int = 20, log=print) -> list[dic
             log(f"{r['variant']:72s} skipped ({r['skipped']})")
             continue
         log(f"{r['variant']:72s} {r['step_ms']:8.2f} {r['samples_per_s']:10.0f} {r['vs_baseline']:10.2f} "
-            f"{r.get('vs_ce', float('nan')):9.2f} {r.get('teachers_alone_ms', float('nan')):15.2f} {r.get('overhead_ratio', float('nan')):16.2f}")
+            f"{r.get('vs_ce', float('nan')):9.2f} {r.get('teachers_alone_ms', float('nan')):15.2f} "
+            f"{r.get('overhead_ratio', float('nan')):16.2f}")
     return rows
 
 
@@ -261,6 +265,7 @@ def run_bench(ks=(1, 2, 4, 8), model: str = "cp_mobile", batch: int = 64, steps:
     if device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("audio-mrkd bench: --device cuda but no CUDA device is available")
     _DEVICE["name"] = "cuda" if device == "cuda" or (device == "auto" and torch.cuda.is_available()) else "cpu"
+    tune_malloc()  # as `audio-mrkd train` does
     results = {}
     for name in (SUITES if suite == "all" else (suite,)):
         if name == "step":

@@ -5,6 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from audio_mrkd.cpu_memory import tune_malloc
 from audio_mrkd.errors import InputError
 
 
@@ -144,6 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    tune_malloc()
     try:
         return args.func(args)
     except InputError as exc:
