@@ -7,6 +7,7 @@ import argparse
 import time
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from audio_mrkd import bench
@@ -25,7 +26,8 @@ def _profile(name: str, fn, rows: int, calls: int = 10) -> None:
         torch.cuda.synchronize()
         wall = time.perf_counter() - start
     events = prof.key_averages()
-    gpu = sum(e.self_device_time_total for e in events) / 1000 / calls
+    # Only device-side rows (kernels, memsets, copies): an operator's row repeats its kernels' time.
+    gpu = sum(e.self_device_time_total for e in events if e.device_type == DeviceType.CUDA) / 1000 / calls
     print(f"\n### {name}: wall {1000 * wall / calls:.2f} ms/call, GPU kernels {gpu:.2f} ms/call")
     print(events.table(sort_by="self_device_time_total", row_limit=rows, max_name_column_width=60))
 
