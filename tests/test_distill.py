@@ -500,3 +500,18 @@ def test_compiled_loss_tail_equals_the_eager_one(batch):
     (l0, g0, f0), (l1, g1, f1) = results
     assert torch.allclose(l0, l1, atol=1e-6) and torch.allclose(g0, g1, atol=1e-6)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(f0, f1))
+
+
+def test_compiled_teachers_on_cpu_equal_the_plain_loop_and_compile_once():
+    """The teacher_compile path itself (the engine enables it on CUDA only), checked with torch.compile on the CPU:
+    unfused copies of the student's class, the same logits as the plain copies, one graph for every snapshot."""
+    from torch._dynamo.utils import counters
+    compiled, reference = SnapshotBank(2, compile=True), SnapshotBank(2, fuse=False)
+    x = torch.randn(4, 1, 32, 20)
+    counters.clear()
+    for seed in (0, 1, 2):
+        student = _bn_student(seed)
+        compiled.push(student)
+        reference.push(student)
+        assert torch.allclose(compiled.logits(x), reference.logits(x), atol=1e-4)
+    assert counters["stats"]["unique_graphs"] == 1

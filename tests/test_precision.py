@@ -71,3 +71,14 @@ def test_cpu_and_cuda_follow_the_same_loss_trajectory(method):
     print(f"cpu vs cuda {method}: max |d loss| first 10 steps {max(diffs[:10]):.2e}, all 40 {max(diffs):.3f}")
     assert losses["cpu"][:10] == pytest.approx(losses["cuda"][:10], rel=2e-3)
     assert max(diffs) < 0.25
+
+
+@pytest.mark.parametrize("override, key", [("train.compile_mode=fastest", "train.compile_mode"),
+                                           ("train.cudnn_benchmark=maybe", "train.cudnn_benchmark"),
+                                           ("mrkd.teacher_graph=1", "mrkd.teacher_graph"),
+                                           ("mrkd.teacher_compile=sometimes", "mrkd.teacher_compile")])
+def test_bad_gpu_switch_values_name_the_key(override, key):
+    from audio_mrkd.errors import InputError
+    with pytest.raises(InputError, match=key.replace(".", r"\.")):
+        cfg = load_experiment(None, [override])
+        cfg.mrkd.validate()
