@@ -116,7 +116,8 @@ class SnapshotBank:
         return len(self.exposed_slots())
 
     def logits(self, x: Tensor) -> Tensor:
-        """K×B×C logits of the exposed teachers on `x`, newest first (an inference-mode tensor)."""
+        """K×B×C logits of the exposed teachers on `x`, newest first (an inference-mode tensor; when graphed, the
+        graph's output buffer, overwritten by the next call: copy what must outlive it)."""
         teachers = [self._fast[i] for i in self.exposed_slots()]
         if not teachers:
             raise InputError("mrkd.bank: no snapshot has been taken yet")
