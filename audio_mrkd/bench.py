@@ -17,7 +17,6 @@ whose switches need CUDA are listed as skipped on a CPU.
 """
 from __future__ import annotations
 
-import itertools
 import time
 
 import numpy as np

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from audio_mrkd.cpu_memory import tune_malloc
 from audio_mrkd.errors import InputError

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 
 from audio_mrkd import fileio
 from audio_mrkd.experiment import ExperimentConfig
