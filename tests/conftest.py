@@ -1,11 +1,31 @@
-"""Shared fixtures: small DCASE-layout trees made of tones and noise, written by the tests themselves."""
+"""Shared fixtures: small DCASE-layout trees made of tones and noise, written by the tests themselves.
+
+Every test runs with ``$AUDIO_MRKD_CACHE`` pointing into pytest's temporary folder (one per session, so the slow
+tests download each Debian/PyPI package once per session): nothing is written into the user's own cache.
+"""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
+
+
+
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory) -> Path:
+    """``$AUDIO_MRKD_CACHE`` → a session-wide temporary folder (restored afterwards)."""
+    root = tmp_path_factory.mktemp("audio_mrkd_cache")
+    saved = os.environ.get("AUDIO_MRKD_CACHE")
+    os.environ["AUDIO_MRKD_CACHE"] = str(root)
+    yield root
+    if saved is None:
+        os.environ.pop("AUDIO_MRKD_CACHE", None)
+    else:
+        os.environ["AUDIO_MRKD_CACHE"] = saved
+
 
 RATES = (16000, 44100, 48000)
 DEVICES = ("a", "b", "c", "s1", "s2", "s4")

@@ -19,6 +19,7 @@ import pytest
 import soundfile as sf
 
 from audio_mrkd.data import demo
+from audio_mrkd.data.cache import default_cache_dir
 from audio_mrkd.errors import InputError
 
 NS = "http://www.hydrogen-music.org/drumkit"
@@ -336,7 +337,7 @@ def test_build_demo_falls_back_to_birds_and_reuses(tmp_path, monkeypatch):
 def test_real_drums5_build(tmp_path):
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
         pytest.skip("apt-get/dpkg-deb not available: Drums-5 is built from Debian's hydrogen-drumkits")
-    work = Path(os.environ.get("AUDIO_MRKD_WORK", "/tmp/audio_mrkd_work"))
+    work = default_cache_dir() / "demo_work"  # the session's private cache (conftest): one download per session
     out = demo.build_drums5(tmp_path / "drums5", work, log=lambda s: None)
     rows = read_tsv(out / "meta.csv")[1:]
     assert len(rows) == 430
