@@ -1,11 +1,32 @@
-"""``audio-mrkd`` command line: one subcommand per job; bad input → one line on stderr and exit code 2."""
+"""``audio-mrkd`` command line: one subcommand per job; bad input → one line on stderr and exit code 2.
+
+Building the parser imports nothing heavy (no torch, numpy or torchaudio), so ``--help``, ``--version`` and
+``env`` work even where those libraries fail to load; each command imports what it needs when it runs.
+"""
 from __future__ import annotations
 
 import argparse
 import sys
 
+from audio_mrkd import __version__
 from audio_mrkd.cpu_memory import tune_malloc
 from audio_mrkd.errors import InputError
+
+INT8_EXIT = 3   # export: the int8 model lost more than the threshold and was not kept
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Appends ``(default: X)`` to a flag's help unless the help already names its default or it has none."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if "default" in text or action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+            return text
+        value = " ".join(map(str, action.default)) if isinstance(action.default, (list, tuple)) else action.default
+        return f"{text} (default: {value})"
+
+
+CACHE_HELP = "feature cache root (default: $AUDIO_MRKD_CACHE, else ~/.cache/audio_mrkd)"
 
 
 def _add_prepare_args(p: argparse.ArgumentParser) -> None:
@@ -13,7 +34,7 @@ def _add_prepare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", required=True, help="name of the prepared dataset (data.name in training configs)")
     p.add_argument("--features", default=None, help="front-end YAML (default: the DCASE'24 front-end, "
                    "configs/features/dcase24.yaml)")
-    p.add_argument("--cache-dir", default=None, help="feature cache root (default $AUDIO_MRKD_CACHE or ~/.cache/audio_mrkd)")
+    p.add_argument("--cache-dir", default=None, help=CACHE_HELP)
     p.add_argument("--workers", type=int, default=2, help="extraction processes (default 2)")
     p.add_argument("--train-split", default=None, help="train split file instead of fold1_train.csv (e.g. split25.csv)")
     p.add_argument("--manifest-dir", default="data_manifests", help="where manifests go (default data_manifests/)")
@@ -71,6 +92,31 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_env(args: argparse.Namespace) -> int:
+    from audio_mrkd.env_report import env_report
+    print(env_report(args.cache_dir))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from audio_mrkd.export.commands import export_run
+    result = export_run(args.run_dir, args.out, args.int8, args.calibration, args.with_frontend, args.checkpoint,
+                        args.int8_max_drop, args.int8_activations)
+    for line in result.warnings:
+        print(f"audio-mrkd export: warning: {line}", file=sys.stderr)
+    if result.parity.get("int8_ok") is False and not args.keep_int8:
+        print(f"audio-mrkd export: error: {result.files['int8']}: int8 model loses more than "
+              f"{args.int8_max_drop:g} accuracy points against fp32 (see parity.json); use fp32, calibrate on more "
+              "clips, or pass --keep-int8 to accept it", file=sys.stderr)
+        return INT8_EXIT
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from audio_mrkd.export.predict import predict
+    return predict(args.model, args.files, args.csv, args.batch_size)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from audio_mrkd.bench import run_bench
     results = run_bench(args.ks, args.model, args.batch, args.steps, args.device, suite=args.suite)
@@ -82,8 +128,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="audio-mrkd", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="audio-mrkd", description=__doc__.split("\n")[0],
+                                     formatter_class=HelpFormatter)
+    parser.add_argument("--version", action="version", version=f"audio-mrkd {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser = _with_formatter(sub.add_parser)
 
     p = sub.add_parser("prepare", help="DCASE dev set → cached log-mel features + manifests")
     _add_prepare_args(p)
@@ -91,9 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo-data", help="build the real-audio demo set (Drums-5, else Birds-3) and prepare it")
     p.add_argument("--out", default=None, help="where the DCASE-layout demo audio goes (default <cache>/demo_audio)")
-    p.add_argument("--cache-dir", default=None)
-    p.add_argument("--manifest-dir", default="data_manifests")
-    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--cache-dir", default=None, help=CACHE_HELP)
+    p.add_argument("--manifest-dir", default="data_manifests", help="where the manifests go")
+    p.add_argument("--workers", type=int, default=2, help="extraction processes")
     p.set_defaults(func=cmd_demo_data)
 
     p = sub.add_parser("train", help="train CE or MrKD (one run per seed); --resume continues a run")
@@ -103,9 +152,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="evaluate a run's checkpoint on a split")
-    p.add_argument("run_dir")
+    p.add_argument("run_dir", help="a training run directory")
     p.add_argument("--split", default=None, help="split to evaluate (default: the run's evaluated split)")
-    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"],
+                   help="best (best epoch on the evaluated split) or last (final epoch)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("ablate", help="variants x grouped CV folds x seeds, paired against a reference")
@@ -119,9 +169,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="the whole demo on real audio: Drums-5, prepare, CE vs MrKD over 3 seeds, table")
     p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
-    p.add_argument("--cache-dir", default=None)
-    p.add_argument("--epochs", type=int, default=None, help="default: the demo config's (more on a GPU)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--cache-dir", default=None, help=CACHE_HELP)
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs per run (default: the demo config's, three times as many on a GPU)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one CE and one MrKD run per seed")
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("bench", help="training throughput side by side: MrKD vs CE, the DCASE'24 pipeline vs "
@@ -129,17 +180,66 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--suite", default="step", choices=["step", "pipeline", "resnet", "all"],
                    help="step: MrKD vs CE per K; pipeline: vs the DCASE'24 baseline's way; resnet: fp32 vs bf16")
     p.add_argument("--json", help="also write every measured row to this JSON file")
-    p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8])
-    p.add_argument("--model", default="cp_mobile")
+    p.add_argument("--ks", type=int, nargs="+", default=[1, 2, 4, 8],
+                   help="snapshot-bank sizes K measured by the step suite")
+    p.add_argument("--model", default="cp_mobile", help="registered model of the step suite")
     p.add_argument("--batch", type=int, default=64, help="batch size (the GPU figures use 256)")
     p.add_argument("--steps", type=int, default=20, help="steps per timed block (median of 3 blocks)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="torch device to measure on (auto: CUDA when available)")
     p.set_defaults(func=cmd_bench)
 
-    from audio_mrkd.export.commands import add_export_parser, add_predict_parser
-    add_export_parser(sub)
-    add_predict_parser(sub)
+    _add_export_parser(sub)
+    _add_predict_parser(sub)
+
+    p = sub.add_parser("env", help="versions, the torch device found and why, the cache folder and its size "
+                                   "(paste into a bug report)")
+    p.add_argument("--cache-dir", default=None, help=CACHE_HELP)
+    p.set_defaults(func=cmd_env)
     return parser
+
+
+def _with_formatter(add_parser):
+    def add(*args, **kwargs):
+        kwargs.setdefault("formatter_class", HelpFormatter)
+        return add_parser(*args, **kwargs)
+    return add
+
+
+def _add_export_parser(sub) -> None:
+    from audio_mrkd.export import INT8_MAX_DROP_PT
+    p = sub.add_parser("export", help="run directory → model.onnx (+ int8, + front-end graph), "
+                       "complexity.json, parity.json",
+                       description="Export a trained run to ONNX, with complexity and parity reports. Exit code "
+                                   f"{INT8_EXIT} if the int8 model loses more than --int8-max-drop points "
+                                   "(unless --keep-int8).")
+    p.add_argument("run_dir", help="a training run directory (config.yaml, data.json, checkpoints/)")
+    p.add_argument("--out", default=None, help="output folder (default: RUN_DIR/export)")
+    p.add_argument("--int8", action="store_true", help="also write model.int8.onnx (ONNX Runtime static QDQ)")
+    p.add_argument("--calibration", type=int, default=512, help="train-split clips for int8 calibration")
+    p.add_argument("--with-frontend", action="store_true",
+                   help="also write model_with_frontend.onnx (waveform in: STFT + mel + log + model)")
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint")
+    p.add_argument("--int8-max-drop", type=float, default=INT8_MAX_DROP_PT,
+                   help="accuracy points int8 may lose against fp32 on the evaluated split")
+    p.add_argument("--keep-int8", action="store_true",
+                   help="keep an int8 model that loses more than --int8-max-drop and exit 0 (it is still flagged "
+                        "in parity.json)")
+    p.add_argument("--int8-activations", choices=("int8", "uint8"), default="int8",
+                   help="activation type of the int8 model: int8 (S8S8; what MCU runtimes expect) or uint8 "
+                        "(U8S8, faster with ONNX Runtime on x86 VNNI CPUs)")
+    p.set_defaults(func=cmd_export)
+
+
+def _add_predict_parser(sub) -> None:
+    p = sub.add_parser("predict", help="WAV files → scene labels through an exported ONNX model",
+                       description="Label recordings with an exported model (features.yaml and labels.json "
+                                   "must be next to it). Exit code 1 if any file could not be read.")
+    p.add_argument("model", help="model.onnx, model.int8.onnx or model_with_frontend.onnx from `audio-mrkd export`")
+    p.add_argument("files", nargs="+", help="audio files (any rate / channels; soundfile formats)")
+    p.add_argument("--csv", default=None, help="write the DCASE submission file (TAB-separated) here")
+    p.add_argument("--batch-size", type=int, default=32, help="clips per ONNX Runtime call")
+    p.set_defaults(func=cmd_predict)
 
 
 def main(argv: list[str] | None = None) -> int:
