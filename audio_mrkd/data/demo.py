@@ -42,9 +42,9 @@ from typing import Callable
 import numpy as np
 import soundfile as sf
 from sklearn.model_selection import StratifiedGroupKFold
-from tqdm import tqdm
 
 from audio_mrkd.errors import InputError
+from audio_mrkd.progress import progress
 from audio_mrkd.fileio import replace_dir
 
 MARKER = ".complete"
@@ -249,7 +249,7 @@ def write_dcase(out_dir: Path, name: str, records: list[ClipRecord], duplicates:
     tmp.chmod(0o755)  # mkdtemp makes it private (0700); the published data set is an ordinary folder
     try:
         (tmp / "audio").mkdir()
-        for rec in tqdm(records, desc=f"writing {name}", unit="clip"):
+        for rec in progress(records, desc=f"writing {name}", unit="clip", min_interval=5):
             sf.write(str(tmp / rec.filename), np.clip(rec.load(), -1.0, 1.0), rec.sample_rate, subtype="PCM_16")
         write_tables(tmp, records, evaluate)
         summary = summarize(name, records, evaluate, duplicates)

@@ -36,6 +36,7 @@ import pandas as pd
 from audio_mrkd.data import cache
 from audio_mrkd.data.dataset import FeatureSplit, stratified_holdout
 from audio_mrkd.errors import InputError
+from audio_mrkd.progress import progress
 
 KINDS = ("cifar10", "cifar100", "cinic10", "fashion_mnist")
 IMAGE_SHAPE = (3, 32, 32)
@@ -278,13 +279,11 @@ def _cinic_complete(entry: Path) -> bool:
 
 
 def _build_cinic_cache(root: Path, entry: Path, classes: list[str], listing: dict, key: str, log: Log) -> None:
-    from tqdm import tqdm
-
     total = sum(len(v) for v in listing.values())
     log(f"cinic10: decoding {total} PNGs from {root} into {entry}")
     tmp = cache.staging_dir(entry)
     try:
-        with tqdm(total=total, desc="cinic10 PNG → cache", unit="img") as bar:
+        with progress(total=total, desc="cinic10 PNG → cache", unit="img", min_interval=10) as bar:
             for split, items in listing.items():
                 array = np.lib.format.open_memmap(tmp / f"{split}.npy", mode="w+", dtype=np.uint8,
                                                   shape=(len(items), *IMAGE_SHAPE))

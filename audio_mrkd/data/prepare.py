@@ -18,7 +18,6 @@ import numpy as np
 import pandas as pd
 import torch
 from filelock import FileLock
-from tqdm import tqdm
 
 from audio_mrkd import config as config_io
 from audio_mrkd import fileio
@@ -26,6 +25,7 @@ from audio_mrkd.data import cache
 from audio_mrkd.data.dcase import SPLITS, DcaseDataset, read_dataset
 from audio_mrkd.data.frontend import FrontendConfig, LogMel, Resampler, load_clips, load_frontend_config
 from audio_mrkd.errors import InputError
+from audio_mrkd.progress import progress
 from audio_mrkd.versions import versions
 
 CHUNK = 32  # clips per worker task: decoded, resampled and written together
@@ -90,15 +90,16 @@ def _extract(ds: DcaseDataset, cfg: FrontendConfig, array_path: Path, workers: i
              for f, line in zip(ds.meta["filename"], ds.meta["line"])]
     tasks = [(i, items[i:i + CHUNK]) for i in range(0, len(items), CHUNK)]
     out = np.zeros((len(items), 2, cfg.n_mels))
-    bar = tqdm(total=len(items), desc=f"log-mel {meta_path.parent.name}", unit="clip", disable=None)
+    bar = progress(total=len(items), desc=f"log-mel {meta_path.parent.name}", unit="clip", min_interval=5)
 
     def collect(results):
         for start, done in results:
             out[start:start + len(done)] = done
             bar.update(len(done))
 
+    threads = torch.get_num_threads()
     try:
-        if workers <= 1:
+        if workers <= 1:  # in this process: its thread count is restored below (training after it depends on it)
             _init_worker(str(array_path), cfg)
             collect(map(_extract_chunk, tasks))
         else:
@@ -108,6 +109,7 @@ def _extract(ds: DcaseDataset, cfg: FrontendConfig, array_path: Path, workers: i
     finally:
         bar.close()
         _STATE.clear()
+        torch.set_num_threads(threads)
     return out
 
 

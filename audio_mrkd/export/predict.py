@@ -19,11 +19,11 @@ from typing import TextIO
 import numpy as np
 import pandas as pd
 import torch
-from tqdm import tqdm
 
 from audio_mrkd import fileio
 from audio_mrkd.data.frontend import FrontendConfig, LogMel, Resampler, load_clip, load_frontend_config
 from audio_mrkd.errors import InputError
+from audio_mrkd.progress import progress as progress_bar
 
 FEATURES_FILE = "features.yaml"
 LABELS_FILE = "labels.json"
@@ -100,7 +100,7 @@ def predict_files(model: ExportedModel, files: list[str], batch_size: int = 32,
     frontend = LogMel(model.features)
     resampler = Resampler(model.features.sample_rate)
     names, probs, failed = [], [], []
-    bar = tqdm(total=len(files), desc="predict", unit="file", disable=None if progress else True)
+    bar = progress_bar(total=len(files), desc="predict", unit="file", enabled=progress, min_interval=5)
     for start in range(0, len(files), batch_size):
         waves, chunk_names = [], []
         for name in files[start:start + batch_size]:

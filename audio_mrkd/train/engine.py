@@ -18,7 +18,6 @@ import torch.nn.functional as F
 import yaml
 from lightning_fabric import Fabric
 from torch.utils.tensorboard import SummaryWriter
-from tqdm import tqdm
 
 from audio_mrkd import config as config_io
 from audio_mrkd import fileio
@@ -28,10 +27,11 @@ from audio_mrkd.distill.mrkd import MrKD
 from audio_mrkd.errors import InputError
 from audio_mrkd.experiment import ExperimentConfig, TrainConfig
 from audio_mrkd.models import build_model
+from audio_mrkd.progress import progress
 from audio_mrkd.train import checkpoint as ckpt
 from audio_mrkd.train.data import DataBundle, load_data
 from audio_mrkd.train.metrics import classification_metrics
-from audio_mrkd.train.tb import log_eval
+from audio_mrkd.train.tb import log_eval, write_hparams
 from audio_mrkd.versions import versions
 
 
@@ -315,8 +315,8 @@ class Trainer:
     def _train_epoch(self) -> float:
         self.student.train()
         losses = []
-        bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}", leave=False,
-                   disable=not (self.cfg.train.progress and self.is_main) or None, unit="step")
+        bar = progress(self.train_loader, desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}", leave=False,
+                       enabled=self.cfg.train.progress and self.is_main, lines=False, unit="step")
         for batch in bar:
             logs = self._step(batch)
             if logs:
@@ -342,8 +342,9 @@ class Trainer:
         if not self.is_main:
             return
         if self.writer:
-            log_eval(self.writer, metrics, self.data.class_names, self.global_step)
+            log_eval(self.writer, metrics, self.data.class_names, self.global_step, epoch=self.epoch)
             self.writer.add_scalar("eval/epoch", self.epoch, self.global_step)
+            self.writer.flush()  # eval results visible in a running TensorBoard right away
         self._write_predictions(probs, self.run_dir / "predictions.csv")
         if improved:
             self._write_predictions(probs, self.run_dir / "predictions_best.csv")
@@ -371,22 +372,26 @@ class Trainer:
         self._last_metrics = None
         if self.is_main:
             self._write_run_files()
-            self.writer = SummaryWriter(str(self.run_dir), purge_step=self.global_step or None)
+            # resumed: drop the events logged after the checkpoint (its own step, with its evaluation, stays)
+            purge = self.global_step + 1 if self.global_step else None
+            self.writer = SummaryWriter(str(self.run_dir), purge_step=purge)
         epochs = self.cfg.train.epochs if stop_after is None else min(stop_after, self.cfg.train.epochs)
-        bar = tqdm(total=self.cfg.train.epochs, initial=self.epoch, desc=f"{self.cfg.method} seed {self.cfg.seed}",
-                   unit="epoch", disable=not (self.cfg.train.progress and self.is_main) or None)
+        bar = progress(total=self.cfg.train.epochs, initial=self.epoch, unit="epoch",
+                       desc=f"train {self.cfg.name} {self.cfg.method} seed {self.cfg.seed}",
+                       enabled=self.cfg.train.progress and self.is_main)
         while self.epoch < epochs:
             train_ce = self._train_epoch()
             if self.writer:
                 self.writer.add_scalar("train/ce_epoch", train_ce, self.global_step)
-            bar.update(1)
             if self.epoch % self.cfg.train.eval_every and self.epoch < self.cfg.train.epochs:
                 self._save_last()
+                bar.update(1)
                 continue
             metrics, probs = self.evaluate()
             self._last_metrics = metrics
             self._record(metrics, probs)
             bar.set_postfix(acc=f"{metrics['accuracy']:.3f}", macro=f"{metrics['macro_accuracy']:.3f}")
+            bar.update(1)
         bar.close()
         if self._last_metrics is None and self.history:  # resumed after the last epoch: re-evaluate
             self._last_metrics, _ = self.evaluate()
@@ -410,7 +415,7 @@ class Trainer:
             flat.update({f"mrkd.{k}": v for k, v in config_io.to_dict(self.cfg.mrkd).items()})
         final = {f"hparam/last_{k}": summary["last"][k] for k in ("accuracy", "macro_accuracy", "log_loss")}
         final.update({f"hparam/best_{k}": summary["best"][k] for k in ("accuracy", "macro_accuracy", "log_loss")})
-        self.writer.add_hparams(flat, final, run_name="hparams", global_step=self.global_step)
+        write_hparams(self.writer, flat, final, self.global_step)  # into this run: no `hparams` twin run
 
 
 def train_run(cfg: ExperimentConfig, data: DataBundle | None = None,
