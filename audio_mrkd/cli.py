@@ -100,14 +100,17 @@ def cmd_env(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     from audio_mrkd.export.commands import export_run
+    from audio_mrkd.export.parity import int8_loss
     result = export_run(args.run_dir, args.out, args.int8, args.calibration, args.with_frontend, args.checkpoint,
                         args.int8_max_drop, args.int8_activations)
+    refused = result.parity.get("int8_ok") is False and not args.keep_int8
     for line in result.warnings:
-        print(f"audio-mrkd export: warning: {line}", file=sys.stderr)
-    if result.parity.get("int8_ok") is False and not args.keep_int8:
-        print(f"audio-mrkd export: error: {result.files['int8']}: int8 model loses more than "
-              f"{args.int8_max_drop:g} accuracy points against fp32 (see parity.json); use fp32, calibrate on more "
-              "clips, or pass --keep-int8 to accept it", file=sys.stderr)
+        if not (refused and line.startswith(int8_loss(result.parity))):
+            print(f"audio-mrkd export: warning: {line}", file=sys.stderr)
+    if refused:  # one line, and no int8 file left behind that a script could pick up
+        result.files["int8"].unlink(missing_ok=True)
+        print(f"audio-mrkd export: error: {result.files['int8']}: {int8_loss(result.parity)}; not kept (the fp32 "
+              "model and parity.json are written; --keep-int8 keeps it)", file=sys.stderr)
         return INT8_EXIT
     return 0
 

@@ -2,11 +2,18 @@
 
     python benchmarks/bench_export.py [--threads 1] [--runs 300] [--batch 64] [--batch-runs 20]
                                       [--model cp_mobile] [--option base_channels=32 …]
+    python benchmarks/bench_export.py --calibration-table RUN_DIR [--calibration 512] [--stratified]
 
-Builds the model (untrained: speed does not depend on the weights; say so when quoting), wraps it with the
+``--calibration-table RUN_DIR``: the int8 calibration candidates of ``audio-mrkd export --int8``
+(:data:`audio_mrkd.export.quantize.CANDIDATES`) on a trained run, side by side: for each, the train-split figures
+the choice is made on (argmax disagreements with fp32, mean |Δlogit|, accuracy) next to the evaluated split's
+(disagreements, accuracy, change against fp32), which the choice never sees. ``--stratified`` adds each candidate
+with a class-stratified draw of the calibration items (measured, not in CANDIDATES). Prints; asserts nothing.
+
+Without ``--calibration-table`` (speed): builds the model (untrained: speed does not depend on the weights; say so when quoting), wraps it with the
 input normalisation exactly as ``audio-mrkd export`` does, exports ``model.onnx`` and ``model.int8.onnx``
 (S8S8, the export default; plus a U8S8 variant, ``--int8-activations uint8``) with the package's own export and
-quantisation code (calibrated on log-mels of synthetic tone+noise clips computed by the package's front-end), then measures for each engine on the same inputs:
+quantisation code (MinMax calibration on log-mels of synthetic tone+noise clips computed by the package's front-end), then measures for each engine on the same inputs:
   * latency per 1-s clip at batch 1: median (and p90) of ``--runs`` calls after a warm-up;
   * throughput at batch ``--batch``: clips/s from the median of ``--batch-runs`` calls;
   * file size (PyTorch: the state_dict as ``torch.save`` writes it);
@@ -29,7 +36,7 @@ import yaml
 from audio_mrkd.data.frontend import FrontendConfig, LogMel
 from audio_mrkd.export.complexity import count
 from audio_mrkd.export.onnx import FEATURES_INPUT, FeatureModel, export_onnx, onnx_session
-from audio_mrkd.export.quantize import FeatureReader, quantize_int8
+from audio_mrkd.export.quantize import CANDIDATES, Candidate, FeatureReader, choose_int8, logits_at, quantize_int8
 from audio_mrkd.models import build_model
 from audio_mrkd.versions import versions
 
@@ -65,6 +72,44 @@ def cpu_name() -> str:
     return platform.processor() or "unknown"
 
 
+def calibration_table(run_dir: str, calibration: int, candidates=CANDIDATES) -> None:
+    """Print every candidate's train-split and evaluated-split figures against fp32 for the run ``run_dir``."""
+    from audio_mrkd.data.dataset import load_split
+    from audio_mrkd.train.checkpoint import load_run_model
+
+    net, info, cfg = load_run_model(run_dir)
+    model = FeatureModel(net, info.get("norm_mean"), info.get("norm_std")).eval()
+    manifests = info.get("manifest_dir", "data_manifests")
+    train = load_split(info["name"], info.get("train_split", cfg.data.train_split), manifests, in_memory=False)
+    evaluated = load_split(info["name"], info.get("eval_split", cfg.data.eval_split), manifests, in_memory=False)
+    every = np.arange(len(evaluated))
+    print(f"run: {run_dir} ({cfg.model.name}); train split {len(train)} clips, evaluated split {len(evaluated)} "
+          f"clips; --calibration {calibration}")
+    with tempfile.TemporaryDirectory() as tmp:
+        fp32_path = Path(tmp) / "model.onnx"
+        torch.manual_seed(0)
+        export_onnx(model, torch.randn(2, *info["input_shape"]), fp32_path, FEATURES_INPUT)
+        start = time.perf_counter()
+        report = choose_int8(fp32_path, Path(tmp) / "model.int8.onnx", train.features, train.labels, calibration,
+                             candidates=candidates, keep_dir=tmp)
+        seconds = time.perf_counter() - start
+        fp32 = logits_at(onnx_session(fp32_path), evaluated.features, every)
+        fp32_acc = 100 * (fp32.argmax(1) == evaluated.labels).mean()
+        n_train = report["train_items"]
+        print(f"fp32: train accuracy {100 * report['train_fp32_accuracy']:.2f}% on {n_train} items, evaluated "
+              f"accuracy {fp32_acc:.2f}%; {len(candidates)} candidates quantised and compared in {seconds:.0f} s")
+        print()
+        print(f"| candidate | train disagree /{n_train} | train mean abs dlogit | train acc % | "
+              f"eval disagree /{len(evaluated)} | eval acc % | eval Δacc pt | chosen |")
+        print("|---|---|---|---|---|---|---|---|")
+        for row in report["candidates"]:
+            got = logits_at(onnx_session(Path(tmp) / f"{row['name']}.onnx"), evaluated.features, every)
+            acc = 100 * (got.argmax(1) == evaluated.labels).mean()
+            print(f"| {row['name']} | {row['disagreements']} | {row['mean_abs_logit_diff']:.4f} | "
+                  f"{100 * row['train_accuracy']:.2f} | {int((got.argmax(1) != fp32.argmax(1)).sum())} | {acc:.2f} | "
+                  f"{acc - fp32_acc:+.2f} | {'yes' if row['name'] == report['chosen'] else ''} |")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="cp_mobile")
@@ -74,8 +119,22 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--runs", type=int, default=300, help="batch-1 calls per engine (default 300)")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--batch-runs", type=int, default=20)
-    parser.add_argument("--calibration", type=int, default=128, help="calibration clips for int8 (default 128)")
+    parser.add_argument("--calibration", type=int, default=None,
+                        help="calibration clips for int8 (default 128; with --calibration-table 512, as export)")
+    parser.add_argument("--calibration-table", metavar="RUN_DIR", default=None,
+                        help="print the int8 calibration candidates' figures for a trained run instead of timings")
+    parser.add_argument("--stratified", action="store_true",
+                        help="--calibration-table: also each candidate with a class-stratified calibration draw")
     args = parser.parse_args(argv)
+    if args.calibration_table:
+        print("command:", " ".join([Path(sys.executable).name, *sys.argv]))
+        v = versions()
+        print("versions:", ", ".join(f"{k} {v[k]}" for k in ("python", "torch", "onnx", "onnxruntime", "git_commit")))
+        stratified = tuple(Candidate(f"{c.name}-stratified", c.method, "stratified", c.float_first)
+                           for c in CANDIDATES) if args.stratified else ()
+        calibration_table(args.calibration_table, args.calibration or 512, CANDIDATES + stratified)
+        return
+    args.calibration = args.calibration or 128
 
     torch.set_num_threads(args.threads)
     options = {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in args.option)}
@@ -99,8 +158,8 @@ def main(argv: list[str] | None = None) -> None:
         paths = {"onnx_fp32": Path(tmp) / "model.onnx", "onnx_int8": Path(tmp) / "model.int8.onnx",
                  "onnx_int8_u8": Path(tmp) / "model.int8_u8.onnx"}
         export_onnx(model, torch.from_numpy(calib[:2]), paths["onnx_fp32"], FEATURES_INPUT)
-        quantize_int8(paths["onnx_fp32"], paths["onnx_int8"], FeatureReader(calib, FEATURES_INPUT, progress=False))
-        quantize_int8(paths["onnx_fp32"], paths["onnx_int8_u8"], FeatureReader(calib, FEATURES_INPUT, progress=False),
+        quantize_int8(paths["onnx_fp32"], paths["onnx_int8"], FeatureReader(calib, FEATURES_INPUT))
+        quantize_int8(paths["onnx_fp32"], paths["onnx_int8_u8"], FeatureReader(calib, FEATURES_INPUT),
                       activations="uint8")
         buf = io.BytesIO()
         torch.save(net.state_dict(), buf)

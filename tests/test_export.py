@@ -6,7 +6,6 @@ base_channels 16 trained with plain CE until it beats chance, saved as a run dir
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -30,7 +29,8 @@ from audio_mrkd.experiment import DataConfig, ExperimentConfig, ModelConfig  # n
 from audio_mrkd.export import commands  # noqa: E402
 from audio_mrkd.export.onnx import FeatureModel, onnx_session, run_onnx  # noqa: E402
 from audio_mrkd.export.parity import feature_parity, parity_warnings  # noqa: E402
-from audio_mrkd.export.quantize import FeatureReader, quantize_int8  # noqa: E402
+from audio_mrkd.export.quantize import (CANDIDATES, Candidate, FeatureReader, calibration_positions,  # noqa: E402
+                                        choose_int8, logits_at, quantize_int8)
 from audio_mrkd.models import build_model  # noqa: E402
 from audio_mrkd.train.checkpoint import load_run_model  # noqa: E402
 from conftest import make_dcase_tree  # noqa: E402
@@ -86,20 +86,7 @@ def exported(run) -> commands.ExportResult:
     return commands.export_run(run["run_dir"], int8=True, calibration=16, with_frontend=True, log=lambda *_: None)
 
 
-def cli_main(argv: list[str], monkeypatch) -> int:
-    """``audio_mrkd.cli.main`` with export/predict registered (if the lead has not wired them yet)."""
-    original = cli.build_parser
-
-    def build() -> argparse.ArgumentParser:
-        parser = original()
-        sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-        if "export" not in sub.choices:
-            commands.add_export_parser(sub)
-        if "predict" not in sub.choices:
-            commands.add_predict_parser(sub)
-        return parser
-
-    monkeypatch.setattr(cli, "build_parser", build)
+def cli_main(argv: list[str], monkeypatch=None) -> int:
     return cli.main(argv)
 
 
@@ -189,7 +176,7 @@ def test_badly_calibrated_int8_is_flagged(exported, run, tmp_path):
     out = exported.out_dir
     silence = np.full((16, 1, 256, 65), np.log(1e-5), dtype=np.float32)
     bad = tmp_path / "bad.int8.onnx"
-    quantize_int8(out / "model.onnx", bad, FeatureReader(silence, "features", progress=False))
+    quantize_int8(out / "model.onnx", bad, FeatureReader(silence, "features"))
     model, info, _ = load_run_model(run["run_dir"])
     ev = load_split(NAME, "evaluate", run["manifests"])
     rep = feature_parity(FeatureModel(model, info["norm_mean"], info["norm_std"]), out / "model.onnx", bad,
@@ -203,7 +190,7 @@ def test_uint8_activations_option(exported, run, tmp_path):
     ev = load_split(NAME, "evaluate", run["manifests"])
     train = load_split(NAME, "train", run["manifests"])
     u8 = tmp_path / "u8.onnx"
-    settings = quantize_int8(out / "model.onnx", u8, FeatureReader(train.features, "features", progress=False),
+    settings = quantize_int8(out / "model.onnx", u8, FeatureReader(train.features, "features"),
                              activations="uint8")
     assert settings["activation_type"] == "uint8"
     graph = onnx.load(str(u8)).graph
@@ -215,6 +202,96 @@ def test_uint8_activations_option(exported, run, tmp_path):
     assert (run_onnx(onnx_session(u8), x).argmax(1) == fp32.argmax(1)).mean() >= 0.9
     with pytest.raises(InputError, match="int8-activations"):
         quantize_int8(out / "model.onnx", u8, FeatureReader(x, "features"), activations="int4")
+
+
+def _train_argmin(rows: list[dict]) -> int:
+    """The stated rule: fewest argmax disagreements, then smallest mean |Δlogit|, then list order."""
+    return min(range(len(rows)), key=lambda i: (rows[i]["disagreements"], rows[i]["mean_abs_logit_diff"], i))
+
+
+def test_parity_lists_int8_candidates_and_the_train_argmin_is_chosen(exported, run):
+    rep = json.loads((exported.out_dir / "parity.json").read_text())
+    q = rep["quantization"]
+    train = load_split(NAME, "train", run["manifests"])
+    assert [c["name"] for c in q["candidates"]] == [c.name for c in CANDIDATES]
+    assert q["train_items"] == min(16, len(train))
+    for row in q["candidates"]:
+        assert 0 <= row["disagreements"] <= q["train_items"] and row["mean_abs_logit_diff"] >= 0
+        assert 0 <= row["train_accuracy"] <= 1
+    chosen = q["candidates"][_train_argmin(q["candidates"])]
+    assert q["chosen"] == chosen["name"]
+    # the settings reported are the chosen candidate's
+    assert q["calibrate_method"] == chosen["method"]
+    assert len(q["float_nodes"]) == 2 + chosen["float_first"]  # Sub + Mul of the normalisation (+ first Conv)
+    # a float first layer is counted at 4 bytes a weight in the int8 size figure
+    graph = onnx.load(str(exported.out_dir / "model.int8.onnx")).graph
+    float_weights = sum(int(np.prod(i.dims)) for i in graph.initializer
+                        if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 4
+                        and not i.name.startswith("normalize."))
+    assert (q["float_parameters"] > 0) == chosen["float_first"]
+    assert q["float_parameters"] >= float_weights
+    comp = exported.complexity
+    assert comp["param_bytes"]["int8"] == comp["parameters"] + 3 * q["float_parameters"]
+    # the figures are train-split ones, recomputed here from the written files (the evaluated split plays no part)
+    check = calibration_positions(len(train), 16, seed=1)
+    fp32 = logits_at(onnx_session(exported.out_dir / "model.onnx"), train.features, check)
+    int8 = logits_at(onnx_session(exported.out_dir / "model.int8.onnx"), train.features, check)
+    assert chosen["disagreements"] == int((int8.argmax(1) != fp32.argmax(1)).sum())
+    assert chosen["mean_abs_logit_diff"] == pytest.approx(float(np.abs(int8 - fp32).mean()), rel=1e-5)
+    assert chosen["train_accuracy"] == pytest.approx((int8.argmax(1) == train.labels[check]).mean())
+    assert q["train_fp32_accuracy"] == pytest.approx((fp32.argmax(1) == train.labels[check]).mean())
+
+
+def test_choose_int8_writes_the_chosen_candidate(exported, run, tmp_path):
+    """Every candidate kept: the file written is byte-for-byte the chosen one, and the candidates differ."""
+    train = load_split(NAME, "train", run["manifests"])
+    candidates = (Candidate("minmax"), Candidate("entropy-float-first", "Entropy", float_first=True),
+                  Candidate("percentile-stratified", "Percentile", "stratified"))
+    rep = choose_int8(exported.out_dir / "model.onnx", tmp_path / "int8.onnx", train.features, train.labels, 16,
+                      candidates=candidates, keep_dir=tmp_path)
+    assert rep["chosen"] == rep["candidates"][_train_argmin(rep["candidates"])]["name"]
+    files = {c.name: (tmp_path / f"{c.name}.onnx").read_bytes() for c in candidates}
+    assert len(set(files.values())) == len(candidates)
+    assert (tmp_path / "int8.onnx").read_bytes() == files[rep["chosen"]]
+    first_conv = onnx.load(str(tmp_path / "entropy-float-first.onnx")).graph
+    stem = [i for i in first_conv.initializer if i.name.startswith("net.stem.0.") and len(i.dims) == 4]
+    assert stem and all(i.data_type == onnx.TensorProto.FLOAT for i in stem)  # the first Conv stayed float
+
+
+def test_histogram_calibration_is_fed_one_batch_at_a_time(exported, run, tmp_path):
+    """Entropy/Percentile keep every activation they are handed: ONNX Runtime gets one batch per collect."""
+    train = load_split(NAME, "train", run["manifests"])
+
+    class Recording(FeatureReader):
+        ranges: list = []
+
+        def set_range(self, start_index, end_index):
+            self.ranges.append((start_index, end_index))
+            super().set_range(start_index, end_index)
+
+    reader = Recording(train.features, "features", np.arange(min(40, len(train))), batch_size=16)
+    reader.ranges.clear()
+    settings = quantize_int8(exported.out_dir / "model.onnx", tmp_path / "e.onnx", reader, method="Entropy")
+    assert settings["calibrate_method"] == "Entropy" and len(reader) == -(-min(40, len(train)) // 16)
+    assert reader.ranges == [(i, i + 1) for i in range(len(reader))]
+
+
+def test_export_cli_refuses_int8_over_the_threshold_unless_kept(run, tmp_path, monkeypatch, capsys):
+    """Exit 3, one error line naming the loss and no int8 file when int8 loses more than --int8-max-drop (forced:
+    a negative threshold); --keep-int8 exits 0 and keeps the file."""
+    argv = ["export", str(run["run_dir"]), "--int8", "--calibration", "16", "--int8-max-drop", "-100"]
+    capsys.readouterr()
+    assert cli_main([*argv, "--out", str(tmp_path / "refused")], monkeypatch) == 3
+    lines = [line for line in capsys.readouterr().err.splitlines() if "loses" in line or "error:" in line]
+    assert len(lines) == 1 and lines[0].startswith("audio-mrkd export: error: "), lines  # one line, no warning twin
+    assert "model.int8.onnx" in lines[0] and "accuracy points against fp32 (threshold -100 pt;" in lines[0]
+    assert not (tmp_path / "refused" / "model.int8.onnx").exists()  # not kept
+    assert json.loads((tmp_path / "refused" / "parity.json").read_text())["int8_ok"] is False
+    assert cli_main([*argv, "--out", str(tmp_path / "kept"), "--keep-int8"], monkeypatch) == 0
+    assert not [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    assert (tmp_path / "kept" / "model.int8.onnx").is_file()
+    rep = json.loads((tmp_path / "kept" / "parity.json").read_text())
+    assert rep["int8_ok"] is False and rep["quantization"]["chosen"]
 
 
 def test_with_frontend_graph_matches_python_frontend(exported, run):

@@ -5,15 +5,14 @@
 * ``model.onnx``: fp32, input ``features`` = raw log-mel ``B×1×F×T`` (dynamic batch), output ``logits``;
   the train-split normalisation is the first layer of the graph;
 * ``model.int8.onnx`` (``--int8``): ONNX Runtime static QDQ quantisation, calibrated on ``--calibration`` items
-  of the train split (drawn with a fixed seed);
+  of the train split (drawn with a fixed seed); of the calibration candidates (:func:`.quantize.choose_int8`), the
+  one that disagrees least with fp32 on train-split items;
 * ``model_with_frontend.onnx`` (``--with-frontend``): input ``waveform`` ``B×samples`` → LogMel → the same model;
 * ``features.yaml`` (the front-end configuration the model expects), ``labels.json`` (``{"class_names": […]}``),
   ``complexity.json`` and ``parity.json`` (see :mod:`.complexity` and :mod:`.parity`).
 """
 from __future__ import annotations
 
-import argparse
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from audio_mrkd import config as config_io
 from audio_mrkd import fileio
 from audio_mrkd.data.frontend import FrontendConfig, Resampler, load_clip
 from audio_mrkd.errors import InputError
-from audio_mrkd.export import complexity, parity
+from audio_mrkd.export import INT8_MAX_DROP_PT, complexity, parity
 from audio_mrkd.export.onnx import (FEATURES_INPUT, FRONTEND_FILE, INT8_FILE, MODEL_FILE, WAVEFORM_INPUT,
                                     FeatureModel, WaveformModel, export_onnx)
 from audio_mrkd.export.predict import FEATURES_FILE, LABELS_FILE
@@ -80,7 +79,7 @@ def _frontend_clips(split, cfg: FrontendConfig, n: int) -> tuple[torch.Tensor, s
 
 def export_run(run_dir: str | Path, out: str | Path | None = None, int8: bool = False, calibration: int = 512,
                with_frontend: bool = False, checkpoint: str = "best",
-               int8_max_drop_pt: float = parity.INT8_MAX_DROP_PT, int8_activations: str = "int8",
+               int8_max_drop_pt: float = INT8_MAX_DROP_PT, int8_activations: str = "int8",
                log=print) -> ExportResult:
     """Export the student of ``run_dir``; see the module docstring for what is written."""
     from audio_mrkd.train.checkpoint import load_run_model
@@ -125,14 +124,16 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, int8: bool = 
 
     quant_settings = None
     if int8:
-        from audio_mrkd.export.quantize import FeatureReader, calibration_positions, quantize_int8
+        from audio_mrkd.export.quantize import CANDIDATES, choose_int8
 
         train = _load_split(info, info.get("train_split", cfg.data.train_split), class_names, where)
-        positions = calibration_positions(len(train), calibration)
-        log(f"export: int8 QDQ quantisation calibrated on {len(positions)} train-split clips → {out / INT8_FILE}")
-        quant_settings = quantize_int8(out / MODEL_FILE, out / INT8_FILE,
-                                       FeatureReader(train.features, FEATURES_INPUT, positions),
-                                       activations=int8_activations)
+        log(f"export: int8 QDQ quantisation, {len(CANDIDATES)} calibration candidates on "
+            f"{min(calibration, len(train))} train-split clips → {out / INT8_FILE}")
+        quant_settings = choose_int8(out / MODEL_FILE, out / INT8_FILE, train.features, train.labels, calibration,
+                                     int8_activations)
+        chosen = next(c for c in quant_settings["candidates"] if c["name"] == quant_settings["chosen"])
+        log(f"export: int8 calibration '{chosen['name']}': {chosen['disagreements']} argmax disagreements with fp32 "
+            f"on {quant_settings['train_items']} train-split clips, mean |Δlogit| {chosen['mean_abs_logit_diff']:.4f}")
         files["int8"] = out / INT8_FILE
 
     eval_split = info.get("eval_split", cfg.data.eval_split)
@@ -161,7 +162,8 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, int8: bool = 
 
     onnx_files = {k: files[k] for k in ("fp32", "int8", "with_frontend") if k in files}
     comp = complexity.complexity_report(net, input_shape, {files[k].name: files[k] for k in onnx_files},
-                                        stored_precision="int8" if int8 else "fp32", model_name=cfg.model.name)
+                                        stored_precision="int8" if int8 else "fp32", model_name=cfg.model.name,
+                                        int8_float_parameters=(quant_settings or {}).get("float_parameters", 0))
     fileio.write_json(out / "complexity.json", comp)
     files["complexity"] = out / "complexity.json"
 
@@ -185,51 +187,3 @@ def _summary(comp: dict, report: dict, log) -> None:
     if front and "error" not in front:
         log(f"export: model_with_frontend.onnx vs Python front-end + model: max |Δlogit| "
             f"{front['max_abs_logit_diff']:.2e} on {front['source']}")
-
-
-# ---- command line ----------------------------------------------------------------------------------------
-def cmd_export(args: argparse.Namespace) -> int:
-    result = export_run(args.run_dir, args.out, args.int8, args.calibration, args.with_frontend, args.checkpoint,
-                        args.int8_max_drop, args.int8_activations)
-    for line in result.warnings:
-        print(f"audio-mrkd export: warning: {line}", file=sys.stderr)
-    return 0
-
-
-def cmd_predict(args: argparse.Namespace) -> int:
-    from audio_mrkd.export.predict import predict
-
-    return predict(args.model, args.files, args.csv, args.batch_size)
-
-
-def add_export_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("export", help="run directory → model.onnx (+ int8, + front-end graph), "
-                              "complexity.json, parity.json",
-                              description="Export a trained run to ONNX, with complexity and parity reports.")
-    p.add_argument("run_dir", help="a training run directory (config.yaml, data.json, checkpoints/)")
-    p.add_argument("--out", default=None, help="output folder (default RUN_DIR/export)")
-    p.add_argument("--int8", action="store_true", help="also write model.int8.onnx (ONNX Runtime static QDQ)")
-    p.add_argument("--calibration", type=int, default=512, help="train-split clips for int8 calibration (default 512)")
-    p.add_argument("--with-frontend", action="store_true",
-                   help="also write model_with_frontend.onnx (waveform in: STFT + mel + log + model)")
-    p.add_argument("--checkpoint", choices=("best", "last"), default="best", help="which checkpoint (default best)")
-    p.add_argument("--int8-max-drop", type=float, default=parity.INT8_MAX_DROP_PT,
-                   help=f"accuracy points int8 may lose against fp32 before it is flagged (default "
-                        f"{parity.INT8_MAX_DROP_PT:g})")
-    p.add_argument("--int8-activations", choices=("int8", "uint8"), default="int8",
-                   help="activation type of the int8 model: int8 (S8S8, default; what MCU runtimes expect) or uint8 "
-                        "(U8S8, faster with ONNX Runtime on x86 VNNI CPUs)")
-    p.set_defaults(func=cmd_export)
-    return p
-
-
-def add_predict_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("predict", help="WAV files → scene labels through an exported ONNX model",
-                              description="Label recordings with an exported model (features.yaml and labels.json "
-                                          "must be next to it). Exit code 1 if any file could not be read.")
-    p.add_argument("model", help="model.onnx, model.int8.onnx or model_with_frontend.onnx from `audio-mrkd export`")
-    p.add_argument("files", nargs="+", help="audio files (any rate / channels; soundfile formats)")
-    p.add_argument("--csv", default=None, help="write the DCASE submission file (TAB-separated) here")
-    p.add_argument("--batch-size", type=int, default=32, help="clips per ONNX Runtime call (default 32)")
-    p.set_defaults(func=cmd_predict)
-    return p

@@ -3,6 +3,8 @@
 * fp32 ONNX vs PyTorch: max |Δlogit| over every item of the split (expected ≤ ``FP32_TOLERANCE``).
 * int8 vs fp32 ONNX: argmax agreement, max |Δlogit|, accuracy and macro (class-wise) accuracy of both; an int8
   model that loses more than ``INT8_MAX_DROP_PT`` accuracy points is flagged ``"int8_ok": false``.
+* ``quantization`` (written by ``export``): the int8 calibration candidates' figures on train-split items and the
+  one chosen (:func:`audio_mrkd.export.quantize.choose_int8`); the evaluated split above plays no part in the choice.
 * waveform graph (``--with-frontend``) vs the Python front-end + PyTorch model on decoded clips: max |Δlogit|
   (expected ≤ ``FRONTEND_TOLERANCE``; the ONNX STFT is a DFT in float32, so log-mels differ by ~1e-5).
 """
@@ -10,13 +12,13 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
+from audio_mrkd.export import INT8_MAX_DROP_PT
 from audio_mrkd.export.onnx import onnx_session
+from audio_mrkd.progress import progress
 
 FP32_TOLERANCE = 1e-4
 FRONTEND_TOLERANCE = 1e-3
-INT8_MAX_DROP_PT = 2.0
 
 
 def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
@@ -48,7 +50,8 @@ def feature_parity(model: torch.nn.Module, fp32_path, int8_path, features, label
     ref, got32, got8 = [], [], []
     model = model.eval()
     with torch.inference_mode():
-        for start in tqdm(range(0, len(labels), batch_size), desc=f"parity ({split})", unit="batch", disable=None):
+        for start in progress(range(0, len(labels), batch_size), desc=f"parity ({split})", unit="batch",
+                              min_interval=5):
             x = np.ascontiguousarray(features[np.arange(start, min(start + batch_size, len(labels)))],
                                      dtype=np.float32)
             ref.append(model(torch.from_numpy(x)).numpy())
@@ -100,6 +103,14 @@ def frontend_parity(waveform_model: torch.nn.Module, path, waves: torch.Tensor, 
             "argmax_agreement": agree / max(len(waves), 1)}
 
 
+def int8_loss(report: dict) -> str:
+    """What the int8 model loses against fp32, in words (for a report with ``int8_vs_fp32``)."""
+    cmp = report["int8_vs_fp32"]
+    return (f"int8 model loses {cmp['accuracy_drop_pt']:.2f} accuracy points against fp32 "
+            f"(threshold {cmp['max_accuracy_drop_pt']:g} pt; {100 * report['onnx_fp32']['accuracy']:.2f}% → "
+            f"{100 * report['onnx_int8']['accuracy']:.2f}%)")
+
+
 def parity_warnings(report: dict) -> list[str]:
     """Human-readable warnings for everything in a parity report that is not as expected."""
     out = []
@@ -108,10 +119,7 @@ def parity_warnings(report: dict) -> list[str]:
         out.append(f"fp32 ONNX differs from PyTorch by {fp32['max_abs_logit_diff']:.3g} in a logit "
                    f"(tolerance {fp32['tolerance']:g})")
     if report.get("int8_ok") is False:
-        cmp = report["int8_vs_fp32"]
-        out.append(f"int8 model loses {cmp['accuracy_drop_pt']:.2f} accuracy points against fp32 "
-                   f"(threshold {cmp['max_accuracy_drop_pt']:g} pt; {100 * report['onnx_fp32']['accuracy']:.2f}% → "
-                   f"{100 * report['onnx_int8']['accuracy']:.2f}%): int8_ok is false in parity.json")
+        out.append(int8_loss(report) + ": int8_ok is false in parity.json")
     front = report.get("with_frontend")
     if front and "error" in front:
         out.append(f"--with-frontend: {front['error']}")
