@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from audio_mrkd import fileio
+from audio_mrkd import fileio, plots
 from audio_mrkd.data import cache
 from audio_mrkd.data.dataset import load_split
 from audio_mrkd.data.demo import build_demo
@@ -55,15 +55,17 @@ def run_demo(out_dir: str | Path = "runs/demo", cache_dir: str | Path | None = N
     elif torch.cuda.is_available():
         base = load_experiment(_demo_config("ce"), overrides)
         overrides.append(f"train.epochs={3 * base.train.epochs}")  # a GPU affords the longer schedule
-    summaries = {}
+    summaries, run_dirs = {}, {}
     for method in ("ce", "mrkd"):
         cfg = load_experiment(_demo_config(method), [*overrides, f"train.out_dir={out_dir / method}"])
         log(f"demo: training {METHOD_LABELS[method]} ({cfg.model.name}, {cfg.train.epochs} epochs, seeds {list(seeds)})")
-        summaries[f"{METHOD_LABELS[method]} {cfg.model.name}"] = run_seeds(cfg, log=log)
+        summaries[f"{METHOD_LABELS[method]} {cfg.model.name}"] = summary = run_seeds(cfg, log=log)
+        run_dirs[METHOD_LABELS[method]] = [cfg.out_dir / run for run in (summary or {}).get("runs", [])]
     train = load_split(prepared.name, "train", manifest_dir)
     held = load_split(prepared.name, "evaluate", manifest_dir)
     linear = linear_baseline(train, held)
     minutes = (time.perf_counter() - started) / 60
+    picture = plots.safely(lambda: plots.demo_picture(out_dir / "demo.png", run_dirs), out_dir / "demo.png")
     text = "\n".join([
         f"# audio-mrkd demo: {prepared.name}, train {len(train)} / evaluate {len(held)} clips (split by recording)",
         "", table(summaries),
@@ -72,7 +74,8 @@ def run_demo(out_dir: str | Path = "runs/demo", cache_dir: str | Path | None = N
         f"mean ± std over seeds {list(seeds)}; last = final epoch, best = best epoch on the evaluated split "
         f"(optimistic: chosen on the split it is reported on). {minutes:.1f} min on "
         f"{'CUDA' if torch.cuda.is_available() else f'CPU ({torch.get_num_threads()} threads)'}.",
-        f"TensorBoard: tensorboard --logdir {out_dir}"])
+        f"TensorBoard: tensorboard --logdir {out_dir}",
+        *([f"Picture (MrKD − CE per seed, learning curves): {picture}"] if picture else [])])
     fileio.write_text(out_dir / "results.md", text + "\n")
     log("\n" + text)
     return text
