@@ -84,6 +84,9 @@ def test_metrics_against_hand_computation():
     assert m["log_loss"] == pytest.approx(-np.mean(np.log([0.7, 0.8, 0.4, 0.6, 0.3])))
     assert m["per_device"] == pytest.approx({"a": 1.0, "s1": 1 / 3})
     assert m["per_device_group"] == pytest.approx({"real": 1.0, "seen_sim": 1 / 3})
+    assert m["per_class_count"] == {"x": 2, "y": 2, "z": 1}  # the clips each accuracy rests on
+    assert m["per_device_count"] == {"a": 2, "s1": 3}
+    assert m["per_device_group_count"] == {"real": 2, "seen_sim": 3}
     assert m["confusion"] == [[1, 0, 1], [1, 1, 0], [0, 0, 1]]
     assert m["top5"] == 1.0
 
@@ -98,3 +101,19 @@ def test_ece_by_hand():
 def test_mean_std():
     assert mean_std([1.0, 2.0, 3.0]) == {"mean": 2.0, "std": 1.0, "n": 3}
     assert mean_std([5.0])["std"] == 0.0
+
+
+def test_counts_skip_empty_groups_and_print_with_the_accuracy():
+    from audio_mrkd.train.metrics import with_counts
+    probs = np.eye(4)[[0, 0, 2, 2, 1, 0]]
+    labels = np.array([0, 0, 2, 2, 2, 2])  # class 1 and 3 have no clips; device s2 has none, "x" has no group
+    devices = np.array([0, 0, 0, 2, 2, 2])
+    m = classification_metrics(probs, labels, ["w", "v", "u", "t"], devices, ["a", "s2", "x"],
+                               {"a": "real", "s2": "unseen_sim"})
+    assert m["per_class_count"] == {"w": 2, "u": 4} and set(m["per_class"]) == {"w", "u"}
+    assert m["per_device_count"] == {"a": 3, "x": 3} and set(m["per_device"]) == {"a", "x"}
+    assert m["per_device_group_count"] == {"real": 3}  # clips of a device outside the groups are not counted
+    assert sum(m["per_class_count"].values()) == sum(m["per_device_count"].values()) == m["n_items"] == 6
+    assert with_counts(m, "per_class") == [("w", "1.0000 (n=2)"), ("u", "0.5000 (n=4)")]
+    old = {"per_device": {"a": 0.5}}  # a metrics.json written before the counts: the accuracy alone
+    assert with_counts(old, "per_device") == [("a", "0.5000")] and with_counts(old, "per_class") == []

@@ -56,6 +56,14 @@ def test_ce_run_directory(prepared, tmp_path):
     assert list(preds.columns[:2]) == ["filename", "scene_label"]
     assert np.allclose(preds[["metro", "park", "street"]].sum(axis=1), 1.0, atol=1e-4)
     assert (preds["scene_label"] == preds["true_label"]).mean() == pytest.approx(metrics["last"]["accuracy"])
+    last = metrics["last"]  # each accuracy with the number of clips it rests on
+    assert last["per_class_count"] == preds["true_label"].value_counts().to_dict()
+    for group in ("per_class", "per_device", "per_device_group"):
+        assert sum(last[f"{group}_count"].values()) == last["n_items"] == len(preds), group
+        assert set(last[f"{group}_count"]) == set(last[group]), group
+    items = pd.read_csv(prepared / "manifests" / "tiny" / "evaluate.csv", dtype={"source_label": str})
+    assert last["per_device_count"] == items["source_label"].value_counts().to_dict()
+    assert last["per_device_group_count"] == items["device_group"].value_counts().to_dict()
     for which in ("last", "best"):
         state = torch.load(checkpoint_path(run_dir, which), weights_only=True)
         assert {"model", "optimizer", "scheduler", "rng", "epoch"} <= set(state)
@@ -115,8 +123,13 @@ def test_seeds_summary_and_evaluate(prepared, tmp_path):
     assert saved["last"]["log_loss"]["mean"] == pytest.approx(np.mean(lasts))
     assert saved["last"]["log_loss"]["std"] == pytest.approx(np.std(lasts, ddof=1))
     best = json.loads((runs[0] / "metrics.json").read_text())["best"]
-    again = evaluate_run(runs[0], which="best", log=lambda *_: None)
+    printed = []
+    again = evaluate_run(runs[0], which="best", log=printed.append)
     assert again["accuracy"] == pytest.approx(best["accuracy"])
+    assert again["per_class_count"] == best["per_class_count"] and sum(best["per_class_count"].values()) == 12
+    for group, what in (("per_class", "class"), ("per_device", "device"), ("per_device_group", "device group")):
+        for name, acc in again[group].items():  # each accuracy printed with its number of clips
+            assert f"  {what} {name}: {acc:.4f} (n={again[f'{group}_count'][name]})" in printed, (group, name)
     assert again["log_loss"] == pytest.approx(best["log_loss"], abs=1e-4)
 
 
@@ -233,3 +246,41 @@ def test_eval_every_evaluates_on_schedule_and_after_the_last_epoch(tmp_path):
     assert [h["epoch"] for h in summary["history"]] == [2, 4, 5]
     assert summary["last"]["epoch"] == 5
     assert torch.load(checkpoint_path(run_dir, "last"), weights_only=True)["epoch"] == 5
+
+
+def test_ablation_prints_a_line_per_run_counting_resumed_runs(tmp_path, capsys):
+    """Not a terminal: one plain line per finished run, ``n/total`` counting the runs already in runs.jsonl."""
+    import re
+    from audio_mrkd.train.ablation import run_ablation
+    (tmp_path / "recipe.yaml").write_text("data: {kind: synthetic, synthetic_items: 32}\nmodel: {name: dcase_cnn}\n"
+                                          "train: {epochs: 1, batch_size: 16}\nmrkd: {k: 1}\n")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("config: recipe.yaml\nfolds: 0\nseeds: [0, 1]\nreference: ce\n"
+                    "variants:\n  ce: [method=ce]\n  mrkd: [method=mrkd]\n")
+    line = re.compile(r"ablation: (\d+)/4 runs \((\d+)%\), \d+:\d\d elapsed(, ~\d+:\d\d left)?, "
+                      r"variant=(\w+), fold=0, seed=(\d), last_macro_acc=(\d\.\d{4})")
+    calls = []
+
+    def interrupted(cfg):  # the third run fails: the ablation stops after two, as if interrupted
+        calls.append(cfg.seed)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return train_run(cfg)
+
+    capsys.readouterr()
+    with pytest.raises(KeyboardInterrupt):
+        run_ablation(spec, tmp_path / "abl", train_fn=interrupted, log=lambda *_: None)
+    first = [line.fullmatch(x) for x in capsys.readouterr().err.splitlines() if x.startswith("ablation")]
+    logged = []
+    run_ablation(spec, tmp_path / "abl", log=logged.append)
+    assert logged == [f"ablation: 2 of 4 runs already in {tmp_path / 'abl' / 'runs.jsonl'}"]
+    second = [line.fullmatch(x) for x in capsys.readouterr().err.splitlines() if x.startswith("ablation")]
+    assert all(first) and all(second), (first, second)
+    assert [int(m[1]) for m in first] == [1, 2] and [int(m[1]) for m in second] == [3, 4]
+    assert [int(m[2]) for m in first + second] == [25, 50, 75, 100]
+    # the time left: after the first run of each invocation (3/4 resumed: from this invocation's runs only), not at 4/4
+    assert [bool(m[3]) for m in first + second] == [True, True, True, False]
+    records = [json.loads(x) for x in (tmp_path / "abl" / "runs.jsonl").read_text().splitlines()]
+    assert [(m[4], int(m[5]), float(m[6])) for m in first + second] == [
+        (r["variant"], r["seed"], round(r["last_macro_accuracy"], 4)) for r in records]
+    assert [(r["variant"], r["seed"]) for r in records] == [("ce", 0), ("mrkd", 0), ("ce", 1), ("mrkd", 1)]

@@ -13,8 +13,12 @@ The spec is a YAML file (``configs/ablations/*.yaml``)::
       mean: [method=mrkd, mrkd.ensemble=mean]
 
 Every (variant, fold, seed) run is appended to ``runs.jsonl`` as it finishes, so an interrupted ablation
-continues where it stopped. The table gives mean ± std over folds × seeds of the last- and best-epoch metrics and
-the paired difference to the reference (same fold, same seed), with its standard error and win count.
+continues where it stopped; each finished run prints a line (a bar on a terminal) —
+``ablation: 5/12 runs (42%), 3:10 elapsed, ~4:26 left, variant=mean, fold=1, seed=0, last_macro_acc=0.7125`` —
+counting the runs already in ``runs.jsonl``. The table gives mean ± std over folds × seeds of the last- and
+best-epoch metrics and the paired difference to the reference (same fold, same seed), with its standard error and
+win count; ``ablation.png`` draws those paired differences (forest plot) and the learning curves of the reference
+and the best variant (read from each run's ``metrics.json``, located by the ``run_dir`` of its record).
 """
 from __future__ import annotations
 
@@ -28,9 +32,10 @@ import numpy as np
 import torch
 
 from audio_mrkd import config as config_io
-from audio_mrkd import fileio
+from audio_mrkd import fileio, plots
 from audio_mrkd.errors import InputError
 from audio_mrkd.experiment import load_experiment
+from audio_mrkd.progress import progress
 from audio_mrkd.train.metrics import mean_std
 
 
@@ -73,16 +78,23 @@ def _run_one(task: tuple) -> dict:
         torch.set_num_threads(threads)
     from audio_mrkd.train.engine import train_run
     cfg = load_experiment(config, overrides)
-    _, metrics = (train_fn or train_run)(cfg)
+    run_dir, metrics = (train_fn or train_run)(cfg)
+    if run_dir is not None:  # relative to the ablation folder (cfg.out_dir is <out>/<variant>): it can be moved
+        run_dir = Path(run_dir).resolve()
+        if run_dir.is_relative_to(Path(cfg.out_dir).resolve().parent):
+            run_dir = run_dir.relative_to(Path(cfg.out_dir).resolve().parent)
     return {"variant": variant, "fold": fold, "seed": seed,
             **{f"{w}_{m}": metrics[w][m] for w in ("last", "best") for m in ("accuracy", "macro_accuracy", "log_loss")},
-            "best_epoch": metrics["best"]["epoch"], "n_eval": metrics["last"]["n_items"]}
+            "best_epoch": metrics["best"]["epoch"], "n_eval": metrics["last"]["n_items"],
+            "run_dir": str(run_dir) if run_dir is not None else None}
 
 
 def run_ablation(spec_path: str | Path, out_dir: str | Path, overrides: list[str] | None = None,
                  train_fn=None, jobs: int = 1, run_overrides: list[str] | None = None, log=print) -> str:
-    """Run every missing (variant, fold, seed) — in ``jobs`` processes of one thread each when jobs > 1 —,
-    then write ``ablation.md`` / ``ablation.json`` in ``out_dir``."""
+    """Run every missing (variant, fold, seed) — in ``jobs`` processes of one thread each when jobs > 1 —, with a
+    progress line per finished run on stderr (``log`` says how many runs were already in ``runs.jsonl``),
+    then write ``ablation.md`` / ``ablation.json`` / ``ablation.png`` (forest plot of the paired differences and
+    learning curves; a failure to draw it is a warning, never a lost study) in ``out_dir``."""
     spec, config = load_spec(spec_path, overrides)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -98,25 +110,39 @@ def run_ablation(spec_path: str | Path, out_dir: str | Path, overrides: list[str
              for seed in spec.seeds for fold in range(max(spec.folds, 1))
              for variant, variant_overrides in spec.variants.items() if (variant, fold, seed) not in done]
 
+    # one line per finished run (a bar on a terminal): done/total counts the runs resumed from runs.jsonl; the time
+    # left is the mean time of the runs finished in this invocation times the runs still to do
+    total = len(spec.seeds) * max(spec.folds, 1) * len(spec.variants)
+    if total > len(tasks):
+        log(f"ablation: {total - len(tasks)} of {total} runs already in {records_path}")
+    bar = progress(total=total, initial=total - len(tasks), desc="ablation", unit="runs")
+
     def record(rec: dict) -> None:
         with records_path.open("a") as handle:
             handle.write(json.dumps(rec) + "\n")
         done[(rec["variant"], rec["fold"], rec["seed"])] = rec
-        log(f"ablation {rec['variant']} fold {rec['fold']} seed {rec['seed']}: "
-            f"last macro {rec['last_macro_accuracy']:.4f} ({len(done)} runs done)")
+        bar.set_postfix(variant=rec["variant"], fold=rec["fold"], seed=rec["seed"],
+                        last_macro_acc=f"{rec['last_macro_accuracy']:.4f}")
+        bar.update(1)
 
-    if jobs > 1 and len(tasks) > 1:
-        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("fork")) as pool:
-            for rec in pool.map(_run_one, tasks):
-                record(rec)
-    else:
-        for task in tasks:
-            record(_run_one(task))
+    try:
+        if jobs > 1 and len(tasks) > 1:
+            with ProcessPoolExecutor(jobs, mp_context=mp.get_context("fork")) as pool:
+                for rec in pool.map(_run_one, tasks):
+                    record(rec)
+        else:
+            for task in tasks:
+                record(_run_one(task))
+    finally:
+        bar.close()
     summary = summarize(list(done.values()), spec)
     fileio.write_json(out_dir / "ablation.json", summary)
     text = format_table(summary, spec)
-    fileio.write_text(out_dir / "ablation.md", text + "\n")
-    return text
+    picture = plots.safely(lambda: plots.ablation_picture(out_dir, list(done.values()), spec.variants,
+                                                          spec.reference), out_dir / "ablation.png")
+    embed = f"\n\n![Δ to `{spec.reference}` per variant and learning curves]({picture.name})" if picture else ""
+    fileio.write_text(out_dir / "ablation.md", text + embed + "\n")
+    return text + (f"\n\npicture: {picture}" if picture else "")
 
 
 def summarize(records: list[dict], spec: AblationSpec) -> dict:

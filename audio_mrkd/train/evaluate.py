@@ -10,7 +10,10 @@ from audio_mrkd import fileio
 from audio_mrkd.data.dataset import BatchLoader, FeatureSplit, load_split
 from audio_mrkd.data.dcase import DEVICE_GROUPS
 from audio_mrkd.train.checkpoint import load_run_model
-from audio_mrkd.train.metrics import classification_metrics
+from audio_mrkd.train.metrics import classification_metrics, with_counts
+
+#: Up to this many classes, ``evaluate`` prints one line per class (always in ``eval-<split>-<which>.json``).
+MAX_CLASS_LINES = 20
 
 
 def _split_for(info: dict, cfg, split: str) -> FeatureSplit:
@@ -38,6 +41,10 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, which: str = "be
     fileio.write_json(run_dir / f"eval-{split}-{which}.json", metrics)
     log(f"{run_dir.name} [{which}] on {split} ({len(data)} items): accuracy {metrics['accuracy']:.4f}, "
         f"macro accuracy {metrics['macro_accuracy']:.4f}, log loss {metrics['log_loss']:.4f}")
-    for name, acc in metrics.get("per_device", {}).items():
-        log(f"  device {name}: {acc:.4f}")
+    groups = [("per_device", "device"), ("per_device_group", "device group")]
+    if len(metrics["per_class"]) <= MAX_CLASS_LINES:  # CIFAR-100's hundred classes stay in the JSON file only
+        groups.insert(0, ("per_class", "class"))
+    for group, what in groups:
+        for name, acc in with_counts(metrics, group):
+            log(f"  {what} {name}: {acc}")
     return metrics

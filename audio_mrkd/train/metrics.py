@@ -1,6 +1,7 @@
 """Evaluation metrics (design.md §6): accuracy, macro (class-wise) accuracy — the DCASE ranking metric —,
-multi-class log loss, top-5, expected calibration error, per-class, per-device and device-group accuracy,
-confusion matrix; and mean ± std summaries over seeds."""
+multi-class log loss, top-5, expected calibration error, per-class, per-device and device-group accuracy (each with
+the number of clips it rests on: ``per_class_count``, ``per_device_count``, ``per_device_group_count``), confusion
+matrix; and mean ± std summaries over seeds."""
 from __future__ import annotations
 
 import numpy as np
@@ -23,8 +24,18 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
     return float(ece)
 
 
-def _group_accuracy(correct: np.ndarray, groups: np.ndarray, names: list[str]) -> dict[str, float]:
-    return {name: float(correct[groups == i].mean()) for i, name in enumerate(names) if (groups == i).any()}
+#: The per-group accuracies and, for each, the key of its clip counts (same names, only groups with clips).
+GROUPS = {"per_class": "per_class_count", "per_device": "per_device_count",
+          "per_device_group": "per_device_group_count"}
+
+
+def _group_accuracy(correct: np.ndarray, groups: np.ndarray, names: list[str]) -> tuple[dict[str, float],
+                                                                                        dict[str, int]]:
+    """Accuracy and number of clips of each group ``names[i]`` (``groups == i``) that has any clips."""
+    counts = np.bincount(groups[groups >= 0], minlength=len(names))
+    present = [(i, name) for i, name in enumerate(names) if counts[i]]
+    return ({name: float(correct[groups == i].mean()) for i, name in present},
+            {name: int(counts[i]) for i, name in present})
 
 
 def classification_metrics(probs: np.ndarray, labels: np.ndarray, class_names: list[str],
@@ -36,8 +47,7 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, class_names: l
     probs = probs / probs.sum(axis=1, keepdims=True)
     pred = probs.argmax(axis=1)
     correct = pred == labels
-    per_class = {name: float(correct[labels == i].mean()) for i, name in enumerate(class_names)
-                 if (labels == i).any()}
+    per_class, per_class_count = _group_accuracy(correct, labels, class_names)
     top5 = np.argsort(-probs, axis=1)[:, :5]
     out = {
         "accuracy": float(correct.mean()),
@@ -47,16 +57,26 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, class_names: l
         "ece": expected_calibration_error(probs, labels),
         "n_items": int(len(labels)),
         "per_class": per_class,
+        "per_class_count": per_class_count,
         "confusion": confusion_matrix(labels, pred, labels=list(range(n_classes))).tolist(),
     }
     if devices is not None and device_names is not None:
-        out["per_device"] = _group_accuracy(correct, devices, device_names)
+        out["per_device"], out["per_device_count"] = _group_accuracy(correct, devices, device_names)
         if device_groups:
             group_names = sorted(set(device_groups.values()))
             group_of = np.array([group_names.index(device_groups.get(d, "other")) if d in device_groups else -1
                                  for d in device_names])
-            out["per_device_group"] = _group_accuracy(correct, group_of[devices], group_names)
+            out["per_device_group"], out["per_device_group_count"] = _group_accuracy(correct, group_of[devices],
+                                                                                     group_names)
     return out
+
+
+def with_counts(metrics: dict, group: str, digits: int = 4) -> list[tuple[str, str]]:
+    """``(name, "0.8125 (n=16)")`` for each entry of ``metrics[group]`` (e.g. ``"per_device"``); metrics written
+    before the counts were kept (older ``metrics.json``) give the accuracy alone."""
+    counts = metrics.get(GROUPS[group], {})
+    return [(name, f"{acc:.{digits}f}" + (f" (n={counts[name]})" if name in counts else ""))
+            for name, acc in metrics.get(group, {}).items()]
 
 
 def mean_std(values: list[float]) -> dict[str, float]:
