@@ -1,0 +1,266 @@
+"""Behaviour recording of the training engine on the CPU, for refactors that must not change a single bit.
+
+:func:`record` prepares a tiny deterministic DCASE-layout dataset (tones + noise written by
+:func:`tests.conftest.make_dcase_tree`), trains each case of :data:`CASES` in this process through the public API
+(:func:`load_experiment` + :func:`train_run`) and returns plain, JSON-able values:
+
+* ``losses``: every ``loss/*`` TensorBoard scalar of the first :data:`STEPS` optimiser steps (``train.log_every=1``),
+  ``{tag: {step: float.hex()}}``. The values are float32 in the event file, exactly as the engine computed them
+  (float32 tensors), so nothing is rounded away.
+* ``scalars``: the other deterministic scalars of those steps (lr, ``mrkd/*`` rates and accuracies, ``eval/*``,
+  ``train/ce_epoch``); timing tags (``time/step_ms``, ``mrkd/teacher_time_share``) are left out.
+* ``metrics``: the run's metrics summary (what ``metrics.json`` holds: last, best, per-epoch history), minus
+  ``run_id`` (a timestamp); every float as ``float.hex()``.
+
+``tests/test_equivalence.py`` compares a fresh run with ``tests/data/equivalence_cpu.json``, written by
+``python scripts/record_equivalence.py`` (or ``python -m tests.equivalence --write``) from the code as it is.
+
+Determinism: everything runs on the CPU with one torch thread (restored afterwards), the data is generated from
+fixed seeds, each run is seeded (``seed=0``), and nothing depends on the wall clock or the run directory name.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+RECORDING = ROOT / "tests" / "data" / "equivalence_cpu.json"
+FORMAT = 1
+STEPS = 30  # recorded optimiser steps (36 train items, batch 6, drop_last → 6 steps/epoch × 5 epochs = 30 steps)
+N_CLIPS = 48  # 36 train (loc0…loc3), 12 evaluate (loc4, loc5)
+THREADS = 1
+
+BASE = [
+    "data.name=tiny", "model.name=cp_mobile", "model.options={base_channels: 8, n_blocks: [1, 1, 1]}",
+    "seed=0", "train.device=cpu", "train.precision=32", f"train.threads={THREADS}", "train.epochs=5",
+    "train.batch_size=6", "train.lr=0.01", "train.log_every=1", "train.progress=false",
+    "augment.roll=0.1", "augment.freq_mask=4", "augment.time_mask=4",
+]
+MIXUP = "augment.mixup_alpha=0.3"
+# MrKD with step backups: k=3 teachers, one backup every 3 steps → the bank is full after step 9, distillation is
+# active in steps 10…30 (21 of 30), and from step 12 on each backup evicts the oldest snapshot.
+STEP_BANK = ["method=mrkd", "mrkd.k=3", "mrkd.interval=3", "mrkd.interval_unit=step"]
+CASES: dict[str, list[str]] = {
+    "ce_mixup": ["method=ce", MIXUP],
+    "mrkd_same_mixup": [*STEP_BANK, "mrkd.teacher_input=same", MIXUP],
+    "mrkd_cached_mixup": [*STEP_BANK, "mrkd.teacher_input=cached", MIXUP],
+    "ce_plain": ["method=ce"],
+    # the default backup unit (epochs) and hard labels: k=2 → the bank is full after epoch 2, active in steps 13…30
+    "mrkd_epoch_plain": ["method=mrkd", "mrkd.k=2"],
+}
+# the first step with distillation on, per MrKD case (checked by the test, so the recording can't silently be CE)
+FIRST_ACTIVE = {"mrkd_same_mixup": 10, "mrkd_cached_mixup": 10, "mrkd_epoch_plain": 13}
+
+
+# ---- plain values ----------------------------------------------------------------------------------------------
+def plain(value):
+    """JSON-able copy with every float as ``float.hex()`` (bit-exact, NaN/inf included)."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return plain(value.tolist())
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value).hex()
+    if value is None or isinstance(value, str):
+        return value
+    raise TypeError(f"not a plain value: {type(value).__name__} {value!r}")
+
+
+def unhex(value: str) -> float:
+    return float.fromhex(value)
+
+
+# ---- environment -----------------------------------------------------------------------------------------------
+@contextmanager
+def torch_threads(n: int):
+    saved = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
+
+
+@contextmanager
+def private_cache(folder: Path):
+    """``$AUDIO_MRKD_CACHE`` → ``folder`` for the duration (never the user's cache)."""
+    saved = os.environ.get("AUDIO_MRKD_CACHE")
+    os.environ["AUDIO_MRKD_CACHE"] = str(folder)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("AUDIO_MRKD_CACHE", None)
+        else:
+            os.environ["AUDIO_MRKD_CACHE"] = saved
+
+
+def environment() -> dict:
+    """What the recorded numbers depend on besides the code: checked by the test before comparing."""
+    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "threads": THREADS}
+
+
+def provenance() -> dict:
+    """Where the recording came from (informational): git commit, uncommitted changes, source digest."""
+    def git(*args: str) -> str:
+        try:
+            return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=30,
+                                  check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            return ""
+    dirty = git("status", "--porcelain", "--", "audio_mrkd")
+    return {"git_commit": git("rev-parse", "HEAD") or None,
+            "git_dirty_audio_mrkd": bool(dirty), "source_sha256": source_digest(),
+            "python": platform.python_version(), "numpy": np.__version__, "machine": platform.machine()}
+
+
+def source_digest() -> str:
+    """SHA-256 over ``audio_mrkd/**/*.py`` (path + content): identifies the code, committed or not."""
+    digest = hashlib.sha256()
+    for path in sorted((ROOT / "audio_mrkd").rglob("*.py")):
+        digest.update(str(path.relative_to(ROOT)).encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+# ---- data and runs ---------------------------------------------------------------------------------------------
+def prepare_data(root: Path) -> dict:
+    """The tiny dataset under ``root`` (audio tree, feature cache, manifests) → its digest."""
+    from audio_mrkd.data import cache
+    from audio_mrkd.data.prepare import prepare
+    from tests.conftest import make_dcase_tree
+    tree = make_dcase_tree(root / "dev", n=N_CLIPS)
+    with torch_threads(THREADS):
+        result = prepare(tree, "tiny", cache_dir=root / "cache", manifest_dir=root / "manifests", workers=1,
+                         overrides=["n_mels=32"], log=lambda *_: None)
+    features = np.ascontiguousarray(cache.open_features(result.cache_entry))
+    info = json.loads((root / "manifests" / "tiny" / "features.json").read_text())
+    return {"features_sha256": hashlib.sha256(features.tobytes()).hexdigest(), "shape": list(features.shape),
+            "train_mean_sha256": hashlib.sha256(json.dumps(info["train_mean"]).encode()).hexdigest(),
+            "train_std_sha256": hashlib.sha256(json.dumps(info["train_std"]).encode()).hexdigest()}
+
+
+def read_scalars(run_dir: Path, steps: int = STEPS) -> tuple[dict, dict]:
+    """(losses, other scalars) of steps 1…``steps`` from the run's TensorBoard events; timing tags left out."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    losses, others = {}, {}
+    for tag in sorted(acc.Tags()["scalars"]):
+        if "time" in tag:  # time/step_ms, mrkd/teacher_time_share: wall clock
+            continue
+        events = [e for e in acc.Scalars(tag) if e.step <= steps]
+        if not events:
+            continue
+        values = {}
+        for e in events:
+            if str(e.step) in values:
+                raise AssertionError(f"{run_dir}: tag {tag} logged twice at step {e.step}")
+            values[str(e.step)] = float(e.value).hex()
+        (losses if tag.startswith("loss/") else others)[tag] = values
+    return losses, others
+
+
+def run_case(name: str, root: Path) -> dict:
+    """Train case ``name`` on the data prepared under ``root`` → its plain recording."""
+    from audio_mrkd.experiment import load_experiment
+    from audio_mrkd.train.engine import train_run
+    out = root / "runs" / name
+    cfg = load_experiment(None, [*BASE, f"data.manifest_dir={root / 'manifests'}", f"train.out_dir={out}",
+                                 *CASES[name]])
+    with torch_threads(THREADS), private_cache(root / "cache"):
+        run_dir, summary = train_run(cfg)
+    losses, others = read_scalars(Path(run_dir))
+    metrics = {k: v for k, v in summary.items() if k != "run_id"}
+    return {"overrides": CASES[name], "losses": losses, "scalars": others, "metrics": plain(metrics)}
+
+
+def record(root: Path, cases: list[str] | None = None) -> dict:
+    """Everything the test compares: environment, data digest and each case."""
+    root = Path(root)
+    with private_cache(root / "cache"):
+        data = prepare_data(root)
+    return {"format": FORMAT, "environment": environment(), "data": data,
+            "cases": {name: run_case(name, root) for name in (cases or CASES)}}
+
+
+# ---- comparison ------------------------------------------------------------------------------------------------
+def differences(expected, actual, where: str = "", limit: int = 20) -> list[str]:
+    """Paths where two plain recordings differ (hex floats shown with their decimal value too)."""
+    out: list[str] = []
+
+    def show(v):
+        if isinstance(v, str) and v.lstrip("-").startswith("0x"):
+            return f"{v} ({unhex(v)!r})"
+        return repr(v)
+
+    def walk(a, b, path):
+        if len(out) >= limit:
+            return
+        if isinstance(a, dict) and isinstance(b, dict):
+            for key in sorted(set(a) | set(b), key=lambda k: (len(k), k)):
+                if key not in b:
+                    out.append(f"{path}/{key}: missing now (recorded "
+                               f"{'a dict' if isinstance(a[key], dict) else show(a[key])})")
+                elif key not in a:
+                    out.append(f"{path}/{key}: new (not in the recording)")
+                else:
+                    walk(a[key], b[key], f"{path}/{key}")
+        elif isinstance(a, list) and isinstance(b, list):
+            if len(a) != len(b):
+                out.append(f"{path}: {len(a)} items recorded, {len(b)} now")
+            for i, (x, y) in enumerate(zip(a, b)):
+                walk(x, y, f"{path}[{i}]")
+        elif a != b or type(a) is not type(b):
+            out.append(f"{path}: recorded {show(a)}, now {show(b)}")
+
+    walk(expected, actual, where)
+    return out
+
+
+# ---- writing the recording -------------------------------------------------------------------------------------
+def write_recording(path: Path = RECORDING, cases: list[str] | None = None, log=print) -> dict:
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="audio_mrkd_equivalence_") as tmp:
+        recording = record(Path(tmp), cases)
+    recording = {"format": recording.pop("format"), "recorded": provenance(), **recording}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(recording, indent=1, sort_keys=False) + "\n")
+    log(f"wrote {path} ({len(recording['cases'])} cases, {time.perf_counter() - started:.1f} s); "
+        f"torch {recording['environment']['torch']}, CPU {recording['environment']['cpu_capability']}, "
+        f"commit {recording['recorded']['git_commit']}"
+        + (" + uncommitted changes in audio_mrkd/" if recording["recorded"]["git_dirty_audio_mrkd"] else ""))
+    return recording
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--write", action="store_true", help=f"write the recording to {RECORDING.relative_to(ROOT)}")
+    parser.add_argument("--out", type=Path, default=RECORDING, help="where to write it")
+    args = parser.parse_args(argv)
+    if not args.write:
+        parser.error("nothing to do: pass --write to (re-)record")
+    write_recording(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
