@@ -11,6 +11,7 @@ import sys
 from audio_mrkd import __version__
 from audio_mrkd.cpu_memory import tune_malloc
 from audio_mrkd.errors import InputError
+from audio_mrkd.paths import MANIFEST_DIR
 
 INT8_EXIT = 3   # export: the int8 model lost more than the threshold and was not kept
 
@@ -37,7 +38,7 @@ def _add_prepare_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--cache-dir", default=None, help=CACHE_HELP)
     p.add_argument("--workers", type=int, default=2, help="extraction processes (default 2)")
     p.add_argument("--train-split", default=None, help="train split file instead of fold1_train.csv (e.g. split25.csv)")
-    p.add_argument("--manifest-dir", default="data_manifests", help="where manifests go (default data_manifests/)")
+    p.add_argument("--manifest-dir", default=MANIFEST_DIR, help=f"where manifests go (default {MANIFEST_DIR}/)")
     p.add_argument("overrides", nargs="*", help="front-end overrides, e.g. n_mels=128 clip_seconds=10")
 
 
@@ -137,6 +138,22 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser = _with_formatter(sub.add_parser)
 
+    _add_data_parsers(sub)
+    _add_training_parsers(sub)
+    _add_bench_parser(sub)
+    _add_export_parser(sub)
+    _add_predict_parser(sub)
+
+    p = sub.add_parser("env", help="versions, the torch device found and why, the cache folder and its size "
+                                   "(paste into a bug report)")
+    p.add_argument("--cache-dir", default=None, help=CACHE_HELP)
+    p.set_defaults(func=cmd_env)
+    return parser
+
+
+
+
+def _add_data_parsers(sub) -> None:
     p = sub.add_parser("prepare", help="DCASE dev set → cached log-mel features + manifests")
     _add_prepare_args(p)
     p.set_defaults(func=cmd_prepare)
@@ -144,10 +161,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo-data", help="build the real-audio demo set (Drums-5, else Birds-3) and prepare it")
     p.add_argument("--out", default=None, help="where the DCASE-layout demo audio goes (default <cache>/demo_audio)")
     p.add_argument("--cache-dir", default=None, help=CACHE_HELP)
-    p.add_argument("--manifest-dir", default="data_manifests", help="where the manifests go")
+    p.add_argument("--manifest-dir", default=MANIFEST_DIR, help="where the manifests go")
     p.add_argument("--workers", type=int, default=2, help="extraction processes")
     p.set_defaults(func=cmd_demo_data)
 
+
+def _add_training_parsers(sub) -> None:
     p = sub.add_parser("train", help="train CE or MrKD (one run per seed); --resume continues a run")
     p.add_argument("--config", help="experiment YAML (configs/experiments/*.yaml)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last checkpoint")
@@ -178,6 +197,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one CE and one MrKD run per seed")
     p.set_defaults(func=cmd_demo)
 
+
+def _add_bench_parser(sub) -> None:
     p = sub.add_parser("bench", help="training throughput side by side: MrKD vs CE, the DCASE'24 pipeline vs "
                                      "cached features with the GPU switches, ResNet-18 precision")
     p.add_argument("--suite", default="step", choices=["step", "pipeline", "resnet", "all"],
@@ -191,15 +212,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
                    help="torch device to measure on (auto: CUDA when available)")
     p.set_defaults(func=cmd_bench)
-
-    _add_export_parser(sub)
-    _add_predict_parser(sub)
-
-    p = sub.add_parser("env", help="versions, the torch device found and why, the cache folder and its size "
-                                   "(paste into a bug report)")
-    p.add_argument("--cache-dir", default=None, help=CACHE_HELP)
-    p.set_defaults(func=cmd_env)
-    return parser
 
 
 def _with_formatter(add_parser):

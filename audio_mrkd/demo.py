@@ -9,10 +9,12 @@ import torch
 from audio_mrkd import fileio, plots
 from audio_mrkd.data import cache
 from audio_mrkd.data.dataset import load_split
-from audio_mrkd.data.demo import build_demo
+from audio_mrkd.data.demo_sets import build_demo
 from audio_mrkd.data.prepare import PrepareResult, prepare
 from audio_mrkd.errors import InputError
 from audio_mrkd.experiment import load_experiment
+from audio_mrkd.paths import MANIFEST_DIR
+from audio_mrkd.runtime import Runtime
 from audio_mrkd.train.linear import linear_baseline
 from audio_mrkd.train.sweep import run_seeds, table
 
@@ -22,7 +24,7 @@ DEMO_FRONTEND = ["n_mels=64"]
 
 
 def build_and_prepare(out: str | Path | None = None, cache_dir: str | Path | None = None,
-                      manifest_dir: str | Path = "data_manifests", workers: int = 2, log=print) -> PrepareResult:
+                      manifest_dir: str | Path = MANIFEST_DIR, workers: int = 2, log=print) -> PrepareResult:
     """Build the demo set (reusing an earlier build) under the cache folder and prepare it as ``drums5``/``birds3``."""
     root = Path(cache_dir) if cache_dir else cache.default_cache_dir()
     cache.ensure_writable(root)
@@ -44,7 +46,7 @@ def _demo_config(method: str) -> Path:
 
 
 def run_demo(out_dir: str | Path = "runs/demo", cache_dir: str | Path | None = None, epochs: int | None = None,
-             seeds=(0, 1, 2), manifest_dir: str | Path = "data_manifests", log=print) -> str:
+             seeds=(0, 1, 2), manifest_dir: str | Path = MANIFEST_DIR, log=print) -> str:
     """Build + prepare the demo set, train CE and MrKD with one recipe over ``seeds``, print and save the table."""
     started = time.perf_counter()
     prepared = build_and_prepare(cache_dir=cache_dir, manifest_dir=manifest_dir, log=log)
@@ -52,9 +54,10 @@ def run_demo(out_dir: str | Path = "runs/demo", cache_dir: str | Path | None = N
     overrides = [f"data.name={prepared.name}", f"data.manifest_dir={manifest_dir}", f"seeds={list(seeds)}"]
     if epochs:
         overrides.append(f"train.epochs={epochs}")
-    elif torch.cuda.is_available():
+    else:
         base = load_experiment(_demo_config("ce"), overrides)
-        overrides.append(f"train.epochs={3 * base.train.epochs}")  # a GPU affords the longer schedule
+        if Runtime.from_config(base.train).cuda:  # a GPU affords the longer schedule
+            overrides.append(f"train.epochs={3 * base.train.epochs}")
     summaries, run_dirs = {}, {}
     for method in ("ce", "mrkd"):
         cfg = load_experiment(_demo_config(method), [*overrides, f"train.out_dir={out_dir / method}"])
@@ -65,6 +68,7 @@ def run_demo(out_dir: str | Path = "runs/demo", cache_dir: str | Path | None = N
     held = load_split(prepared.name, "evaluate", manifest_dir)
     linear = linear_baseline(train, held)
     minutes = (time.perf_counter() - started) / 60
+    cuda = Runtime.from_config(cfg.train).cuda
     picture = plots.safely(lambda: plots.demo_picture(out_dir / "demo.png", run_dirs), out_dir / "demo.png")
     text = "\n".join([
         f"# audio-mrkd demo: {prepared.name}, train {len(train)} / evaluate {len(held)} clips (split by recording)",
@@ -73,7 +77,7 @@ def run_demo(out_dir: str | Path = "runs/demo", cache_dir: str | Path | None = N
         f"{linear['macro_accuracy']:.3f} | {linear['log_loss']:.3f} | – | – | – | – |", "",
         f"mean ± std over seeds {list(seeds)}; last = final epoch, best = best epoch on the evaluated split "
         f"(optimistic: chosen on the split it is reported on). {minutes:.1f} min on "
-        f"{'CUDA' if torch.cuda.is_available() else f'CPU ({torch.get_num_threads()} threads)'}.",
+        f"{'CUDA' if cuda else f'CPU ({torch.get_num_threads()} threads)'}.",
         f"TensorBoard: tensorboard --logdir {out_dir}",
         *([f"Picture (MrKD − CE per seed, learning curves): {picture}"] if picture else [])])
     fileio.write_text(out_dir / "results.md", text + "\n")

@@ -1,4 +1,5 @@
-"""Atomic file writes: write to a temporary name in the same folder, then rename over the target."""
+"""Atomic writes: write a file (or build a folder) under a temporary name in the same folder, then rename it over
+the target."""
 from __future__ import annotations
 
 import json
@@ -43,13 +44,46 @@ def write_csv(path: str | Path, frame: pd.DataFrame, **kwargs) -> None:
         frame.to_csv(tmp, index=False, **kwargs)
 
 
-def replace_dir(tmp_dir: Path, final_dir: Path) -> None:
-    """Move a fully written ``tmp_dir`` into place as ``final_dir``, replacing an older one."""
-    old = final_dir.with_name(f".{final_dir.name}.old")
-    if old.exists():
-        shutil.rmtree(old)
-    if final_dir.exists():
-        os.replace(final_dir, old)
-    os.replace(tmp_dir, final_dir)
-    if old.exists():
-        shutil.rmtree(old)
+@contextmanager
+def building_dir(final: str | Path) -> Iterator[Path]:
+    """Yield a new empty folder (mode 0755) beside ``final`` to build in; when the block finishes, every file in
+    it is fsynced and the folder is renamed to ``final``, replacing an older one. If the block raises, the folder
+    is removed and ``final`` is left as it was. Nobody sees a half-built ``final``: write its completion marker
+    last inside the block, and check for the marker when reading.
+    """
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    try:
+        tmp.chmod(0o755)  # mkdtemp makes it private (0700); what is published is an ordinary folder
+        yield tmp
+        _fsync_tree(tmp)
+        old = final.with_name(f".{final.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        if final.exists():
+            os.replace(final, old)  # a folder cannot be renamed over a non-empty one
+        os.replace(tmp, final)
+        _fsync(final.parent)
+        if old.exists():
+            shutil.rmtree(old)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_tree(root: Path) -> None:
+    """fsync every file and folder below ``root`` (folders after their contents, ``root`` last; links skipped)."""
+    for folder, _, files in os.walk(root, topdown=False):
+        for name in files:
+            if not os.path.islink(os.path.join(folder, name)):
+                _fsync(Path(folder) / name)
+        _fsync(Path(folder))

@@ -38,6 +38,7 @@ from audio_mrkd.export.complexity import count
 from audio_mrkd.export.onnx import FEATURES_INPUT, FeatureModel, export_onnx, onnx_session
 from audio_mrkd.export.quantize import CANDIDATES, Candidate, FeatureReader, choose_int8, logits_at, quantize_int8
 from audio_mrkd.models import build_model
+from audio_mrkd.paths import MANIFEST_DIR
 from audio_mrkd.versions import versions
 
 
@@ -79,7 +80,7 @@ def calibration_table(run_dir: str, calibration: int, candidates=CANDIDATES) -> 
 
     net, info, cfg = load_run_model(run_dir)
     model = FeatureModel(net, info.get("norm_mean"), info.get("norm_std")).eval()
-    manifests = info.get("manifest_dir", "data_manifests")
+    manifests = info.get("manifest_dir", MANIFEST_DIR)
     train = load_split(info["name"], info.get("train_split", cfg.data.train_split), manifests, in_memory=False)
     evaluated = load_split(info["name"], info.get("eval_split", cfg.data.eval_split), manifests, in_memory=False)
     every = np.arange(len(evaluated))

@@ -117,3 +117,18 @@ def test_counts_skip_empty_groups_and_print_with_the_accuracy():
     assert with_counts(m, "per_class") == [("w", "1.0000 (n=2)"), ("u", "0.5000 (n=4)")]
     old = {"per_device": {"a": 0.5}}  # a metrics.json written before the counts: the accuracy alone
     assert with_counts(old, "per_device") == [("a", "0.5000")] and with_counts(old, "per_class") == []
+
+
+def test_macro_accuracy_is_the_mean_of_the_per_class_accuracies_bit_for_bit(recwarn):
+    from audio_mrkd.train.metrics import macro_accuracy
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n_classes, n = int(rng.integers(2, 12)), int(rng.integers(1, 300))
+        labels = rng.integers(0, n_classes, n)
+        pred = np.where(rng.random(n) < 0.6, labels, rng.integers(0, n_classes, n))
+        per_class = [(pred[labels == c] == c).mean() for c in np.unique(labels)]
+        assert macro_accuracy(labels, pred) == float(np.mean(per_class))
+    # a predicted class without clips of its own counts for nothing, and says nothing
+    assert macro_accuracy(np.array([0, 0, 1]), np.array([0, 2, 1])) == 0.75
+    assert not [w for w in recwarn if "y_pred contains classes" in str(w.message)]
+    assert np.isnan(macro_accuracy(np.array([], dtype=np.int64), np.array([], dtype=np.int64)))

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from audio_mrkd.data import demo
+from audio_mrkd.data import demo_sets, packages
 from audio_mrkd.data.cache import default_cache_dir
 from audio_mrkd.errors import InputError
 
@@ -112,23 +112,23 @@ def drumkits(tmp_path: Path) -> Path:
     ("Atom", None), ("Bdrum", None), ("What", None),
 ])
 def test_classify_instrument(name, label):
-    assert demo.classify_instrument(name) == label
+    assert demo_sets.classify_instrument(name) == label
 
 
 # ------------------------------------------------------------------------------------------------ drums
 def test_parse_drumkit_strips_namespace_and_reads_both_layouts(drumkits):
-    new = dict(demo.parse_drumkit(drumkits / "VariBreaks" / "drumkit.xml"))
+    new = dict(demo_sets.parse_drumkit(drumkits / "VariBreaks" / "drumkit.xml"))
     assert new["VariBreaks Kick 1"] == ["kick0.wav", "kick1.wav"]
-    old = demo.parse_drumkit(drumkits / "Millo-Drums_v.1" / "drumkit.xml")
+    old = demo_sets.parse_drumkit(drumkits / "Millo-Drums_v.1" / "drumkit.xml")
     assert old[0] == ("BD", ["kick.wav"]) and old[1] == ("Stick", ["stick.wav"]) and len(old) == 6
 
 
 def test_collect_maps_acoustic_kits_and_dedupes(drumkits):
-    files = demo.collect_drum_files(drumkits)
+    files = demo_sets.collect_drum_files(drumkits)
     assert {f.kit for f in files} == {"Audiophob", "VariBreaks", "Millo-Drums_v.1"}   # HardElectro1 skipped
     assert not any(f.path.name in ("clap.wav", "stick.wav") for f in files)          # unmapped dropped
     assert len(files) == 6 + 10 + 5
-    kept, removed = demo.dedupe(files)
+    kept, removed = demo_sets.dedupe(files)
     assert removed == 1 and len(kept) == 20
     assert [f.path.name for f in kept].count("kick.wav") == 2                         # Audiophob + Millo
     counts = Counter(f.scene_label for f in kept)
@@ -138,13 +138,13 @@ def test_collect_maps_acoustic_kits_and_dedupes(drumkits):
 def test_missing_sample_file_is_an_input_error(drumkits):
     (drumkits / "Audiophob" / "tom.wav").unlink()
     with pytest.raises(InputError, match=r"drumkit.xml: instrument 'Tom Hi' refers to missing file 'tom.wav'"):
-        demo.collect_drum_files(drumkits)
+        demo_sets.collect_drum_files(drumkits)
 
 
 def test_build_from_tree_writes_dcase_layout(drumkits, tmp_path):
     out = tmp_path / "demo" / "drums5"
     lines = []
-    summary = demo.build_drums5_from_tree(drumkits, out, log=lines.append)
+    summary = demo_sets.build_drums5_from_tree(drumkits, out, log=lines.append)
     meta = read_tsv(out / "meta.csv")
     assert meta[0] == ["filename", "scene_label", "identifier", "source_label"]
     rows = meta[1:]
@@ -171,7 +171,7 @@ def test_build_from_tree_writes_dcase_layout(drumkits, tmp_path):
 
 def test_fold_files_grouped_and_complete(drumkits, tmp_path):
     out = tmp_path / "drums5"
-    demo.build_drums5_from_tree(drumkits, out, log=lambda s: None)
+    demo_sets.build_drums5_from_tree(drumkits, out, log=lambda s: None)
     meta = {r[0]: r for r in read_tsv(out / "meta.csv")[1:]}
     setup = out / "evaluation_setup"
     train, evaluate, test = (read_tsv(setup / f"fold1_{s}.csv") for s in ("train", "evaluate", "test"))
@@ -187,33 +187,33 @@ def test_fold_files_grouped_and_complete(drumkits, tmp_path):
 
 def test_corrupt_sample_is_an_input_error(drumkits, tmp_path):
     (drumkits / "VariBreaks" / "tom1.wav").write_bytes(b"RIFF not really a wav")
-    with pytest.raises(InputError, match="VariBreaks/tom1.wav: cannot decode audio"):
-        demo.build_drums5_from_tree(drumkits, tmp_path / "drums5", log=lambda s: None)
+    with pytest.raises(InputError, match="VariBreaks/tom1.wav: unreadable audio"):
+        demo_sets.build_drums5_from_tree(drumkits, tmp_path / "drums5", log=lambda s: None)
 
 
 def test_interrupted_write_keeps_previous_build(drumkits, tmp_path):
     out = tmp_path / "demo" / "drums5"
-    first = demo.build_drums5_from_tree(drumkits, out, log=lambda s: None)
-    records = demo.drum_records(demo.dedupe(demo.collect_drum_files(drumkits))[0])
+    first = demo_sets.build_drums5_from_tree(drumkits, out, log=lambda s: None)
+    records = demo_sets.drum_records(demo_sets.dedupe(demo_sets.collect_drum_files(drumkits))[0])
 
     def fail():
         raise InputError("simulated: decoding stopped")
     records[12].load = fail
     with pytest.raises(InputError, match="simulated"):
-        demo.write_dcase(out, "drums5", records, log=lambda s: None)
+        demo_sets.write_dcase(out, "drums5", records, log=lambda s: None)
     assert [p.name for p in out.parent.iterdir()] == ["drums5"]                          # temp folder removed
-    assert demo.read_summary(out) == first and len(read_tsv(out / "meta.csv")) == 21
+    assert demo_sets.read_summary(out) == first and len(read_tsv(out / "meta.csv")) == 21
 
 
 def test_build_drums5_reuses_extracted_tree_without_commands(drumkits, tmp_path, monkeypatch):
     work = tmp_path / "work"
     work.mkdir()
     (work / "hydrogen-drumkits_1.0_all.deb").write_bytes(b"unused: the extracted tree is reused")
-    target = work / demo.EXTRACTED_NAME
+    target = work / demo_sets.EXTRACTED_NAME
     shutil.copytree(drumkits.parents[4], target)
-    (target / demo.MARKER).write_text("x")
+    (target / demo_sets.MARKER).write_text("x")
     monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))                             # no apt-get, no dpkg-deb
-    out = demo.build_drums5(tmp_path / "out", work, log=lambda s: None)
+    out = demo_sets.build_drums5(tmp_path / "out", work, log=lambda s: None)
     assert len(read_tsv(out / "meta.csv")) == 21
 
 
@@ -231,7 +231,7 @@ def test_apt_get_failure_is_one_line_input_error(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     with pytest.raises(InputError, match=r"^apt-get download hydrogen-drumkits: exit 100: E: Unable to locate "
                                          r"package hydrogen-drumkits$"):
-        demo.fetch_deb(tmp_path / "work")
+        packages.fetch_deb(demo_sets.DRUMS_PACKAGE, tmp_path / "work")
     assert (bin_dir / "calls").read_text().split() == ["download", "update", "download"]
 
 
@@ -239,7 +239,7 @@ def test_fetch_deb_runs_apt_get_download_in_work_dir(tmp_path, monkeypatch):
     bin_dir = tmp_path / "bin"
     fake_command(bin_dir, "apt-get", 'echo fake > "$2_9.9_all.deb"')
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    deb = demo.fetch_deb(tmp_path / "work")
+    deb = packages.fetch_deb(demo_sets.DRUMS_PACKAGE, tmp_path / "work")
     assert deb == tmp_path / "work" / "hydrogen-drumkits_9.9_all.deb" and deb.read_text() == "fake\n"
 
 
@@ -248,24 +248,24 @@ def test_split_by_group_is_grouped_stratified_deterministic():
     rng = np.random.default_rng(3)
     groups = [f"g{i}" for i in range(9) for _ in range(rng.integers(5, 40))]
     labels = [CLASSES[int(k)] for k in rng.integers(0, 5, len(groups))]
-    mask = demo.split_by_group(labels, groups)
+    mask = demo_sets.split_by_group(labels, groups)
     g, y = np.array(groups), np.array(labels)
     assert not set(g[mask]) & set(g[~mask])
     assert set(y[mask]) == set(y[~mask]) == set(CLASSES)
     assert 0.2 <= mask.mean() <= 0.35
-    np.testing.assert_array_equal(mask, demo.split_by_group(labels, groups))
+    np.testing.assert_array_equal(mask, demo_sets.split_by_group(labels, groups))
 
 
 def test_split_needs_two_groups_per_class():
     with pytest.raises(InputError, match="each class needs two groups"):
-        demo.split_by_group(["a", "a", "b", "b"], ["g1", "g1", "g1", "g2"])
+        demo_sets.split_by_group(["a", "a", "b", "b"], ["g1", "g1", "g1", "g2"])
 
 
 # ------------------------------------------------------------------------------------------------- birds
 def make_wheel(work: Path) -> Path:
     """A fake pykanto wheel with the real inner paths: 3 + 2 + 2 recordings, one stereo, mixed rates."""
     work.mkdir(parents=True, exist_ok=True)
-    wheel = work / demo.BIRDS_WHEEL
+    wheel = work / demo_sets.BIRDS_WHEEL
     files = {
         "segmented/great_tit/WAV/2021-B32-0415_05-3.wav": (22050, 2.4, 1),
         "segmented/great_tit/WAV/2021-B32-0415_05-11.wav": (22050, 1.2, 1),
@@ -287,12 +287,12 @@ def make_wheel(work: Path) -> Path:
 
 def test_cut_clips_drops_partial_tail():
     x = np.arange(25, dtype=np.float32)
-    clips = demo.cut_clips(x, rate=10)
+    clips = demo_sets.cut_clips(x, rate=10)
     assert len(clips) == 2 and clips[1].tolist() == list(range(10, 20))
 
 
 def test_bird_records_from_wheel(tmp_path):
-    records = demo.bird_records(make_wheel(tmp_path / "work"))
+    records = demo_sets.bird_records(make_wheel(tmp_path / "work"))
     counts = Counter(r.scene_label for r in records)
     assert counts == {"great_tit": 2 + 1 + 3, "bengalese_finch": 3 + 2, "storm_petrel": 2 + 2}
     assert Counter(r.identifier for r in records)["2021-B32-0415_05"] == 3                # segments → recording
@@ -305,7 +305,7 @@ def test_bird_records_from_wheel(tmp_path):
 def test_build_birds3_layout(tmp_path):
     work = tmp_path / "work"
     make_wheel(work)
-    out = demo.build_birds3(tmp_path / "out" / "birds3", work, log=lambda s: None)
+    out = demo_sets.build_birds3(tmp_path / "out" / "birds3", work, log=lambda s: None)
     rows = read_tsv(out / "meta.csv")[1:]
     assert len(rows) == 15 and {r[1] for r in rows} == {"great_tit", "bengalese_finch", "storm_petrel"}
     assert {r[3] for r in rows if r[2] == "XC663885"} == {"b"} and {r[3] for r in rows if r[2] == "348"} == {"c"}
@@ -319,15 +319,15 @@ def test_build_birds3_layout(tmp_path):
 def test_build_demo_falls_back_to_birds_and_reuses(tmp_path, monkeypatch):
     work = tmp_path / "work"
     make_wheel(work)
-    monkeypatch.setattr(demo.shutil, "which", lambda name: None)
+    monkeypatch.setattr(demo_sets.shutil, "which", lambda name: None)
     lines = []
-    data_dir, name = demo.build_demo(tmp_path / "demo", work, log=lines.append)
+    data_dir, name = demo_sets.build_demo(tmp_path / "demo", work, log=lines.append)
     assert (data_dir, name) == (tmp_path / "demo" / "birds3", "birds3")
     assert any("no apt-get" in line for line in lines)
     stamp = (data_dir / "meta.csv").stat().st_mtime_ns
     time.sleep(0.01)
     lines.clear()
-    assert demo.build_demo(tmp_path / "demo", work, log=lines.append) == (data_dir, name)
+    assert demo_sets.build_demo(tmp_path / "demo", work, log=lines.append) == (data_dir, name)
     assert any("reusing the complete birds3 build" in line for line in lines)
     assert (data_dir / "meta.csv").stat().st_mtime_ns == stamp
 
@@ -338,7 +338,7 @@ def test_real_drums5_build(tmp_path):
     if shutil.which("apt-get") is None or shutil.which("dpkg-deb") is None:
         pytest.skip("apt-get/dpkg-deb not available: Drums-5 is built from Debian's hydrogen-drumkits")
     work = default_cache_dir() / "demo_work"  # the session's private cache (conftest): one download per session
-    out = demo.build_drums5(tmp_path / "drums5", work, log=lambda s: None)
+    out = demo_sets.build_drums5(tmp_path / "drums5", work, log=lambda s: None)
     rows = read_tsv(out / "meta.csv")[1:]
     assert len(rows) == 430
     assert Counter(r[1] for r in rows) == {"kick": 39, "snare": 83, "tom": 78, "hihat": 111, "cymbal": 119}

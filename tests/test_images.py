@@ -328,7 +328,7 @@ def test_cinic10_changed_file_list_rebuilds_and_interruption_leaves_no_complete_
         load("cinic10", root, cache_dir=cache_dir)
     base = cache_dir / "images" / "cinic10"
     assert sum(images._cinic_complete(e) for e in base.iterdir()) == 1        # only the first, older entry
-    assert not [e for e in base.iterdir() if ".tmp-" in e.name]               # staging folder removed
+    assert not [e for e in base.iterdir() if e.name.endswith(".tmp")]         # staging folder removed
     monkeypatch.setattr(images, "decode_png", real)
     splits = load("cinic10", root, cache_dir=cache_dir)
     assert len(splits["train"]) == 9 and "train/cat/extra.png" in splits["train"].items["filename"].tolist()

@@ -2,15 +2,14 @@
 
 Layout of ``<cache_dir>/<name>/<key>/``: ``features.npy`` (N×n_mels×frames float16, memory-mappable, no pickle),
 ``index.csv`` (row → filename, labels, device, identifier, split), ``cache.json`` (config, key, versions, shape) and
-the ``COMPLETE`` marker, written last. The folder is built under a temporary name and renamed into place, so an
-interrupted run never leaves a cache that reads as complete.
+the ``COMPLETE`` marker, written last. The folder is built under a temporary name and renamed into place
+(:func:`audio_mrkd.fileio.building_dir`), so an interrupted run never leaves a cache that reads as complete.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -52,27 +51,16 @@ def ensure_writable(cache_dir: Path) -> None:
         raise InputError(f"--cache-dir {cache_dir}: not writable ({exc.strerror or exc})") from None
 
 
-def staging_dir(entry: Path) -> Path:
-    """A fresh temporary folder beside ``entry``, removed if it already existed from an interrupted run."""
-    tmp = entry.with_name(f".{entry.name}.tmp-{os.getpid()}")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    return tmp
-
-
 def create_array(folder: Path, n_rows: int, shape: tuple[int, int]) -> np.memmap:
     """Allocate ``features.npy`` (float16, N×F×T) as a writable memory map."""
     return np.lib.format.open_memmap(folder / FEATURES, mode="w+", dtype=np.float16, shape=(n_rows, *shape))
 
 
-def finish(tmp: Path, entry: Path, info: dict) -> None:
-    """Write cache.json and the marker into ``tmp``, then rename it to ``entry``."""
+def finish(tmp: Path, info: dict) -> None:
+    """Write cache.json and then the marker into ``tmp``, the folder being built (see
+    :func:`audio_mrkd.fileio.building_dir`)."""
     (tmp / INFO).write_text(json.dumps(info, indent=2, default=str) + "\n")
     (tmp / MARKER).write_text(info["key"] + "\n")
-    if entry.exists():
-        shutil.rmtree(entry)  # an incomplete leftover (complete entries are reused, never rebuilt)
-    os.replace(tmp, entry)
 
 
 def open_features(entry: Path, in_memory: bool = False) -> np.ndarray:

@@ -17,6 +17,7 @@ import torch
 
 from audio_mrkd.data import cache
 from audio_mrkd.errors import InputError
+from audio_mrkd.paths import MANIFEST_DIR
 
 
 @dataclass
@@ -70,14 +71,14 @@ def stratified_holdout(labels: np.ndarray, holdout: int, seed: int) -> np.ndarra
     return np.sort(np.concatenate(picked)) if picked else np.zeros(0, dtype=np.int64)
 
 
-def read_manifest_info(name: str, manifest_dir: str | Path = "data_manifests") -> dict:
+def read_manifest_info(name: str, manifest_dir: str | Path = MANIFEST_DIR) -> dict:
     path = Path(manifest_dir) / name / "features.json"
     if not path.is_file():
         raise InputError(f"data.name '{name}': {path} not found; run `audio-mrkd prepare --name {name}` first")
     return json.loads(path.read_text())
 
 
-def load_split(name: str, split: str, manifest_dir: str | Path = "data_manifests",
+def load_split(name: str, split: str, manifest_dir: str | Path = MANIFEST_DIR,
                in_memory: bool = True) -> FeatureSplit:
     """Load split ``split`` (train | evaluate | test | all) of a prepared audio dataset from its cache."""
     info = read_manifest_info(name, manifest_dir)

@@ -8,8 +8,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 import numpy as np
 import soundfile as sf
@@ -158,20 +160,35 @@ class LogMel(torch.nn.Module):
         return torch.log(mel + self.cfg.log_offset)
 
 
-def read_audio(path: str | Path, where: str | None = None) -> tuple[np.ndarray, int]:
-    """Decode with soundfile → (mono float32 samples, sample rate). Errors name ``where`` (default: the path)."""
-    where = where or str(path)
+@contextmanager
+def _reading(where: str) -> Iterator[None]:
+    """soundfile's errors on ``where`` → a one-line InputError."""
     try:
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        yield
     except FileNotFoundError:
         raise InputError(f"{where}: audio file not found") from None
     except Exception as exc:  # soundfile raises LibsndfileError / RuntimeError on undecodable input
-        raise InputError(f"{where}: unreadable audio ({str(exc).splitlines()[0]})") from None
+        detail = (str(exc).splitlines() or [type(exc).__name__])[0]
+        raise InputError(f"{where}: unreadable audio ({detail})") from None
+
+
+def read_audio(source: str | Path | BinaryIO, where: str | None = None) -> tuple[np.ndarray, int]:
+    """Decode a file (or an open binary file object) with soundfile → (mono float32 samples, sample rate), channels
+    averaged, at the file's own rate. Errors name ``where`` (default: the path)."""
+    where = where or str(source)
+    with _reading(where):
+        data, rate = sf.read(source if hasattr(source, "read") else str(source), dtype="float32", always_2d=True)
     if data.shape[0] == 0:
         raise InputError(f"{where}: empty audio (0 samples)")
     if not np.isfinite(data).all():
         raise InputError(f"{where}: audio contains NaN or inf samples")
     return (data[:, 0] if data.shape[1] == 1 else data.mean(axis=1)), rate
+
+
+def read_sample_rate(path: str | Path, where: str | None = None) -> int:
+    """The sample rate of an audio file, from its header (nothing decoded); errors as :func:`read_audio`'s."""
+    with _reading(where or str(path)):
+        return int(sf.info(str(path)).samplerate)
 
 
 class Resampler:

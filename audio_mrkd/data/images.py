@@ -23,19 +23,17 @@ import gzip
 import json
 import os
 import pickle
-import shutil
 import struct
-import subprocess
-import tempfile
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 import pandas as pd
 
-from audio_mrkd.data import cache
+from audio_mrkd.data import cache, packages
 from audio_mrkd.data.dataset import FeatureSplit, stratified_holdout
 from audio_mrkd.errors import InputError
+from audio_mrkd.fileio import building_dir
 from audio_mrkd.progress import progress
 
 KINDS = ("cifar10", "cifar100", "cinic10", "fashion_mnist")
@@ -281,26 +279,21 @@ def _cinic_complete(entry: Path) -> bool:
 def _build_cinic_cache(root: Path, entry: Path, classes: list[str], listing: dict, key: str, log: Log) -> None:
     total = sum(len(v) for v in listing.values())
     log(f"cinic10: decoding {total} PNGs from {root} into {entry}")
-    tmp = cache.staging_dir(entry)
-    try:
-        with progress(total=total, desc="cinic10 PNG → cache", unit="img", min_interval=10) as bar:
-            for split, items in listing.items():
-                array = np.lib.format.open_memmap(tmp / f"{split}.npy", mode="w+", dtype=np.uint8,
-                                                  shape=(len(items), *IMAGE_SHAPE))
-                for i, (rel, _) in enumerate(items):
-                    array[i] = decode_png(root / rel)
-                    bar.update(1)
-                array.flush()
-                del array
-                np.save(tmp / f"{split}_labels.npy", np.array([lab for _, lab in items], dtype=np.int64))
-                pd.DataFrame({"filename": [rel for rel, _ in items]}).to_csv(tmp / f"{split}_files.csv",
-                                                                            index=False)
+    with building_dir(entry) as tmp, \
+            progress(total=total, desc="cinic10 PNG → cache", unit="img", min_interval=10) as bar:
+        for split, items in listing.items():
+            array = np.lib.format.open_memmap(tmp / f"{split}.npy", mode="w+", dtype=np.uint8,
+                                              shape=(len(items), *IMAGE_SHAPE))
+            for i, (rel, _) in enumerate(items):
+                array[i] = decode_png(root / rel)
+                bar.update(1)
+            array.flush()
+            del array
+            np.save(tmp / f"{split}_labels.npy", np.array([lab for _, lab in items], dtype=np.int64))
+            pd.DataFrame({"filename": [rel for rel, _ in items]}).to_csv(tmp / f"{split}_files.csv", index=False)
         (tmp / "classes.json").write_text(json.dumps(classes) + "\n")
-        cache.finish(tmp, entry, {"key": key, "kind": "cinic10", "root": str(root), "classes": classes,
-                                  "counts": {s: len(v) for s, v in listing.items()}})
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        cache.finish(tmp, {"key": key, "kind": "cinic10", "root": str(root), "classes": classes,
+                           "counts": {s: len(v) for s, v in listing.items()}})
 
 
 def read_cinic10(root: Path, cache_dir: Path | None, log: Log) -> tuple[Path, list[str], dict]:
@@ -401,56 +394,21 @@ def read_fashion_mnist(root: Path) -> tuple[Path, list[str], dict]:
     return folder, list(FASHION_CLASSES), out
 
 
-def _run(cmd: list[str], cwd: Path) -> tuple[bool, str]:
-    try:
-        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-    except OSError as exc:
-        return False, f"cannot run {cmd[0]} ({exc.strerror or exc})"
-    lines = (proc.stderr or proc.stdout or "").strip().splitlines()
-    return proc.returncode == 0, (lines[-1] if lines else f"exit {proc.returncode}")
-
-
 def fetch_fashion_mnist(work_dir: Path) -> Path:
     """The folder of the 4 Fashion-MNIST IDX files, from Debian's ``dataset-fashion-mnist`` package.
 
-    Runs ``apt-get download dataset-fashion-mnist`` in ``work_dir`` (``apt-get update`` and a second try if the
-    first fails) and ``dpkg -x`` of the .deb into ``work_dir/dataset-fashion-mnist`` (staged in a temporary
-    folder, then renamed). A .deb or an extraction already in ``work_dir`` is reused.
+    :func:`audio_mrkd.data.packages.fetch_deb` (``apt-get download dataset-fashion-mnist`` in ``work_dir``;
+    ``apt-get update`` and a second try if the first fails) and :func:`~audio_mrkd.data.packages.extract_deb` of its
+    ``usr/share/datasets/fashion-mnist`` into ``work_dir/dataset-fashion-mnist`` (built beside it, then renamed).
+    A .deb or an extraction already in ``work_dir`` is reused.
     """
-    work_dir = Path(work_dir)
-    target = work_dir / FASHION_EXTRACTED
-    folder = target / FASHION_IN_DEB
+    folder = Path(work_dir) / FASHION_EXTRACTED / FASHION_IN_DEB
     if _fashion_complete(folder):
         return folder
-    try:
-        work_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"{work_dir}: cannot create ({exc.strerror or exc})") from None
-    debs = sorted(work_dir.glob(f"{FASHION_PACKAGE}_*.deb"))
-    if not debs:
-        ok, message = _run(["apt-get", "download", FASHION_PACKAGE], work_dir)
-        if not ok:
-            updated, _ = _run(["apt-get", "update"], work_dir)
-            if updated:
-                ok, message = _run(["apt-get", "download", FASHION_PACKAGE], work_dir)
-        if not ok:
-            raise InputError(f"apt-get download {FASHION_PACKAGE} (in {work_dir}): {message}")
-        debs = sorted(work_dir.glob(f"{FASHION_PACKAGE}_*.deb"))
-        if not debs:
-            raise InputError(f"{work_dir}: apt-get download {FASHION_PACKAGE} left no {FASHION_PACKAGE}_*.deb")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{FASHION_EXTRACTED}.", suffix=".tmp", dir=work_dir))
-    try:
-        ok, message = _run(["dpkg", "-x", str(debs[-1]), str(tmp)], work_dir)
-        if not ok:
-            raise InputError(f"{debs[-1]}: dpkg -x failed: {message}")
-        if not _fashion_complete(tmp / FASHION_IN_DEB):
-            raise InputError(f"{debs[-1]}: no {FASHION_IN_DEB}/ with the 4 IDX files in the package")
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    deb = packages.fetch_deb(FASHION_PACKAGE, work_dir)
+    folder = packages.extract_deb(deb, Path(work_dir) / FASHION_EXTRACTED, FASHION_IN_DEB)
+    if not _fashion_complete(folder):
+        raise InputError(f"{deb}: no {FASHION_IN_DEB}/ with the 4 IDX files in the package")
     return folder
 
 

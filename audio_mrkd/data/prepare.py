@@ -9,7 +9,6 @@ of the train split; write
 from __future__ import annotations
 
 import multiprocessing as mp
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from audio_mrkd.data import cache
 from audio_mrkd.data.dcase import SPLITS, DcaseDataset, read_dataset
 from audio_mrkd.data.frontend import FrontendConfig, LogMel, Resampler, load_clips, load_frontend_config
 from audio_mrkd.errors import InputError
+from audio_mrkd.paths import MANIFEST_DIR
 from audio_mrkd.progress import progress
 from audio_mrkd.versions import versions
 
@@ -143,40 +143,31 @@ def _index_frame(ds: DcaseDataset) -> pd.DataFrame:
 def build_cache(ds: DcaseDataset, cfg: FrontendConfig, entry: Path, key: str, workers: int, log,
                 versions_info: dict) -> np.ndarray:
     """Extract every meta.csv row into a new cache entry (staged, then renamed) → the :func:`moments` of every row."""
-    tmp = cache.staging_dir(entry)
-    try:
+    with fileio.building_dir(entry) as tmp:
         array = cache.create_array(tmp, len(ds.meta), cfg.shape)
         del array  # workers reopen it
         row_moments = _extract(ds, cfg, tmp / cache.FEATURES, workers, log)
         _index_frame(ds).to_csv(tmp / cache.INDEX, index=False)
         info = {"key": key, "features": config_io.to_dict(cfg), "shape": [len(ds.meta), *cfg.shape],
                 "dtype": "float16", "data_dir": str(ds.root.resolve()), "versions": versions_info}
-        cache.finish(tmp, entry, info)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
+        cache.finish(tmp, info)
     return row_moments
 
 
 def write_manifests(ds: DcaseDataset, manifest_dir: Path, info: dict) -> None:
     """Write ``{train,evaluate,test,all}.csv`` + ``features.json`` into a staged folder and swap it in."""
-    manifest_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = manifest_dir.with_name(f".{manifest_dir.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir()
     index = _index_frame(ds)
     by_name = index.set_index("filename")
-    for split in SPLITS:
-        rows = by_name.loc[ds.splits[split]].reset_index()
-        rows[MANIFEST_COLUMNS].to_csv(tmp / f"{split}.csv", index=False)
-    index[MANIFEST_COLUMNS].to_csv(tmp / "all.csv", index=False)
-    fileio.write_json(tmp / "features.json", info)
-    fileio.replace_dir(tmp, manifest_dir)
+    with fileio.building_dir(manifest_dir) as tmp:
+        for split in SPLITS:
+            rows = by_name.loc[ds.splits[split]].reset_index()
+            rows[MANIFEST_COLUMNS].to_csv(tmp / f"{split}.csv", index=False)
+        index[MANIFEST_COLUMNS].to_csv(tmp / "all.csv", index=False)
+        fileio.write_json(tmp / "features.json", info)
 
 
 def prepare(data_dir: str | Path, name: str, features: str | Path | None = None, cache_dir: str | Path | None = None,
-            workers: int = 2, train_split: str | None = None, manifest_dir: str | Path = "data_manifests",
+            workers: int = 2, train_split: str | None = None, manifest_dir: str | Path = MANIFEST_DIR,
             overrides: list[str] | None = None, log=print) -> PrepareResult:
     """Prepare one DCASE development set; returns where things went and whether the cache was reused."""
     started = time.perf_counter()

@@ -16,6 +16,7 @@ import torch
 from audio_mrkd.export import INT8_MAX_DROP_PT
 from audio_mrkd.export.onnx import onnx_session
 from audio_mrkd.progress import progress
+from audio_mrkd.train.metrics import macro_accuracy
 
 FP32_TOLERANCE = 1e-4
 FRONTEND_TOLERANCE = 1e-3
@@ -25,15 +26,8 @@ def accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
     return float((logits.argmax(1) == labels).mean()) if len(labels) else float("nan")
 
 
-def macro_accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Mean over the classes present of the per-class accuracy (the DCASE ranking metric)."""
-    pred = logits.argmax(1)
-    per_class = [float((pred[labels == c] == c).mean()) for c in np.unique(labels)]
-    return float(np.mean(per_class)) if per_class else float("nan")
-
-
 def _scores(logits: np.ndarray, labels: np.ndarray) -> dict:
-    return {"accuracy": accuracy(logits, labels), "macro_accuracy": macro_accuracy(logits, labels)}
+    return {"accuracy": accuracy(logits, labels), "macro_accuracy": macro_accuracy(labels, logits.argmax(1))}
 
 
 def feature_parity(model: torch.nn.Module, fp32_path, int8_path, features, labels: np.ndarray,

@@ -4,8 +4,10 @@ the number of clips it rests on: ``per_class_count``, ``per_device_count``, ``pe
 matrix; and mean ± std summaries over seeds."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
-from sklearn.metrics import confusion_matrix, log_loss
+from sklearn.metrics import balanced_accuracy_score, confusion_matrix, log_loss
 
 #: Scalar metrics; the rest are per-class / per-device mappings and the confusion matrix.
 SCALARS = ("accuracy", "macro_accuracy", "log_loss", "top5", "ece")
@@ -22,6 +24,16 @@ def expected_calibration_error(probs: np.ndarray, labels: np.ndarray, bins: int 
         if in_bin.any():
             ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
     return float(ece)
+
+
+def macro_accuracy(labels: np.ndarray, pred: np.ndarray) -> float:
+    """Macro (class-wise) accuracy, the DCASE ranking metric: the mean over the classes present in ``labels`` of the
+    accuracy on their items (scikit-learn's ``balanced_accuracy_score``); nan without items."""
+    if len(labels) == 0:
+        return float("nan")
+    with warnings.catch_warnings():  # a predicted class without items of its own is left out, as intended
+        warnings.filterwarnings("ignore", message="y_pred contains classes not in y_true")
+        return float(balanced_accuracy_score(labels, pred))
 
 
 #: The per-group accuracies and, for each, the key of its clip counts (same names, only groups with clips).
@@ -51,7 +63,7 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, class_names: l
     top5 = np.argsort(-probs, axis=1)[:, :5]
     out = {
         "accuracy": float(correct.mean()),
-        "macro_accuracy": float(np.mean(list(per_class.values()))),
+        "macro_accuracy": macro_accuracy(labels, pred),
         "log_loss": float(log_loss(labels, np.clip(probs, 1e-15, 1.0), labels=list(range(n_classes)))),
         "top5": float((top5 == labels[:, None]).any(axis=1).mean()),
         "ece": expected_calibration_error(probs, labels),

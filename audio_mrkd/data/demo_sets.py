@@ -28,10 +28,6 @@ import io
 import json
 import re
 import shutil
-import subprocess
-import sys
-import tarfile
-import tempfile
 import xml.etree.ElementTree as ET
 import zipfile
 from collections import Counter
@@ -43,9 +39,11 @@ import numpy as np
 import soundfile as sf
 from sklearn.model_selection import StratifiedGroupKFold
 
+from audio_mrkd.data import packages
+from audio_mrkd.data.frontend import read_audio, read_sample_rate
 from audio_mrkd.errors import InputError
+from audio_mrkd.fileio import building_dir
 from audio_mrkd.progress import progress
-from audio_mrkd.fileio import replace_dir
 
 MARKER = ".complete"
 CLIP_SECONDS = 1.0
@@ -53,7 +51,7 @@ CLIP_SECONDS = 1.0
 DRUMS_PACKAGE = "hydrogen-drumkits"
 DRUMKITS_IN_DEB = "usr/share/hydrogen/data/drumkits"
 EXTRACTED_NAME = "hydrogen-drumkits-extracted"
-#: Instrument name → class; case-insensitive, first match wins (demo_data.md).
+#: Instrument name → class; case-insensitive, first match wins.
 DRUM_CLASSES: tuple[tuple[str, re.Pattern], ...] = tuple(
     (label, re.compile(pattern, re.IGNORECASE)) for label, pattern in (
         ("kick", r"kick|bass ?drum|\bbd\b"),
@@ -110,12 +108,6 @@ def device_for_rate(sample_rate: int) -> str:
     return {44100: "a", 48000: "b"}.get(int(sample_rate), "c")
 
 
-def to_mono(data: np.ndarray) -> np.ndarray:
-    """(frames,) or (frames, channels) → (frames,) float32, channels averaged."""
-    data = np.asarray(data, dtype=np.float32)
-    return data.mean(axis=1) if data.ndim == 2 else data
-
-
 def fit_length(mono: np.ndarray, length: int) -> np.ndarray:
     """Crop to ``length`` samples or zero-pad at the end."""
     out = np.zeros(length, dtype=np.float32)
@@ -126,33 +118,8 @@ def fit_length(mono: np.ndarray, length: int) -> np.ndarray:
 
 def read_head(path: Path, seconds: float = CLIP_SECONDS) -> tuple[np.ndarray, int]:
     """The first ``seconds`` of an audio file as mono float32 (zero-padded) and its sample rate."""
-    try:
-        info = sf.info(str(path))
-        frames = int(round(seconds * info.samplerate))
-        data, rate = sf.read(str(path), frames=frames, dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise InputError(f"{path}: cannot decode audio ({exc})") from exc
-    if data.shape[0] == 0:
-        raise InputError(f"{path}: empty audio")
-    return fit_length(to_mono(data), frames), rate
-
-
-def sample_rate_of(path: Path) -> int:
-    try:
-        return int(sf.info(str(path)).samplerate)
-    except (sf.LibsndfileError, RuntimeError, OSError) as exc:
-        raise InputError(f"{path}: cannot decode audio ({exc})") from exc
-
-
-def run_command(cmd: list[str], cwd: Path, what: str) -> None:
-    """Run ``cmd``; a non-zero exit raises InputError with the last line of its error output."""
-    try:
-        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
-    except OSError as exc:
-        raise InputError(f"{what}: cannot run {cmd[0]} ({exc})") from exc
-    if proc.returncode != 0:
-        lines = (proc.stderr or proc.stdout or "").strip().splitlines()
-        raise InputError(f"{what}: exit {proc.returncode}: {lines[-1] if lines else 'no output'}")
+    samples, rate = read_audio(path)
+    return fit_length(samples, int(round(seconds * rate))), rate
 
 
 # ------------------------------------------------------------------------------------------------- split
@@ -244,20 +211,13 @@ def write_dcase(out_dir: Path, name: str, records: list[ClipRecord], duplicates:
     out_dir = Path(out_dir)
     assign_filenames(records)
     evaluate = split_by_group([r.scene_label for r in records], [r.identifier for r in records])
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private (0700); the published data set is an ordinary folder
-    try:
+    with building_dir(out_dir) as tmp:
         (tmp / "audio").mkdir()
         for rec in progress(records, desc=f"writing {name}", unit="clip", min_interval=5):
             sf.write(str(tmp / rec.filename), np.clip(rec.load(), -1.0, 1.0), rec.sample_rate, subtype="PCM_16")
         write_tables(tmp, records, evaluate)
         summary = summarize(name, records, evaluate, duplicates)
         (tmp / MARKER).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
-        replace_dir(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
     log(f"{name}: {summary['items']} clips ({summary['train']} train / {summary['evaluate']} evaluate); "
         f"classes {summary['classes']}; identifiers {summary['identifiers']}; "
         f"duplicates removed {duplicates}; written to {out_dir}")
@@ -348,7 +308,7 @@ def dedupe(files: list[DrumFile]) -> tuple[list[DrumFile], int]:
 
 def drum_records(files: list[DrumFile]) -> list[ClipRecord]:
     """One lazy clip record per drum file (first second, mono, at the file's own rate)."""
-    return [ClipRecord(f.scene_label, sanitize(f.kit), sample_rate_of(f.path),
+    return [ClipRecord(f.scene_label, sanitize(f.kit), read_sample_rate(f.path),
                        (lambda p=f.path: read_head(p)[0])) for f in files]
 
 
@@ -358,87 +318,18 @@ def build_drums5_from_tree(drumkits_dir: Path, out_dir: Path, log: Callable[[str
     return write_dcase(Path(out_dir), "drums5", drum_records(files), duplicates, log)
 
 
-def fetch_deb(work_dir: Path, package: str = DRUMS_PACKAGE) -> Path:
-    """The package's .deb in ``work_dir``: reused if there, else ``apt-get download`` (after ``apt-get
-    update`` if the first try fails)."""
-    work_dir.mkdir(parents=True, exist_ok=True)
-    found = sorted(work_dir.glob(f"{package}_*.deb"))
-    if not found:
-        try:
-            run_command(["apt-get", "download", package], work_dir, f"apt-get download {package}")
-        except InputError:
-            run_command(["apt-get", "update"], work_dir, "apt-get update")
-            run_command(["apt-get", "download", package], work_dir, f"apt-get download {package}")
-        found = sorted(work_dir.glob(f"{package}_*.deb"))
-    if not found:
-        raise InputError(f"{work_dir}: apt-get download {package} left no {package}_*.deb")
-    return found[-1]
-
-
-def extract_drumkits(deb: Path, work_dir: Path) -> Path:
-    """Extract the drumkits folder of ``deb`` once (reused when its marker is there); returns its path."""
-    target = work_dir / EXTRACTED_NAME
-    if (target / MARKER).is_file():
-        return target / DRUMKITS_IN_DEB
-    tmp = Path(tempfile.mkdtemp(prefix=f".{EXTRACTED_NAME}.", suffix=".tmp", dir=work_dir))
-    tmp.chmod(0o755)
-    try:
-        _untar_drumkits(deb, tmp)
-        (tmp / MARKER).write_text(deb.name + "\n", encoding="utf-8")
-        replace_dir(tmp, target)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp)
-    return target / DRUMKITS_IN_DEB
-
-
-def _untar_drumkits(deb: Path, dest: Path) -> None:
-    """``dpkg-deb --fsys-tarfile deb`` streamed through tarfile, keeping only the drumkits folder."""
-    try:
-        proc = subprocess.Popen(["dpkg-deb", "--fsys-tarfile", str(deb)], stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE)
-    except OSError as exc:
-        raise InputError(f"{deb}: cannot run dpkg-deb ({exc})") from exc
-    try:
-        with tarfile.open(fileobj=proc.stdout, mode="r|") as tar:
-            for member in tar:
-                if member.name.lstrip("./").startswith(DRUMKITS_IN_DEB):
-                    tar.extract(member, dest, filter="data")
-    except tarfile.TarError as exc:
-        proc.kill()
-        raise InputError(f"{deb}: cannot read its data archive ({exc})") from exc
-    finally:
-        stderr = proc.stderr.read().decode(errors="replace").strip()
-        proc.wait()
-    if proc.returncode != 0:
-        raise InputError(f"{deb}: dpkg-deb --fsys-tarfile failed: {stderr.splitlines()[-1] if stderr else ''}")
-    if not (dest / DRUMKITS_IN_DEB).is_dir():
-        raise InputError(f"{deb}: no {DRUMKITS_IN_DEB} in the package")
-
-
 def build_drums5(out_dir: Path, work_dir: Path, log: Callable[[str], None] = print) -> Path:
     """Fetch Debian's hydrogen-drumkits .deb (``apt-get download`` in ``work_dir``; ``apt-get update`` only
     if that fails; .deb and extracted tree reused), map the acoustic kits' instruments to 5 classes,
     dedupe by content (430 files), and write the DCASE layout of the first 1 s of each into ``out_dir``."""
     work_dir = Path(work_dir)
-    drumkits = extract_drumkits(fetch_deb(work_dir), work_dir)
+    deb = packages.fetch_deb(DRUMS_PACKAGE, work_dir)
+    drumkits = packages.extract_deb(deb, work_dir / EXTRACTED_NAME, DRUMKITS_IN_DEB)
     build_drums5_from_tree(drumkits, Path(out_dir), log)
     return Path(out_dir)
 
 
 # ------------------------------------------------------------------------------------------------- birds
-def fetch_wheel(work_dir: Path) -> Path:
-    """``pip download --no-deps pykanto==0.1.8`` into ``work_dir`` unless the wheel is already there."""
-    work_dir.mkdir(parents=True, exist_ok=True)
-    wheel = work_dir / BIRDS_WHEEL
-    if not wheel.is_file():
-        run_command([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
-                     BIRDS_REQUIREMENT, "-d", str(work_dir)], work_dir, f"pip download {BIRDS_REQUIREMENT}")
-    if not wheel.is_file():
-        raise InputError(f"{work_dir}: pip download {BIRDS_REQUIREMENT} left no {BIRDS_WHEEL}")
-    return wheel
-
-
 def recording_id(label: str, member: str) -> str:
     """Recording of a wheel member: great-tit segments drop their trailing ``-<n>`` (``…0415_05-11``)."""
     stem = Path(member).stem
@@ -472,18 +363,16 @@ def bird_records(wheel: Path) -> list[ClipRecord]:
 
 
 def _member_records(archive: zipfile.ZipFile, member: str, label: str) -> list[ClipRecord]:
-    try:
-        data, rate = sf.read(io.BytesIO(archive.read(member)), dtype="float32", always_2d=True)
-    except (sf.LibsndfileError, RuntimeError) as exc:
-        raise InputError(f"{archive.filename}:{member}: cannot decode audio ({exc})") from exc
+    data, rate = read_audio(io.BytesIO(archive.read(member)), where=f"{archive.filename}:{member}")
     ident = recording_id(label, member)
-    return [ClipRecord(label, ident, rate, (lambda c=clip: c)) for clip in cut_clips(to_mono(data), rate)]
+    return [ClipRecord(label, ident, rate, (lambda c=clip: c)) for clip in cut_clips(data, rate)]
 
 
 def build_birds3(out_dir: Path, work_dir: Path, log: Callable[[str], None] = print) -> Path:
     """``pip download --no-deps pykanto==0.1.8`` into ``work_dir`` (wheel reused), read pykanto/data/** with
     zipfile, cut 1-s clips (120) and write the DCASE layout into ``out_dir``; identifier = recording."""
-    write_dcase(Path(out_dir), "birds3", bird_records(fetch_wheel(Path(work_dir))), 0, log)
+    wheel = packages.fetch_wheel(BIRDS_REQUIREMENT, BIRDS_WHEEL, Path(work_dir))
+    write_dcase(Path(out_dir), "birds3", bird_records(wheel), 0, log)
     return Path(out_dir)
 
 

@@ -1,0 +1,57 @@
+"""Every device-dependent choice of a training run, decided once from the config: :class:`Runtime`.
+
+The torch device (CUDA when present or asked for, else the CPU), the precision, and the CUDA-only speed-ups
+(channels_last, torch.compile, cuDNN autotuning, fused optimiser kernels, bf16 teacher copies) are resolved
+here; the engine and the training methods read the result instead of asking ``torch.cuda`` themselves.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from audio_mrkd.errors import InputError
+
+
+@dataclass(frozen=True)
+class Runtime:
+    accelerator: str          # "cuda" | "cpu"
+    precision: str            # Lightning Fabric's precision: "32-true", "bf16-mixed", "16-mixed"
+    channels_last: bool       # NHWC activations (CUDA only)
+    compile: bool             # torch.compile the student and the per-step tensor work (CUDA only)
+    compile_mode: str
+    cudnn_benchmark: bool     # cuDNN times its algorithms for the fixed shapes (CUDA only)
+    threads: int              # CPU threads (0 = torch's default)
+
+    @classmethod
+    def from_config(cls, tcfg) -> "Runtime":
+        """``tcfg``: the ``train`` section of an experiment config."""
+        if tcfg.device == "cuda" and not torch.cuda.is_available():
+            raise InputError("train.device: 'cuda' requested but no CUDA device is available")
+        cuda = torch.cuda.is_available() if tcfg.device == "auto" else tcfg.device == "cuda"
+        precision = tcfg.precision if tcfg.precision != "auto" else ("bf16-mixed" if cuda else "32")
+        return cls(accelerator="cuda" if cuda else "cpu", precision={"32": "32-true"}.get(precision, precision),
+                   channels_last=cuda and tcfg.channels_last, compile=cuda and tcfg.compile,
+                   compile_mode=tcfg.compile_mode, cudnn_benchmark=cuda and tcfg.cudnn_benchmark,
+                   threads=0 if cuda else tcfg.threads)
+
+    @property
+    def cuda(self) -> bool:
+        return self.accelerator == "cuda"
+
+    @property
+    def fused_optimizer(self) -> bool | None:
+        """Fused optimiser kernels on CUDA (one launch instead of one per tensor); torch's choice elsewhere."""
+        return True if self.cuda else None
+
+    @property
+    def teacher_dtype(self) -> torch.dtype | None:
+        """The dtype of inference-only copies (MrKD's teachers): bf16 under bf16 training, else unchanged."""
+        return torch.bfloat16 if self.cuda and self.precision.startswith("bf16") else None
+
+    def apply(self) -> None:
+        """Set the process-wide switches this runtime implies (CPU threads, cuDNN autotuning)."""
+        if self.threads:
+            torch.set_num_threads(self.threads)
+        if self.cuda:
+            torch.backends.cudnn.benchmark = self.cudnn_benchmark
