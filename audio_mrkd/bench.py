@@ -56,12 +56,12 @@ def _trainer(overrides: list[str], shape=AUDIO_SHAPE, items: int = 256) -> Train
 
 def _fill_bank(trainer: Trainer) -> float:
     """Fill the snapshot bank (K backups); returns ms per backup (the cached mode's inference pass included)."""
-    if not trainer.mrkd:
+    if trainer.cfg.method != "mrkd":
         return float("nan")
     _sync()
     start = time.perf_counter()
     for _ in range(trainer.cfg.mrkd.k):
-        trainer.mrkd._backup(trainer.model)
+        trainer.method.objective.backup(trainer.model)
     _sync()
     return 1000 * (time.perf_counter() - start) / trainer.cfg.mrkd.k
 
@@ -93,9 +93,9 @@ def measure_trainer(overrides: list[str], batch: int, steps: int, shape=AUDIO_SH
     out = {"backup_ms": _fill_bank(trainer)}
     batches = _cycle(trainer.train_loader)
     out["step_ms"] = _ms_per_call(lambda: trainer._step(next(batches)), steps, warmup=max(3, steps // 4))
-    if teachers_alone and trainer.mrkd:
+    if teachers_alone and trainer.cfg.method == "mrkd":
         x = next(batches).x
-        out["teachers_alone_ms"] = _ms_per_call(lambda: trainer.mrkd.bank.logits(x), steps)
+        out["teachers_alone_ms"] = _ms_per_call(lambda: trainer.method.objective.bank.logits(x), steps)
         trainer.cfg.train.log_every = 1  # one logged step: the teacher share inside the step
         shares = [trainer._step(next(batches)).get("mrkd/teacher_time_share", 0.0) for _ in range(5)]
         out["teacher_share"] = float(np.median(shares))

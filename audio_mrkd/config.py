@@ -85,6 +85,8 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
                 errors.append(str(exc))
         raise InputError(errors[0] if errors else f"{where}: invalid value {value!r}")
     if origin is typing.Literal:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and str(value) in args:
+            return str(value)  # e.g. train.precision=32
         if value not in args:
             raise InputError(f"{where}: {value!r} is not one of {', '.join(map(repr, args))}")
         return value
@@ -124,6 +126,15 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
             raise InputError(f"{where}: expected a string, got {value!r}")
         return value
     return value
+
+
+def check_choices(obj: Any, where: str) -> None:
+    """Every ``Literal``-typed field of dataclass ``obj`` holds one of its choices (for objects built in code;
+    :func:`from_dict` already checks what comes from YAML and overrides). The choices are the type's: one list."""
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        if typing.get_origin(hints[f.name]) is typing.Literal:
+            _check_type(getattr(obj, f.name), hints[f.name], f"{where}.{f.name}")
 
 
 def from_dict(cls: type[T], data: dict | None, where: str = "") -> T:

@@ -5,45 +5,46 @@ are errors. The resolved configuration is saved in each run directory as ``confi
 """
 from __future__ import annotations
 
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 from audio_mrkd import config as config_io
 from audio_mrkd.distill.mrkd import MrKDConfig
 from audio_mrkd.errors import InputError
+from audio_mrkd.paths import MANIFEST_DIR
 
-DATA_KINDS = ("audio", "cifar10", "cifar100", "cinic10", "fashion_mnist", "synthetic")
+DataKind = Literal["audio", "cifar10", "cifar100", "cinic10", "fashion_mnist", "synthetic"]
+DATA_KINDS = typing.get_args(DataKind)
 
 
 @dataclass
 class DataConfig:
     """What to train on. ``kind: audio`` reads a prepared dataset (``name``); image kinds read ``root``."""
 
-    kind: str = "audio"
+    kind: DataKind = "audio"
     name: str | None = None               # prepared audio dataset (data_manifests/<name>)
     root: str | None = None               # image dataset folder (official on-disk format)
-    manifest_dir: str = "data_manifests"
+    manifest_dir: str = MANIFEST_DIR
     train_split: str = "train"
     eval_split: str = "evaluate"          # the split evaluated every epoch (reported, never tuned on)
     normalize: bool = True                # per-mel-bin (audio) / per-channel (images) train mean/std
     resident: bool = True                 # hold the split on the training device (RAM or GPU)
     cv_folds: int = 0                     # >0: recording-grouped k-fold CV over train ∪ eval split (by identifier)
     cv_fold: int = 0                      # which fold is evaluated when cv_folds > 0
-    cv_pool: str = "train"                # items pooled for CV: "train" (never touches the evaluated split) | "all"
+    cv_pool: Literal["train", "all"] = "train"                # items pooled for CV: "train" (never touches the evaluated split) | "all"
     coarse_labels: bool = False           # CIFAR-100: the 20 superclasses
     holdout: int = 0                      # images: hold back this many training items as the evaluated split
     train_limit: int = 0                  # >0: train on a class-stratified subset of this many items (CPU budgets)
     synthetic_items: int = 256            # kind: synthetic (tests and benchmarks): items per split
 
     def validate(self) -> None:
-        if self.kind not in DATA_KINDS:
-            raise InputError(f"data.kind: {self.kind!r} is not one of {', '.join(DATA_KINDS)}")
+        config_io.check_choices(self, "data")
         if self.kind == "audio" and not self.name:
             raise InputError("data.name: required for audio (the --name given to `audio-mrkd prepare`)")
         if self.kind not in ("audio", "synthetic") and not self.root:
             raise InputError(f"data.root: required for data.kind {self.kind}")
-        if self.cv_pool not in ("train", "all"):
-            raise InputError(f"data.cv_pool: {self.cv_pool!r} is not one of 'train', 'all'")
         if self.cv_folds < 0 or (self.cv_folds and not 0 <= self.cv_fold < self.cv_folds):
             raise InputError(f"data.cv_fold: {self.cv_fold} not in 0..{self.cv_folds - 1}")
 
@@ -72,41 +73,37 @@ class AugmentConfig:
 class TrainConfig:
     epochs: int = 10
     batch_size: int = 256
-    optimizer: str = "adamw"       # adamw | sgd
+    optimizer: Literal["adamw", "sgd"] = "adamw"
     lr: float = 5e-3
     weight_decay: float = 1e-4
     momentum: float = 0.9          # sgd
     nesterov: bool = True          # sgd
-    schedule: str = "cosine"       # cosine (with linear warm-up) | multistep | constant
+    schedule: Literal["cosine", "multistep", "constant"] = "cosine"   # cosine: after a linear warm-up
     warmup_epochs: float = 0.0
     milestones: list[int] = field(default_factory=list)   # multistep: epochs where lr *= gamma
     gamma: float = 0.1
-    best_metric: str = "macro_accuracy"   # eval metric that picks the best epoch (higher is better)
+    best_metric: Literal["accuracy", "macro_accuracy"] = "macro_accuracy"   # picks the best epoch
     out_dir: str | None = None     # default runs/<experiment name>
     log_every: int = 10            # steps between TensorBoard scalar writes
     eval_every: int = 1            # evaluate every N epochs (and always after the last one)
-    device: str = "auto"           # auto (CUDA if present) | cpu | cuda
+    device: Literal["auto", "cpu", "cuda"] = "auto"   # auto: CUDA if present
     devices: int = 1               # processes per node (GPUs, or CPU processes with gloo); >1 = data parallel
     num_nodes: int = 1             # machines (launch with torchrun or the Fabric CLI on each)
-    precision: str = "auto"        # auto (bf16-mixed on CUDA, 32 on CPU) | 32 | bf16-mixed | 16-mixed
+    precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"   # auto: bf16-mixed on CUDA, 32 on CPU
     channels_last: bool = True     # CUDA only
     compile: bool = False          # CUDA only: torch.compile the student
-    compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune
+    compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"   # reduce-overhead: CUDA graphs
     cudnn_benchmark: bool = True   # CUDA only: let cuDNN time its convolution algorithms for the fixed shapes
     threads: int = 0               # CPU threads (0 = torch default)
     save_checkpoints: bool = True
     progress: bool = True
 
     def validate(self) -> None:
+        config_io.check_choices(self, "train")
         checks = {
             "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1, "lr": self.lr > 0,
-            "optimizer": self.optimizer in ("adamw", "sgd"),
-            "schedule": self.schedule in ("cosine", "multistep", "constant"),
-            "device": self.device in ("auto", "cpu", "cuda"),
-            "precision": self.precision in ("auto", "32", "bf16-mixed", "16-mixed"),
-            "compile_mode": self.compile_mode in ("default", "reduce-overhead", "max-autotune"),
             "devices": self.devices >= 1, "num_nodes": self.num_nodes >= 1,
-            "best_metric": self.best_metric in ("accuracy", "macro_accuracy"), "log_every": self.log_every >= 1, "eval_every": self.eval_every >= 1,
+            "log_every": self.log_every >= 1, "eval_every": self.eval_every >= 1,
         }
         for key, ok in checks.items():
             if not ok:
@@ -116,7 +113,7 @@ class TrainConfig:
 @dataclass
 class ExperimentConfig:
     name: str = "experiment"
-    method: str = "ce"             # ce | mrkd
+    method: str = "ce"             # a name in audio_mrkd.methods.METHODS: ce | mrkd
     seed: int = 0
     seeds: list[int] = field(default_factory=list)   # several seeds: one run each + a mean ± std summary
     data: DataConfig = field(default_factory=DataConfig)
@@ -126,8 +123,10 @@ class ExperimentConfig:
     mrkd: MrKDConfig = field(default_factory=MrKDConfig)
 
     def validate(self) -> None:
-        if self.method not in ("ce", "mrkd"):
-            raise InputError(f"method: {self.method!r} is not one of 'ce', 'mrkd'")
+        from audio_mrkd.methods import METHODS  # the registry imports the methods (and torch): only when checked
+
+        if self.method not in METHODS:
+            raise InputError(f"method: {self.method!r} is not one of {', '.join(map(repr, METHODS))}")
 
     @property
     def out_dir(self) -> Path:

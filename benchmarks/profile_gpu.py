@@ -48,7 +48,7 @@ def main() -> None:
                              items=8 * args.batch)
     bench._fill_bank(trainer)
     x = next(iter(trainer.train_loader)).x
-    _profile("one BN-folded bf16 teacher forward, eager", lambda: trainer.mrkd.bank.logits(x), args.rows)
+    _profile("one BN-folded bf16 teacher forward, eager", lambda: trainer.method.objective.bank.logits(x), args.rows)
 
 
 if __name__ == "__main__":

@@ -107,4 +107,4 @@ def test_same_command_twice_gives_the_same_run(prepared, tmp_path, method, capsy
         assert_same(torch.load(checkpoint_path(a, which), weights_only=True),
                     torch.load(checkpoint_path(b, which), weights_only=True), which)
     if method == "mrkd":  # the distillation was on (k=2: the bank is full after epoch 2), not plain CE all along
-        assert torch.load(checkpoint_path(a, "last"), weights_only=True)["mrkd"]["active_epoch"] == 2
+        assert torch.load(checkpoint_path(a, "last"), weights_only=True)["method"]["active_epoch"] == 2

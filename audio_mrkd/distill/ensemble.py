@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import typing
+from typing import Literal
+
 from torch import Tensor, nn
 
-from audio_mrkd.errors import InputError
 
-MODES = ("fcn", "mean", "newest")
+Mode = Literal["fcn", "mean", "newest"]
+MODES = typing.get_args(Mode)
 
 
 def _check_z(z: Tensor, k: int | None = None, n_classes: int | None = None) -> None:
     if z.dim() != 3:
-        raise InputError(f"mrkd.ensemble: teacher logits must be K×B×C, got shape {tuple(z.shape)}")
+        raise AssertionError(f"mrkd.ensemble: teacher logits must be K×B×C, got shape {tuple(z.shape)}")
     if (k is not None and z.shape[0] != k) or (n_classes is not None and z.shape[2] != n_classes):
-        raise InputError(f"mrkd.ensemble: expected {k}×B×{n_classes} teacher logits, got {tuple(z.shape)}")
+        raise AssertionError(f"mrkd.ensemble: expected {k}×B×{n_classes} teacher logits, got {tuple(z.shape)}")
 
 
 class FCNEnsembler(nn.Module):
@@ -44,6 +47,6 @@ def combine_teachers(z: Tensor, mode: str, fcn: FCNEnsembler | None) -> Tensor:
         return z[0]
     if mode == "fcn":
         if fcn is None:
-            raise InputError("mrkd.ensemble: mode 'fcn' needs an FCNEnsembler")
+            raise AssertionError("mrkd.ensemble: mode 'fcn' needs an FCNEnsembler")
         return fcn(z)
-    raise InputError(f"mrkd.ensemble: must be one of {', '.join(MODES)}, got {mode!r}")
+    raise AssertionError(f"mrkd.ensemble: must be one of {', '.join(MODES)}, got {mode!r}")

@@ -1,6 +1,6 @@
 """The MrKD objective: snapshot bank + backup schedule + ensembler (own Adam) + KA + KD loss.
 
-Spec: /work/shared/mrkd_method.md. Every default in MrKDConfig is a project choice, not a value from the paper.
+Spec: docs/mrkd_method.md. Every default in MrKDConfig is a project choice, not a value from the paper.
 """
 
 from __future__ import annotations
@@ -8,19 +8,19 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from audio_mrkd.distill.adjust import knowledge_adjust
-from audio_mrkd.distill.ensemble import MODES, FCNEnsembler, combine_teachers
+from audio_mrkd import config as config_io
+from audio_mrkd.distill.ensemble import FCNEnsembler, Mode, combine_teachers
 from audio_mrkd.distill.losses import kd_loss
-from audio_mrkd.distill.snapshots import SPACINGS, UNITS, BackupSchedule, SnapshotBank
+from audio_mrkd.distill.snapshots import BackupSchedule, SnapshotBank, Spacing, Unit
 from audio_mrkd.errors import InputError
 
-TEACHER_INPUTS = ("same", "cached")
 # Keys that must agree between a checkpoint and the config it is resumed with.
 _STATE_KEYS = ("k", "spacing", "ensemble", "teacher_input", "fcn_hidden")
 
@@ -48,16 +48,16 @@ class MrKDConfig:
 
     k: int = 4
     interval: int = 1
-    interval_unit: str = "epoch"
+    interval_unit: Unit = "epoch"
     tau: float = 3.0
     alpha: float = 0.5
-    ensemble: str = "fcn"
+    ensemble: Mode = "fcn"
     fcn_hidden: int = 128
     fcn_lr: float = 1e-3
     ka: bool = True
     ka_per_teacher: bool = False
-    teacher_input: str = "same"
-    spacing: str = "uniform"
+    teacher_input: Literal["same", "cached"] = "same"
+    spacing: Spacing = "uniform"
     fcn_label_smoothing: float = 0.0
     alpha_ramp_epochs: int = 0
     fuse_teachers: bool = True
@@ -72,10 +72,7 @@ class MrKDConfig:
         _check_number("alpha", self.alpha, 0.0, 1.0)
         _check_number("fcn_lr", self.fcn_lr, 0.0, math.inf, low_open=True)
         _check_number("fcn_label_smoothing", self.fcn_label_smoothing, 0.0, 1.0, high_open=True)
-        for key, options in (("interval_unit", UNITS), ("ensemble", MODES),
-                             ("teacher_input", TEACHER_INPUTS), ("spacing", SPACINGS)):
-            if getattr(self, key) not in options:
-                raise InputError(f"mrkd.{key}: must be one of {', '.join(options)}, got {getattr(self, key)!r}")
+        config_io.check_choices(self, "mrkd")
         for key in ("ka", "ka_per_teacher", "fuse_teachers", "teacher_graph", "teacher_compile"):
             if not isinstance(getattr(self, key), bool):
                 raise InputError(f"mrkd.{key}: must be true or false, got {getattr(self, key)!r}")
@@ -102,7 +99,7 @@ def _hard_labels(y: Tensor, student_logits: Tensor) -> Tensor:
         return y.long()
     if y.dim() == 2 and tuple(y.shape) == (b, c) and y.dtype.is_floating_point:
         return y.argmax(dim=1)
-    raise InputError(f"mrkd.y: expected {b} integer labels or {b}×{c} soft targets, got {tuple(y.shape)} {y.dtype}")
+    raise AssertionError(f"y: expected {b} integer labels or {b}×{c} soft targets, got {tuple(y.shape)} {y.dtype}")
 
 
 def fcn_objective(fcn: FCNEnsembler, z: Tensor, y: Tensor, smoothing: float) -> tuple[Tensor, Tensor]:
@@ -136,22 +133,24 @@ class MrKD:
                  infer_all: Callable[[nn.Module], Tensor] | None = None,
                  grad_sync: Callable[[list[Tensor]], None] | None = None,
                  teacher_dtype: torch.dtype | None = None, channels_last: bool = False,
-                 compile: bool = False) -> None:
+                 compile: bool = False, cuda_speedups: bool | None = None) -> None:
         """grad_sync: averages the FCN's gradients across processes (data-parallel training), so that every
         rank's ensembler takes the same step. teacher_dtype / channels_last: the teacher copies' precision and
         memory format (the engine passes bfloat16 + channels_last on a GPU under bf16 training). compile:
         torch.compile the per-step tensor work after the teachers (FCN objective; KA + KD + mixing), dozens of
-        small kernels otherwise launched one by one."""
-        cfg.validate()
-        _check_int("n_classes", n_classes, 2)
+        small kernels otherwise launched one by one. cuda_speedups: whether the CUDA-only switches (compiled
+        teachers, fused Adam for the FCN) apply — the engine passes its runtime's decision; None: on a CUDA
+        ``device``."""
+        assert n_classes >= 2, n_classes
         if cfg.teacher_input == "cached" and infer_all is None:
             raise InputError("mrkd.teacher_input: 'cached' needs the engine's infer_all function")
         self.cfg, self.n_classes, self.device = cfg, n_classes, torch.device(device)
+        self.cuda_speedups = self.device.type == "cuda" if cuda_speedups is None else cuda_speedups
         self.infer_all = infer_all
         self.grad_sync = grad_sync
         self.bank = SnapshotBank(cfg.k, cfg.spacing, fuse=cfg.fuse_teachers, dtype=teacher_dtype,
                                  channels_last=channels_last, graph=cfg.teacher_graph,
-                                 compile=cfg.teacher_compile and self.device.type == "cuda")
+                                 compile=cfg.teacher_compile and self.cuda_speedups)
         self.schedule = BackupSchedule(cfg.interval, cfg.interval_unit)
         self.fcn, self.fcn_opt = self._make_fcn()
         self._cache_all: list[Tensor] = []  # cached mode: N×C per kept backup, aligned with the bank, newest first
@@ -165,7 +164,7 @@ class MrKD:
             return None, None
         with torch.random.fork_rng(devices=[]):  # the init must not shift the run's global RNG stream
             fcn = FCNEnsembler(self.cfg.k, self.n_classes, self.cfg.fcn_hidden).to(self.device)
-        return fcn, torch.optim.Adam(fcn.parameters(), lr=self.cfg.fcn_lr, fused=self.device.type == "cuda" or None)
+        return fcn, torch.optim.Adam(fcn.parameters(), lr=self.cfg.fcn_lr, fused=self.cuda_speedups or None)
 
     @property
     def active(self) -> bool:
@@ -195,9 +194,7 @@ class MrKD:
         used by the alpha ramp. One optimiser step of the FCN is taken here (on detached teacher logits).
         with_logs=False returns no logs and never waits for the device (no host sync inside the step).
         """
-        if student_logits.dim() != 2 or student_logits.shape[1] != self.n_classes:
-            raise InputError(f"mrkd.n_classes: student logits must be B×{self.n_classes}, "
-                             f"got {tuple(student_logits.shape)}")
+        assert student_logits.dim() == 2 and student_logits.shape[1] == self.n_classes, student_logits.shape
         y_hard = _hard_labels(y, student_logits)
         z_s = student_logits.float()
         ce = F.cross_entropy(z_s, y if y.dim() == 1 else y.float())
@@ -220,18 +217,14 @@ class MrKD:
     def _teacher_logits(self, x: Tensor | None, index: Tensor | None, batch: int) -> Tensor:
         """K×B×C float32 teacher logits as an ordinary (non-inference, detached) tensor."""
         if self.cfg.teacher_input == "same":
-            if x is None:
-                raise InputError("mrkd.teacher_input: 'same' needs the input batch x")
+            assert x is not None, "teacher_input 'same' needs the input batch x"
             z = self.bank.logits(x).to(torch.float32, copy=True)  # copy: leaves inference mode
         else:
-            if index is None or index.dim() != 1 or index.shape[0] != batch or index.dtype.is_floating_point:
-                raise InputError(f"mrkd.teacher_input: 'cached' needs `index`, {batch} integer item indices")
+            assert index is not None and index.shape == (batch,) and not index.dtype.is_floating_point, \
+                f"teacher_input 'cached' needs `index`, {batch} integer item indices"
             if self._cache_stack is None:  # K×N×C of the exposed teachers, rebuilt after each backup
                 self._cache_stack = self.cached_logits
             z = self._cache_stack[:, index.to(self._cache_stack.device, torch.long)]
-        if z.shape[1:] != (batch, self.n_classes):
-            raise InputError(f"mrkd.n_classes: teachers gave logits of shape {tuple(z.shape)}, "
-                             f"expected K×{batch}×{self.n_classes}")
         return z
 
     def _active_loss(self, z_s: Tensor, ce: Tensor, z: Tensor, y: Tensor, epoch: int) -> tuple[Tensor, tuple]:
@@ -277,17 +270,18 @@ class MrKD:
         """Back the student up if the schedule says so after `global_step` completed steps; True if it did."""
         if not self.schedule.due_after_step(global_step):
             return False
-        self._backup(model)
+        self.backup(model)
         return True
 
     def after_epoch(self, model: nn.Module, epoch: int) -> bool:
         """Back the student up if the schedule says so after `epoch` completed epochs; True if it did."""
         if not self.schedule.due_after_epoch(epoch):
             return False
-        self._backup(model)
+        self.backup(model)
         return True
 
-    def _backup(self, model: nn.Module) -> None:
+    def backup(self, model: nn.Module) -> None:
+        """Push a frozen copy of ``model`` into the bank (and, cached mode, its logits on the train items)."""
         self.bank.push(model)
         if self.cfg.teacher_input == "cached":
             self._cache_all.insert(0, self._infer(self.bank.teachers()[0]))
@@ -300,9 +294,7 @@ class MrKD:
             out = self.infer_all(snapshot)
         out = out.to(self.device, torch.float32, copy=True)  # copy: leaves inference mode
         n_items = self._cache_all[0].shape[0] if self._cache_all else out.shape[0]
-        if out.dim() != 2 or out.shape != (n_items, self.n_classes):
-            raise InputError(f"mrkd.teacher_input: infer_all gave shape {tuple(out.shape)}, "
-                             f"expected {n_items}×{self.n_classes}")
+        assert out.shape == (n_items, self.n_classes), f"infer_all gave {tuple(out.shape)}, not {n_items}×{self.n_classes}"
         return out
 
     # ---- checkpointing --------------------------------------------------------------------------------------

@@ -3,20 +3,23 @@
 from __future__ import annotations
 
 import copy
+import typing
 import warnings
+from typing import Literal
 
 import torch
 from torch import Tensor, nn
 
 from audio_mrkd.errors import InputError
 
-SPACINGS = ("uniform", "exponential")
-UNITS = ("epoch", "step")
+Spacing = Literal["uniform", "exponential"]
+Unit = Literal["epoch", "step"]
+SPACINGS, UNITS = typing.get_args(Spacing), typing.get_args(Unit)
 
 
 def _positive_int(key: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise InputError(f"mrkd.{key}: must be an integer >= 1, got {value!r}")
+        raise AssertionError(f"mrkd.{key}: must be an integer >= 1, got {value!r}")
     return value
 
 
@@ -63,7 +66,7 @@ class SnapshotBank:
         self.dtype, self.channels_last, self.compile = dtype, channels_last, compile
         self.runner = TeacherRunner(graph)
         if spacing not in SPACINGS:
-            raise InputError(f"mrkd.spacing: must be one of {', '.join(SPACINGS)}, got {spacing!r}")
+            raise AssertionError(f"mrkd.spacing: must be one of {', '.join(SPACINGS)}, got {spacing!r}")
         self.spacing = spacing
         self._store: list[nn.Module] = []  # every kept backup, newest first
         self._fast: list[nn.Module] = []   # the same backups prepared for inference (BN folded), aligned
@@ -120,7 +123,7 @@ class SnapshotBank:
         graph's output buffer, overwritten by the next call: copy what must outlive it)."""
         teachers = [self._fast[i] for i in self.exposed_slots()]
         if not teachers:
-            raise InputError("mrkd.bank: no snapshot has been taken yet")
+            raise AssertionError("mrkd.bank: no snapshot has been taken yet")
         x = x.to(dtype=self.dtype or x.dtype,
                  memory_format=torch.channels_last if self.channels_last and x.dim() == 4 else torch.preserve_format)
         return self.runner(teachers, x)
@@ -198,7 +201,7 @@ class BackupSchedule:
     def __init__(self, interval: int, unit: str) -> None:
         self.interval = _positive_int("interval", interval)
         if unit not in UNITS:
-            raise InputError(f"mrkd.interval_unit: must be one of {', '.join(UNITS)}, got {unit!r}")
+            raise AssertionError(f"mrkd.interval_unit: must be one of {', '.join(UNITS)}, got {unit!r}")
         self.unit = unit
 
     def due_after_step(self, global_step: int) -> bool:

@@ -28,6 +28,7 @@ from audio_mrkd.export import INT8_MAX_DROP_PT, complexity, parity
 from audio_mrkd.export.onnx import (FEATURES_INPUT, FRONTEND_FILE, INT8_FILE, MODEL_FILE, WAVEFORM_INPUT,
                                     FeatureModel, WaveformModel, export_onnx)
 from audio_mrkd.export.predict import FEATURES_FILE, LABELS_FILE
+from audio_mrkd.paths import MANIFEST_DIR
 from audio_mrkd.versions import versions
 
 FRONTEND_CLIPS = 32   # evaluated-split clips decoded to check the waveform graph
@@ -51,7 +52,7 @@ def _frontend_config(info: dict, where: str) -> FrontendConfig:
 def _load_split(info: dict, split: str, class_names: list[str], where: str):
     from audio_mrkd.data.dataset import load_split
 
-    data = load_split(info["name"], split, info.get("manifest_dir", "data_manifests"), in_memory=False)
+    data = load_split(info["name"], split, info.get("manifest_dir", MANIFEST_DIR), in_memory=False)
     if list(data.class_names) != list(class_names):
         raise InputError(f"{where}: class names {class_names} differ from those of the prepared dataset "
                          f"'{info['name']}' ({data.class_names}); was it prepared again?")
@@ -82,15 +83,55 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, int8: bool = 
                int8_max_drop_pt: float = INT8_MAX_DROP_PT, int8_activations: str = "int8",
                log=print) -> ExportResult:
     """Export the student of ``run_dir``; see the module docstring for what is written."""
+    run_dir = Path(run_dir)
+    if calibration < 1:
+        raise InputError(f"--calibration: must be >= 1, got {calibration}")
+    net, info, cfg, feat_cfg = _load_run(run_dir, checkpoint)
+    where, input_shape, class_names = str(run_dir / "data.json"), [1, *feat_cfg.shape], list(info["class_names"])
+    model = FeatureModel(net, info.get("norm_mean"), info.get("norm_std")).eval()
+    out = Path(out) if out else run_dir / "export"
+    out.mkdir(parents=True, exist_ok=True)
+    files = _write_model_files(out, model, feat_cfg, class_names, {
+        "class_names": class_names, "features": config_io.to_dict(feat_cfg), "run_dir": str(run_dir),
+        "checkpoint": checkpoint, "model": cfg.model.name}, log)
+
+    quant_settings = None
+    if int8:
+        train = _load_split(info, info.get("train_split", cfg.data.train_split), class_names, where)
+        quant_settings = _export_int8(out, train, calibration, int8_activations, log)
+        files["int8"] = out / INT8_FILE
+
+    eval_split = info.get("eval_split", cfg.data.eval_split)
+    evaluated = _load_split(info, eval_split, class_names, where)
+    log(f"export: parity on the '{eval_split}' split ({len(evaluated)} clips)")
+    report = parity.feature_parity(model, files["fp32"], files.get("int8"), evaluated.features, evaluated.labels,
+                                   eval_split, int8_max_drop_pt=int8_max_drop_pt)
+    if with_frontend:
+        report["with_frontend"] = _export_with_frontend(out, model, feat_cfg, evaluated, files, files["metadata"])
+    report.update({"run_dir": str(run_dir), "checkpoint": checkpoint, "quantization": quant_settings,
+                   "versions": versions()})
+    fileio.write_json(out / "parity.json", report)
+    files["parity"] = out / "parity.json"
+
+    onnx_files = {files[k].name: files[k] for k in ("fp32", "int8", "with_frontend") if k in files}
+    comp = complexity.complexity_report(net, input_shape, onnx_files, stored_precision="int8" if int8 else "fp32",
+                                        model_name=cfg.model.name,
+                                        int8_float_parameters=(quant_settings or {}).get("float_parameters", 0))
+    fileio.write_json(out / "complexity.json", comp)
+    files["complexity"] = out / "complexity.json"
+    del files["metadata"]
+    _summary(comp, report, log)
+    return ExportResult(out, files, comp, report, parity.parity_warnings(report))
+
+
+def _load_run(run_dir: Path, checkpoint: str):
+    """(network, data.json, config, front-end config) of an audio run, or one InputError line."""
     from audio_mrkd.train.checkpoint import load_run_model
 
-    run_dir = Path(run_dir)
     if not run_dir.exists():
         raise InputError(f"{run_dir}: run directory not found")
     if not run_dir.is_dir():
         raise InputError(f"{run_dir}: not a run directory (a file)")
-    if calibration < 1:
-        raise InputError(f"--calibration: must be >= 1, got {calibration}")
     net, info, cfg = load_run_model(run_dir, checkpoint)
     where = str(run_dir / "data.json")
     if info.get("kind", "audio") != "audio":
@@ -101,74 +142,50 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, int8: bool = 
     if input_shape != [1, *feat_cfg.shape]:
         raise InputError(f"{where}: input_shape {input_shape} does not match the front-end's [1, {feat_cfg.n_mels}, "
                          f"{feat_cfg.n_frames}]")
-    class_names = list(info["class_names"])
-    model = FeatureModel(net, info.get("norm_mean"), info.get("norm_std")).eval()
-    out = Path(out) if out else run_dir / "export"
-    out.mkdir(parents=True, exist_ok=True)
-    files: dict[str, Path] = {}
+    return net, info, cfg, feat_cfg
 
-    # the configuration the model expects, next to it
-    header = (f"# Front-end the exported model expects (from {run_dir}/data.json); read by `audio-mrkd predict`.\n"
-              f"# Input of {MODEL_FILE}: raw log-mel B×1×{feat_cfg.n_mels}×{feat_cfg.n_frames}.\n")
+
+def _write_model_files(out: Path, model: FeatureModel, feat_cfg: FrontendConfig, class_names: list[str],
+                       metadata: dict, log) -> dict[str, Path]:
+    """features.yaml, labels.json and the fp32 model.onnx; returns their paths (and the graph metadata)."""
+    header = (f"# Front-end the exported model expects (from {metadata['run_dir']}/data.json); read by "
+              f"`audio-mrkd predict`.\n# Input of {MODEL_FILE}: raw log-mel B×1×{feat_cfg.n_mels}×{feat_cfg.n_frames}.\n")
     fileio.write_text(out / FEATURES_FILE, header + yaml.safe_dump(config_io.to_dict(feat_cfg), sort_keys=False))
     fileio.write_json(out / LABELS_FILE, {"class_names": class_names})
-    files["features"], files["labels"] = out / FEATURES_FILE, out / LABELS_FILE
-    metadata = {"class_names": class_names, "features": config_io.to_dict(feat_cfg), "run_dir": str(run_dir),
-                "checkpoint": checkpoint, "model": cfg.model.name}
-
-    log(f"export: {cfg.model.name} ({checkpoint}) → {out / MODEL_FILE}")
+    log(f"export: {metadata['model']} ({metadata['checkpoint']}) → {out / MODEL_FILE}")
     torch.manual_seed(0)
-    export_onnx(model, torch.randn(2, *input_shape), out / MODEL_FILE, FEATURES_INPUT,
+    export_onnx(model, torch.randn(2, 1, *feat_cfg.shape), out / MODEL_FILE, FEATURES_INPUT,
                 {**metadata, "input": "raw log-mel B×1×F×T (normalisation inside the graph)"})
-    files["fp32"] = out / MODEL_FILE
+    return {"features": out / FEATURES_FILE, "labels": out / LABELS_FILE, "fp32": out / MODEL_FILE,
+            "metadata": metadata}
 
-    quant_settings = None
-    if int8:
-        from audio_mrkd.export.quantize import CANDIDATES, choose_int8
 
-        train = _load_split(info, info.get("train_split", cfg.data.train_split), class_names, where)
-        log(f"export: int8 QDQ quantisation, {len(CANDIDATES)} calibration candidates on "
-            f"{min(calibration, len(train))} train-split clips → {out / INT8_FILE}")
-        quant_settings = choose_int8(out / MODEL_FILE, out / INT8_FILE, train.features, train.labels, calibration,
-                                     int8_activations)
-        chosen = next(c for c in quant_settings["candidates"] if c["name"] == quant_settings["chosen"])
-        log(f"export: int8 calibration '{chosen['name']}': {chosen['disagreements']} argmax disagreements with fp32 "
-            f"on {quant_settings['train_items']} train-split clips, mean |Δlogit| {chosen['mean_abs_logit_diff']:.4f}")
-        files["int8"] = out / INT8_FILE
+def _export_int8(out: Path, train, calibration: int, activations: str, log) -> dict:
+    """model.int8.onnx: the calibration candidate closest to fp32 on the train split; returns its settings."""
+    from audio_mrkd.export.quantize import CANDIDATES, choose_int8
 
-    eval_split = info.get("eval_split", cfg.data.eval_split)
-    evaluated = _load_split(info, eval_split, class_names, where)
-    log(f"export: parity on the '{eval_split}' split ({len(evaluated)} clips)")
-    report = parity.feature_parity(model, files["fp32"], files.get("int8"), evaluated.features, evaluated.labels,
-                                   eval_split, int8_max_drop_pt=int8_max_drop_pt)
+    log(f"export: int8 QDQ quantisation, {len(CANDIDATES)} calibration candidates on "
+        f"{min(calibration, len(train))} train-split clips → {out / INT8_FILE}")
+    settings = choose_int8(out / MODEL_FILE, out / INT8_FILE, train.features, train.labels, calibration, activations)
+    chosen = next(c for c in settings["candidates"] if c["name"] == settings["chosen"])
+    log(f"export: int8 calibration '{chosen['name']}': {chosen['disagreements']} argmax disagreements with fp32 "
+        f"on {settings['train_items']} train-split clips, mean |Δlogit| {chosen['mean_abs_logit_diff']:.4f}")
+    return settings
 
-    if with_frontend:
-        waveform_model = WaveformModel(feat_cfg, model).eval()
-        try:
-            export_onnx(waveform_model, torch.zeros(2, feat_cfg.n_samples), out / FRONTEND_FILE, WAVEFORM_INPUT,
-                        {**metadata, "input": f"waveform B×{feat_cfg.n_samples} at {feat_cfg.sample_rate} Hz"})
-        except Exception as exc:  # an operator the exporter cannot convert: keep the evidence, keep going
-            text = " ".join(str(exc).split())[:2000]
-            report["with_frontend"] = {"error": f"export failed: {type(exc).__name__}: {text}"}
-        else:
-            files["with_frontend"] = out / FRONTEND_FILE
-            waves, source = _frontend_clips(evaluated, feat_cfg, FRONTEND_CLIPS)
-            report["with_frontend"] = parity.frontend_parity(waveform_model, files["with_frontend"], waves,
-                                                             source=source)
-    report.update({"run_dir": str(run_dir), "checkpoint": checkpoint, "quantization": quant_settings,
-                   "versions": versions()})
-    fileio.write_json(out / "parity.json", report)
-    files["parity"] = out / "parity.json"
 
-    onnx_files = {k: files[k] for k in ("fp32", "int8", "with_frontend") if k in files}
-    comp = complexity.complexity_report(net, input_shape, {files[k].name: files[k] for k in onnx_files},
-                                        stored_precision="int8" if int8 else "fp32", model_name=cfg.model.name,
-                                        int8_float_parameters=(quant_settings or {}).get("float_parameters", 0))
-    fileio.write_json(out / "complexity.json", comp)
-    files["complexity"] = out / "complexity.json"
-
-    _summary(comp, report, log)
-    return ExportResult(out, files, comp, report, parity.parity_warnings(report))
+def _export_with_frontend(out: Path, model: FeatureModel, feat_cfg: FrontendConfig, evaluated,
+                          files: dict, metadata: dict) -> dict:
+    """model_with_frontend.onnx and its parity entry (an exporter failure is recorded, not raised)."""
+    waveform_model = WaveformModel(feat_cfg, model).eval()
+    try:
+        export_onnx(waveform_model, torch.zeros(2, feat_cfg.n_samples), out / FRONTEND_FILE, WAVEFORM_INPUT,
+                    {**metadata, "input": f"waveform B×{feat_cfg.n_samples} at {feat_cfg.sample_rate} Hz"})
+    except Exception as exc:  # an operator the exporter cannot convert: keep the evidence, keep going
+        text = " ".join(str(exc).split())[:2000]
+        return {"error": f"export failed: {type(exc).__name__}: {text}"}
+    files["with_frontend"] = out / FRONTEND_FILE
+    waves, source = _frontend_clips(evaluated, feat_cfg, FRONTEND_CLIPS)
+    return parity.frontend_parity(waveform_model, files["with_frontend"], waves, source=source)
 
 
 def _summary(comp: dict, report: dict, log) -> None:

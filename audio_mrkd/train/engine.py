@@ -1,53 +1,43 @@
-"""The one training loop, for every dataset and both methods (``ce`` and ``mrkd``).
+"""The one training loop, for every dataset and every training method (:mod:`audio_mrkd.methods`).
 
-Lightning Fabric handles device placement, precision (bf16 autocast on CUDA) and torch.distributed; the loop
-itself is plain PyTorch so that the MrKD objective can sit inside a step. Everything a run produces goes into
-its run directory (see :func:`new_run_dir`).
+The loop knows no method: a :class:`~audio_mrkd.methods.base.Method` supplies the loss of a batch and reacts to
+the hooks after each optimiser step and each epoch. Device and precision choices come from one
+:class:`~audio_mrkd.runtime.Runtime`; Lightning Fabric does device placement, precision and torch.distributed.
+Everything a run produces goes into its run directory (:mod:`audio_mrkd.train.run_files`).
 """
 from __future__ import annotations
 
 import math
 import time
-from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
-import torch.nn.functional as F
-import yaml
 from lightning_fabric import Fabric
 from torch.utils.tensorboard import SummaryWriter
 
-from audio_mrkd import config as config_io
 from audio_mrkd import fileio
 from audio_mrkd.data.augment import augment_batch
 from audio_mrkd.data.dataset import BatchLoader
-from audio_mrkd.distill.mrkd import MrKD
-from audio_mrkd.errors import InputError
 from audio_mrkd.experiment import ExperimentConfig, TrainConfig
+from audio_mrkd.methods import TrainContext, build_method
 from audio_mrkd.models import build_model
 from audio_mrkd.progress import progress
+from audio_mrkd.runtime import Runtime
 from audio_mrkd.train import checkpoint as ckpt
 from audio_mrkd.train.data import DataBundle, load_data
 from audio_mrkd.train.metrics import classification_metrics
-from audio_mrkd.train.tb import log_eval, write_hparams
-from audio_mrkd.versions import versions
+from audio_mrkd.train.run_files import new_run_dir, write_predictions, write_run_files
+from audio_mrkd.train.tb import log_eval, log_scalars, write_hparams
 
 
 def make_fabric(tcfg: TrainConfig) -> Fabric:
-    """CUDA when present (or asked for), else CPU; bf16 autocast on CUDA unless the config says otherwise;
-    DDP (NCCL on GPUs, gloo on CPUs) when ``train.devices × train.num_nodes > 1``."""
-    cuda = torch.cuda.is_available() if tcfg.device == "auto" else tcfg.device == "cuda"
-    if tcfg.device == "cuda" and not torch.cuda.is_available():
-        raise InputError("train.device: 'cuda' requested but no CUDA device is available")
-    precision = tcfg.precision
-    if precision == "auto":
-        precision = "bf16-mixed" if cuda else "32"
-    precision = {"32": "32-true"}.get(precision, precision)
+    """The runtime's accelerator and precision; DDP (NCCL on GPUs, gloo on CPUs) when
+    ``train.devices × train.num_nodes > 1``."""
+    runtime = Runtime.from_config(tcfg)
     parallel = tcfg.devices * tcfg.num_nodes > 1
-    return Fabric(accelerator="cuda" if cuda else "cpu", devices=tcfg.devices, num_nodes=tcfg.num_nodes,
-                  strategy="ddp" if parallel else "auto", precision=precision)
+    return Fabric(accelerator=runtime.accelerator, devices=tcfg.devices, num_nodes=tcfg.num_nodes,
+                  strategy="ddp" if parallel else "auto", precision=runtime.precision)
 
 
 def launched_fabric(tcfg: TrainConfig) -> Fabric:
@@ -59,9 +49,8 @@ def launched_fabric(tcfg: TrainConfig) -> Fabric:
     return fabric
 
 
-def make_optimizer(params, tcfg: TrainConfig, cuda: bool = False) -> torch.optim.Optimizer:
-    """SGD or AdamW; on CUDA the fused kernels (same update, one launch instead of one per tensor)."""
-    fused = True if cuda else None
+def make_optimizer(params, tcfg: TrainConfig, fused: bool | None = None) -> torch.optim.Optimizer:
+    """SGD or AdamW (``fused``: the fused kernels, same update, one launch instead of one per tensor)."""
     if tcfg.optimizer == "sgd":
         return torch.optim.SGD(params, lr=tcfg.lr, momentum=tcfg.momentum, nesterov=tcfg.nesterov,
                                weight_decay=tcfg.weight_decay, fused=fused)
@@ -83,98 +72,62 @@ def lr_factor(step: int, tcfg: TrainConfig, steps_per_epoch: int) -> float:
     return 1.0
 
 
-def new_run_dir(cfg: ExperimentConfig) -> Path:
-    """``<out_dir>/<timestamp>-<method>-seed<seed>[-fold<k>]``, unique."""
-    stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    name = f"{stamp}-{cfg.method}-seed{cfg.seed}" + (f"-fold{cfg.data.cv_fold}" if cfg.data.cv_folds else "")
-    base = cfg.out_dir / name
-    run_dir, n = base, 1
-    while run_dir.exists():
-        run_dir, n = base.with_name(f"{base.name}-{n}"), n + 1
-    return run_dir
-
-
-def soft_cross_entropy(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    return F.cross_entropy(logits.float(), y if y.dim() == 1 else y.float())
-
-
 class Trainer:
     """Trains one run (one seed, one fold) of an :class:`ExperimentConfig`; ``resume_from`` continues a run dir."""
 
     def __init__(self, cfg: ExperimentConfig, data: DataBundle | None = None, resume_from: str | Path | None = None,
                  fabric: Fabric | None = None):
         self.cfg = cfg
+        self.runtime = Runtime.from_config(cfg.train)
         self.fabric = fabric or make_fabric(cfg.train)
-        if cfg.train.threads and self.fabric.device.type == "cpu":
-            torch.set_num_threads(cfg.train.threads)
+        self.runtime.apply()
         self.fabric.seed_everything(cfg.seed, verbose=False)
         self.data = data or load_data(cfg.data)
         self.n_classes = len(self.data.class_names)
-        device = self.fabric.device
-        self.cuda = device.type == "cuda"
-        if self.cuda:
-            torch.backends.cudnn.benchmark = cfg.train.cudnn_benchmark
+        self.model = self._build_model()  # the one network; self.forward is its training-time (wrapped) form
+        self.forward, self.optimizer = self.fabric.setup(
+            self.model, make_optimizer(self.model.parameters(), cfg.train, self.runtime.fused_optimizer))
+        if self.runtime.compile:
+            self.forward = torch.compile(self.forward, mode=self.runtime.compile_mode)
+        self._make_loaders()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda step: lr_factor(step, cfg.train, self.steps_per_epoch))
+        self.method = build_method(cfg, TrainContext(
+            model=self.model, n_classes=self.n_classes, torch_device=self.fabric.device, runtime=self.runtime,
+            infer_train=self._infer_train, sync_buffers=self._sync_buffers,
+            average_grads=self._average_grads if self.fabric.world_size > 1 else None))
+        self.epoch, self.global_step, self.best, self.history = 0, 0, None, []
+        if resume_from:
+            self.run_dir = Path(resume_from)
+            self._load(ckpt.load_checkpoint(ckpt.checkpoint_path(self.run_dir, "last"),
+                                            map_location=self.fabric.device))
+        else:
+            self.run_dir = Path(self.fabric.broadcast(str(new_run_dir(cfg)), src=0))  # one run dir for all ranks
+        self.writer = None
+
+    def _build_model(self) -> torch.nn.Module:
+        cfg = self.cfg
         model = build_model(cfg.model.name, n_classes=self.n_classes, in_channels=self.data.train.item_shape[0],
                             **cfg.model.options)
-        if self.cuda and cfg.train.channels_last:
-            model = model.to(memory_format=torch.channels_last)
-        self.model = model  # the plain module: snapshots and checkpoints use it
-        optimizer = make_optimizer(model.parameters(), cfg.train, self.cuda)
-        self.student, self.optimizer = self.fabric.setup(model, optimizer)
-        self.forward = (torch.compile(self.student, mode=cfg.train.compile_mode) if (cfg.train.compile and self.cuda)
-                        else self.student)
-        n_train = len(self.data.train)
+        return model.to(memory_format=torch.channels_last) if self.runtime.channels_last else model
+
+    def _make_loaders(self) -> None:
+        cfg, device = self.cfg, self.fabric.device
         rank, world = self.fabric.global_rank, self.fabric.world_size
         self.train_loader = BatchLoader(self.data.train, cfg.train.batch_size, device, shuffle=True,
-                                        drop_last=n_train > cfg.train.batch_size, seed=cfg.seed,
+                                        drop_last=len(self.data.train) > cfg.train.batch_size, seed=cfg.seed,
                                         resident=cfg.data.resident, normalize=cfg.data.normalize,
                                         rank=rank, world_size=world)
         self.eval_shards = np.array_split(np.arange(len(self.data.eval)), world)
         self.eval_loader = BatchLoader(self.data.eval.subset(self.eval_shards[rank]), cfg.train.batch_size, device,
                                        resident=cfg.data.resident, normalize=cfg.data.normalize)
         self.steps_per_epoch = len(self.train_loader)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(step, cfg.train, self.steps_per_epoch))
         self._infer_loader = None
-        bf16 = self.cuda and str(self.fabric.strategy.precision.precision).startswith("bf16")
-        self.mrkd = (MrKD(cfg.mrkd, self.n_classes, device, infer_all=self._infer_train,
-                          grad_sync=self._average_grads if world > 1 else None,
-                          teacher_dtype=torch.bfloat16 if bf16 else None, channels_last=self._channels_last,
-                          compile=cfg.train.compile and self.cuda)
-                     if cfg.method == "mrkd" else None)
-        self.epoch, self.global_step, self.best, self.history = 0, 0, None, []
-        if resume_from:
-            self.run_dir = Path(resume_from)
-            self._load(ckpt.load_checkpoint(ckpt.checkpoint_path(self.run_dir, "last"), map_location=device))
-        else:
-            self.run_dir = Path(self.fabric.broadcast(str(new_run_dir(cfg)), src=0))  # one run dir for all ranks
-        self.writer = None
 
     # ---- run directory ---------------------------------------------------------------------------------------
     @property
     def is_main(self) -> bool:
         return self.fabric.is_global_zero
-
-    def _data_info(self) -> dict:
-        split = self.data.train
-        return {
-            "kind": self.data.kind, "name": self.cfg.data.name, "root": self.cfg.data.root,
-            "manifest_dir": self.cfg.data.manifest_dir, "train_split": self.cfg.data.train_split,
-            "eval_split": self.cfg.data.eval_split, "class_names": split.class_names,
-            "device_names": split.device_names, "input_shape": list(split.item_shape),
-            "norm_mean": None if not self.cfg.data.normalize or split.norm_mean is None
-            else np.asarray(split.norm_mean).tolist(),
-            "norm_std": None if not self.cfg.data.normalize or split.norm_std is None
-            else np.asarray(split.norm_std).tolist(),
-            "features": self.data.frontend, "n_train": len(split), "n_eval": len(self.data.eval),
-        }
-
-    def _write_run_files(self) -> None:
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        fileio.write_text(self.run_dir / "config.yaml", yaml.safe_dump(config_io.to_dict(self.cfg), sort_keys=False))
-        fileio.write_json(self.run_dir / "versions.json", versions())
-        fileio.write_text(self.run_dir / "seed", f"{self.cfg.seed}\n")
-        fileio.write_json(self.run_dir / "data.json", self._data_info())
 
     # ---- checkpoints ------------------------------------------------------------------------------------------
     def _state(self) -> dict:
@@ -182,9 +135,9 @@ class Trainer:
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "global_step": self.global_step,
             "rng": {"torch": torch.get_rng_state(),
-                    "cuda": torch.cuda.get_rng_state_all() if self.cuda else []},
+                    "cuda": torch.cuda.get_rng_state_all() if self.runtime.cuda else []},
             "loader": self.train_loader.state_dict(),
-            "mrkd": self.mrkd.state_dict() if self.mrkd else {},
+            "method": self.method.state_dict(),
             "best": self.best or {}, "history": self.history,
         }
 
@@ -194,11 +147,11 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
         torch.set_rng_state(state["rng"]["torch"].cpu())
-        if self.cuda and state["rng"]["cuda"]:
+        if self.runtime.cuda and state["rng"]["cuda"]:
             torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
         self.train_loader.load_state_dict(state["loader"])
-        if self.mrkd:
-            self.mrkd.load_state_dict(state["mrkd"], template=self.model)
+        # checkpoints written before the Method interface kept MrKD's state under "mrkd"
+        self.method.load_state_dict(state["method"] if "method" in state else state.get("mrkd", {}))
         self.best, self.history = (state["best"] or None), list(state["history"])
 
     # ---- data parallel ----------------------------------------------------------------------------------------
@@ -223,15 +176,6 @@ class Trainer:
         gathered = self.fabric.all_gather(padded)
         return torch.cat([gathered[r, :len(shard)] for r, shard in enumerate(self.eval_shards)])
 
-    def bank_digest(self) -> str:
-        """Hash of the snapshot bank's tensors (equal on every rank when data-parallel training is right)."""
-        import hashlib
-        digest = hashlib.sha256()
-        for teacher in (self.mrkd.bank.teachers() if self.mrkd else []):
-            for tensor in teacher.state_dict().values():
-                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        return digest.hexdigest()[:15]  # fits an int64 for the all_gather
-
     # ---- inference --------------------------------------------------------------------------------------------
     def _logits(self, model: torch.nn.Module, loader: BatchLoader) -> torch.Tensor:
         """N×C float32 logits of ``model`` over a loader's items, in loader order, without augmentation."""
@@ -240,14 +184,10 @@ class Trainer:
         model.eval()
         with torch.inference_mode(), self.fabric.autocast():
             for batch in loader:
-                x = batch.x.contiguous(memory_format=torch.channels_last) if self._channels_last else batch.x
+                x = batch.x.contiguous(memory_format=torch.channels_last) if self.runtime.channels_last else batch.x
                 outs.append(model(x).float())
         model.train(was_training)
         return torch.cat(outs)
-
-    @property
-    def _channels_last(self) -> bool:
-        return self.cuda and self.cfg.train.channels_last
 
     def _infer_train(self, snapshot: torch.nn.Module) -> torch.Tensor:
         """A snapshot's logits on every un-augmented training item (MrKD cached-teacher mode)."""
@@ -260,60 +200,42 @@ class Trainer:
 
     def evaluate(self) -> tuple[dict, np.ndarray]:
         """Metrics of the student on the evaluated split (each rank scores its shard; the rows are gathered)."""
-        logits = self._gather_rows(self._logits(self.student, self.eval_loader))
+        logits = self._gather_rows(self._logits(self.model, self.eval_loader))
         probs = torch.softmax(logits, dim=1).cpu().numpy()
         split = self.data.eval
         metrics = classification_metrics(probs, split.labels, split.class_names, split.devices, split.device_names,
                                          self.data.device_groups or None)
         return metrics, probs
 
-    def _write_predictions(self, probs: np.ndarray, path: Path) -> None:
-        split = self.data.eval
-        frame = pd.DataFrame({"filename": split.items["filename"].astype(str).str.replace("audio/", "", regex=False),
-                              "scene_label": [split.class_names[i] for i in probs.argmax(axis=1)]})
-        for i, name in enumerate(split.class_names):
-            frame[name] = probs[:, i].round(6)
-        frame["true_label"] = [split.class_names[i] for i in split.labels]
-        fileio.write_csv(path, frame, sep="\t")
-
     # ---- training ----------------------------------------------------------------------------------------------
     def _step(self, batch) -> dict[str, float]:
         x, y = augment_batch(batch.x, batch.y, self.cfg.augment, self.n_classes)
-        if self._channels_last:
+        if self.runtime.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         started = time.perf_counter()
         with_logs = (self.global_step + 1) % self.cfg.train.log_every == 0
         with self.fabric.autocast():
             logits = self.forward(x)
-        if self.mrkd:
-            loss, logs = self.mrkd.loss(logits.float(), x, y, index=batch.index, epoch=self.epoch,
-                                        with_logs=with_logs)
-        else:
-            loss = soft_cross_entropy(logits, y)
-            logs = None
+        loss, logs = self.method.loss(logits, x, y, batch.index, self.epoch, with_logs)
         self.optimizer.zero_grad(set_to_none=True)
         self.fabric.backward(loss)
         self.optimizer.step()
         self.scheduler.step()
         self.global_step += 1
-        if self.mrkd:
-            if self.mrkd.schedule.due_after_step(self.global_step):
-                self._sync_buffers()
-            self.mrkd.after_step(self.model, self.global_step)
+        self.method.after_step(self.global_step)
         if not with_logs:
             return {}
-        logs = logs if logs is not None else {"loss/ce": loss.item()}
-        if self.cuda:
+        if self.runtime.cuda:
             torch.cuda.synchronize()
         step_time = time.perf_counter() - started
-        if "mrkd/teacher_time" in logs:
-            logs["mrkd/teacher_time_share"] = logs.pop("mrkd/teacher_time") / max(step_time, 1e-9)
+        for key in [k for k in logs if k.endswith("_time")]:  # seconds a method spent inside the step
+            logs[f"{key}_share"] = logs.pop(key) / max(step_time, 1e-9)
         logs["lr"] = self.scheduler.get_last_lr()[0]
         logs["time/step_ms"] = 1000 * step_time
         return logs
 
     def _train_epoch(self) -> float:
-        self.student.train()
+        self.model.train()
         losses = []
         bar = progress(self.train_loader, desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}", leave=False,
                        enabled=self.cfg.train.progress and self.is_main, lines=False, unit="step")
@@ -322,14 +244,10 @@ class Trainer:
             if logs:
                 losses.append(logs.get("loss/ce", float("nan")))
                 if self.writer:
-                    for key, value in logs.items():
-                        self.writer.add_scalar(key, value, self.global_step)
+                    log_scalars(self.writer, logs, self.global_step)
                 bar.set_postfix(ce=f"{logs['loss/ce']:.3f}")
         self.epoch += 1
-        if self.mrkd:
-            if self.mrkd.schedule.due_after_epoch(self.epoch):
-                self._sync_buffers()
-            self.mrkd.after_epoch(self.model, self.epoch)
+        self.method.after_epoch(self.epoch)
         return float(np.nanmean(losses)) if losses else float("nan")
 
     def _record(self, metrics: dict, probs: np.ndarray) -> None:
@@ -345,9 +263,9 @@ class Trainer:
             log_eval(self.writer, metrics, self.data.class_names, self.global_step, epoch=self.epoch)
             self.writer.add_scalar("eval/epoch", self.epoch, self.global_step)
             self.writer.flush()  # eval results visible in a running TensorBoard right away
-        self._write_predictions(probs, self.run_dir / "predictions.csv")
+        write_predictions(self.run_dir / "predictions.csv", probs, self.data.eval)
         if improved:
-            self._write_predictions(probs, self.run_dir / "predictions_best.csv")
+            write_predictions(self.run_dir / "predictions_best.csv", probs, self.data.eval)
         if self.cfg.train.save_checkpoints:
             state = self._state()
             ckpt.save_checkpoint(state, ckpt.checkpoint_path(self.run_dir, "last"))
@@ -371,7 +289,7 @@ class Trainer:
         """Train up to ``train.epochs`` (or stop after epoch ``stop_after``, for tests of resume)."""
         self._last_metrics = None
         if self.is_main:
-            self._write_run_files()
+            write_run_files(self.run_dir, self.cfg, self.data)
             # resumed: drop the events logged after the checkpoint (its own step, with its evaluation, stays)
             purge = self.global_step + 1 if self.global_step else None
             self.writer = SummaryWriter(str(self.run_dir), purge_step=purge)
@@ -397,7 +315,7 @@ class Trainer:
             self._last_metrics, _ = self.evaluate()
         summary = self.metrics_summary(final=stop_after is None)
         if self.fabric.world_size > 1:
-            digests = self.fabric.all_gather(torch.tensor([int(self.bank_digest() or "0", 16)], dtype=torch.int64))
+            digests = self.fabric.all_gather(torch.tensor([int(self.method.digest() or "0", 16)], dtype=torch.int64))
             summary["distributed"] = {"world_size": self.fabric.world_size,
                                       "bank_digests": [f"{int(d):016x}" for d in digests.flatten().tolist()]}
         if self.is_main:
@@ -411,8 +329,7 @@ class Trainer:
     def _log_hparams(self, summary: dict) -> None:
         flat = {"method": self.cfg.method, "seed": self.cfg.seed, "model": self.cfg.model.name,
                 "epochs": self.cfg.train.epochs, "lr": self.cfg.train.lr, "batch_size": self.cfg.train.batch_size}
-        if self.mrkd:
-            flat.update({f"mrkd.{k}": v for k, v in config_io.to_dict(self.cfg.mrkd).items()})
+        flat.update(self.method.hparams())
         final = {f"hparam/last_{k}": summary["last"][k] for k in ("accuracy", "macro_accuracy", "log_loss")}
         final.update({f"hparam/best_{k}": summary["best"][k] for k in ("accuracy", "macro_accuracy", "log_loss")})
         write_hparams(self.writer, flat, final, self.global_step)  # into this run: no `hparams` twin run

@@ -108,6 +108,12 @@ def confusion_image(confusion: list[list[int]], class_names: list[str], cell: in
     return np.asarray(image)
 
 
+def log_scalars(writer: SummaryWriter, logs: dict[str, float], step: int) -> None:
+    """One scalar per entry of a training step's logs (``loss/*``, ``lr``, a method's own, ``time/*``)."""
+    for key, value in logs.items():
+        writer.add_scalar(key, value, step)
+
+
 def log_eval(writer: SummaryWriter, metrics: dict, class_names: list[str], step: int, prefix: str = "eval",
              epoch: int | None = None) -> None:
     """Scalars (overall, per class, per device, per device group) and the confusion picture at ``step``;

@@ -1,0 +1,17 @@
+"""Training methods by name (``method:`` in an experiment config). Adding one: a module with a
+:class:`~audio_mrkd.methods.base.Method` subclass, and a line here."""
+from __future__ import annotations
+
+from audio_mrkd.methods.base import Method, TrainContext
+from audio_mrkd.methods.ce import CrossEntropy
+from audio_mrkd.methods.mrkd import MemoryReplay
+
+METHODS: dict[str, type[Method]] = {
+    "ce": CrossEntropy,
+    "mrkd": MemoryReplay,
+}
+
+
+def build_method(cfg, ctx: TrainContext) -> Method:
+    """The method ``cfg.method`` names (validated with the config), for one run."""
+    return METHODS[cfg.method](cfg, ctx)

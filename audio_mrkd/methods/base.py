@@ -1,0 +1,70 @@
+"""What a training method is to the engine: :class:`Method`, and what the engine offers it: :class:`TrainContext`.
+
+The engine runs the loop (forward, backward, optimiser and scheduler steps, evaluation, checkpoints); a method
+supplies the loss on a batch and reacts to two hooks, after each optimiser step and after each epoch. Its own
+state (teachers, auxiliary networks and their optimisers) goes into the checkpoint through
+:meth:`Method.state_dict` and must hold tensors and plain containers only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from audio_mrkd.runtime import Runtime
+
+
+@dataclass
+class TrainContext:
+    """The network and the hooks a method may use; built by the engine once per run."""
+
+    model: nn.Module                                   # the plain network (not a compiled or DDP wrapper)
+    n_classes: int
+    torch_device: torch.device
+    runtime: Runtime
+    infer_train: Callable[[nn.Module], Tensor]         # a model's N×C logits on every un-augmented train item
+    average_grads: Callable[[list[Tensor]], None] | None  # data parallel: mean of gradients over processes
+    sync_buffers: Callable[[], None]                   # rank 0's BatchNorm statistics to every process
+
+
+class Method:
+    """Plain cross-entropy behaviour; subclasses override what they change."""
+
+    def __init__(self, cfg, ctx: TrainContext) -> None:
+        self.cfg, self.ctx = cfg, ctx
+
+    def loss(self, logits: Tensor, x: Tensor, y: Tensor, index: Tensor, epoch: int,
+             with_logs: bool) -> tuple[Tensor, dict[str, float]]:
+        """The loss to back-propagate for a batch and (when ``with_logs``) its float logs. ``y``: class indices
+        or soft targets (mixup); ``index``: the items' positions in the train split; ``epoch``: completed epochs.
+        A log named ``…_time`` is seconds spent inside the step: the engine reports it as ``…_time_share``."""
+        loss = soft_cross_entropy(logits, y)
+        return loss, ({"loss/ce": loss.item()} if with_logs else {})
+
+    def after_step(self, global_step: int) -> None:
+        """Called after each optimiser step (``global_step`` steps done)."""
+
+    def after_epoch(self, epoch: int) -> None:
+        """Called after each epoch (``epoch`` epochs done), before evaluation."""
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`'s output."""
+
+    def hparams(self) -> dict:
+        """The method's settings for TensorBoard's hparams (flat, plain values)."""
+        return {}
+
+    def digest(self) -> str:
+        """A hash of state that must agree across data-parallel processes ("" when there is none)."""
+        return ""
+
+
+def soft_cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
+    """Cross-entropy to class indices, or to B×C soft targets (mixup), computed in float32."""
+    return F.cross_entropy(logits.float(), y if y.dim() == 1 else y.float())

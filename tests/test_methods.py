@@ -1,0 +1,95 @@
+"""The Method interface: the registry, a method added without touching the engine, and checkpoints written
+before the interface (MrKD state under "mrkd") still resuming."""
+import json
+
+import pytest
+import torch
+
+from audio_mrkd import methods
+from audio_mrkd.errors import InputError
+from audio_mrkd.experiment import load_experiment
+from audio_mrkd.methods.base import Method, soft_cross_entropy
+from audio_mrkd.train.checkpoint import checkpoint_path, save_checkpoint
+from audio_mrkd.train.engine import Trainer, resume_run, train_run
+from tests.test_engine import config, prepared  # noqa: F401  (module-scoped fixture)
+
+
+class CountingSmoothing(Method):
+    """A toy method: label-smoothed CE that counts its hooks and keeps the counts in the checkpoint."""
+
+    def __init__(self, cfg, ctx):
+        super().__init__(cfg, ctx)
+        self.counts = {"steps": 0, "epochs": 0}
+
+    def loss(self, logits, x, y, index, epoch, with_logs):
+        loss = torch.nn.functional.cross_entropy(logits.float(), y if y.dim() == 1 else y.float(),
+                                                 label_smoothing=0.2)
+        return loss, ({"loss/ce": soft_cross_entropy(logits, y).item(), "loss/smoothed": loss.item()}
+                      if with_logs else {})
+
+    def after_step(self, global_step):
+        self.counts["steps"] += 1
+        assert global_step == self.counts["steps"]
+
+    def after_epoch(self, epoch):
+        self.counts["epochs"] += 1
+
+    def state_dict(self):
+        return dict(self.counts)
+
+    def load_state_dict(self, state):
+        self.counts = dict(state)
+
+
+def test_registry_names_are_the_config_choices():
+    assert set(methods.METHODS) == {"ce", "mrkd"}
+    with pytest.raises(InputError, match="method: 'nope' is not one of 'ce', 'mrkd'"):
+        load_experiment(None, ["method=nope"])
+
+
+def test_a_new_method_is_a_class_and_a_registry_line(prepared, tmp_path, monkeypatch):  # noqa: F811
+    monkeypatch.setitem(methods.METHODS, "smooth", CountingSmoothing)
+    trainer = Trainer(config(prepared, tmp_path, "method=smooth", "train.epochs=2"))
+    summary = trainer.fit()
+    assert summary["complete"] and summary["method"] == "smooth"
+    assert trainer.method.counts == {"steps": trainer.global_step, "epochs": 2} and trainer.global_step > 0
+    state = torch.load(checkpoint_path(trainer.run_dir, "last"), weights_only=True)
+    assert state["method"] == trainer.method.counts
+    from tests.test_engine import scalars
+    _, smoothed = scalars(trainer.run_dir, "loss/smoothed")
+    assert len(smoothed) == trainer.global_step  # log_every=1: the method's own log reaches TensorBoard
+
+
+def test_checkpoint_from_before_the_interface_still_resumes(prepared, tmp_path):  # noqa: F811
+    """Older checkpoints kept MrKD's state under "mrkd": resuming one continues the same trajectory."""
+    extra = ["method=mrkd", "mrkd.k=1"]
+    _, straight = train_run(config(prepared, tmp_path / "a", *extra))
+    trainer = Trainer(config(prepared, tmp_path / "b", *extra))
+    trainer.fit(stop_after=2)
+    path = checkpoint_path(trainer.run_dir, "last")
+    state = torch.load(path, weights_only=True)
+    assert state["method"]["bank"]  # the bank is full after epoch 1 (k=1)
+    state["mrkd"] = state.pop("method")  # the old layout
+    save_checkpoint(state, path)
+    _, resumed = resume_run(trainer.run_dir)
+    assert [h["accuracy"] for h in resumed["history"]] == [h["accuracy"] for h in straight["history"]]
+    assert resumed["last"]["log_loss"] == pytest.approx(straight["last"]["log_loss"], abs=1e-6)
+    assert json.loads((trainer.run_dir / "metrics.json").read_text())["complete"]
+
+
+@pytest.mark.parametrize("override,message", [
+    ("train.precision=64", "train.precision: 64 is not one of 'auto', '32', 'bf16-mixed', '16-mixed'"),
+    ("train.optimizer=adam", "train.optimizer: 'adam' is not one of 'adamw', 'sgd'"),
+    ("mrkd.ensemble=max", "mrkd.ensemble: 'max' is not one of 'fcn', 'mean', 'newest'"),
+    ("mrkd.spacing=log", "mrkd.spacing: 'log' is not one of 'uniform', 'exponential'"),
+    ("data.cv_pool=test", "data.cv_pool: 'test' is not one of 'train', 'all'"),
+])
+def test_choices_are_checked_where_the_config_enters(override, message):
+    """The choices live in the config's types (Literal) and are checked once, when a config is loaded."""
+    with pytest.raises(InputError) as err:
+        load_experiment(None, ["data.kind=synthetic", override])
+    assert str(err.value) == message
+
+
+def test_numeric_choice_from_an_override():
+    assert load_experiment(None, ["data.kind=synthetic", "train.precision=32"]).train.precision == "32"
