@@ -86,8 +86,10 @@ class TrainConfig:
     out_dir: str | None = None     # default runs/<experiment name>
     log_every: int = 10            # steps between TensorBoard scalar writes
     eval_every: int = 1            # evaluate every N epochs (and always after the last one)
-    device: Literal["auto", "cpu", "cuda"] = "auto"   # auto: CUDA if present
-    devices: int = 1               # processes per node (GPUs, or CPU processes with gloo); >1 = data parallel
+    device: Literal["auto", "cpu", "cuda"] = "auto"   # the torch device; auto: CUDA if present
+    # processes per node (Lightning Fabric's `devices`: one GPU each, or CPU processes with gloo); >1 = data parallel.
+    # A process count, not a torch device and not a DCASE recording device.
+    devices: int = 1
     num_nodes: int = 1             # machines (launch with torchrun or the Fabric CLI on each)
     precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"   # auto: bf16-mixed on CUDA, 32 on CPU
     channels_last: bool = True     # CUDA only

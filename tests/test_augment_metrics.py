@@ -76,8 +76,9 @@ def test_augment_batch_all_off_is_identity():
 def test_metrics_against_hand_computation():
     probs = np.array([[0.7, 0.2, 0.1], [0.1, 0.8, 0.1], [0.5, 0.4, 0.1], [0.2, 0.2, 0.6], [0.3, 0.3, 0.4]])
     labels = np.array([0, 1, 1, 2, 0])
-    devices = np.array([0, 0, 1, 1, 1])
-    m = classification_metrics(probs, labels, ["x", "y", "z"], devices, ["a", "s1"], {"a": "real", "s1": "seen_sim"})
+    recording_devices = np.array([0, 0, 1, 1, 1])
+    m = classification_metrics(probs, labels, ["x", "y", "z"], recording_devices, ["a", "s1"],
+                               {"a": "real", "s1": "seen_sim"})
     assert m["accuracy"] == pytest.approx(3 / 5)
     assert m["per_class"] == pytest.approx({"x": 0.5, "y": 0.5, "z": 1.0})
     assert m["macro_accuracy"] == pytest.approx((0.5 + 0.5 + 1.0) / 3)
@@ -107,8 +108,8 @@ def test_counts_skip_empty_groups_and_print_with_the_accuracy():
     from audio_mrkd.train.metrics import with_counts
     probs = np.eye(4)[[0, 0, 2, 2, 1, 0]]
     labels = np.array([0, 0, 2, 2, 2, 2])  # class 1 and 3 have no clips; device s2 has none, "x" has no group
-    devices = np.array([0, 0, 0, 2, 2, 2])
-    m = classification_metrics(probs, labels, ["w", "v", "u", "t"], devices, ["a", "s2", "x"],
+    recording_devices = np.array([0, 0, 0, 2, 2, 2])
+    m = classification_metrics(probs, labels, ["w", "v", "u", "t"], recording_devices, ["a", "s2", "x"],
                                {"a": "real", "s2": "unseen_sim"})
     assert m["per_class_count"] == {"w": 2, "u": 4} and set(m["per_class"]) == {"w", "u"}
     assert m["per_device_count"] == {"a": 3, "x": 3} and set(m["per_device"]) == {"a", "x"}

@@ -51,7 +51,8 @@ def check_split(split: FeatureSplit, n: int, classes: list[str], kind: str) -> N
     assert split.features.flags["C_CONTIGUOUS"]
     assert split.labels.dtype == np.int64 and split.labels.shape == (n,)
     assert split.class_names == classes
-    assert split.devices.dtype == np.int64 and not split.devices.any() and split.device_names == ["none"]
+    assert split.recording_devices.dtype == np.int64 and not split.recording_devices.any()
+    assert split.device_names == ["none"]
     assert split.rows.dtype == np.int64 and len(split.rows) == n
     assert list(split.items.columns) == ITEM_COLUMNS and len(split.items) == n
     assert (split.items["identifier"] == split.items["filename"]).all()

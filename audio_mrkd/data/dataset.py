@@ -1,8 +1,9 @@
 """The dataset API the training engine uses, the same for audio and images.
 
-A :class:`FeatureSplit` holds one split as arrays (features N×C×H×W, labels, devices, cache rows). Items come out
-as ``(features, label, device, row)``; whole batches come from :class:`BatchLoader`, which can keep the split
-resident in RAM or on the GPU and gathers batches by index (no DataLoader workers, no per-item Python).
+A :class:`FeatureSplit` holds one split as arrays (features N×C×H×W, labels, recording devices, cache rows).
+Items come out as ``(features, label, recording_device, row)``; whole batches come from :class:`BatchLoader`, which
+can keep the split resident in RAM or on the GPU and gathers batches by index (no DataLoader workers, no per-item
+Python). In this module ``torch_device`` is where tensors live; ``recording_device(s)`` is the DCASE recording device.
 """
 from __future__ import annotations
 
@@ -27,7 +28,7 @@ class FeatureSplit:
     features: np.ndarray
     labels: np.ndarray                      # int64 class index
     class_names: list[str]
-    devices: np.ndarray                     # int64 index into device_names
+    recording_devices: np.ndarray           # int64 index into device_names (DCASE recording device)
     device_names: list[str]
     rows: np.ndarray                        # row in the source array (cache row / image index)
     items: pd.DataFrame                     # per-item metadata (filename, identifier, device_group, …)
@@ -40,7 +41,7 @@ class FeatureSplit:
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, int, int, int]:
         x = torch.from_numpy(np.asarray(self.features[i], dtype=np.float32))
-        return x, int(self.labels[i]), int(self.devices[i]), int(self.rows[i])
+        return x, int(self.labels[i]), int(self.recording_devices[i]), int(self.rows[i])
 
     @property
     def item_shape(self) -> tuple[int, ...]:
@@ -50,7 +51,7 @@ class FeatureSplit:
         """A new split holding only ``positions`` (used by k-fold cross-validation)."""
         positions = np.asarray(positions)
         return FeatureSplit(self.features[positions], self.labels[positions], self.class_names,
-                            self.devices[positions], self.device_names, self.rows[positions],
+                            self.recording_devices[positions], self.device_names, self.rows[positions],
                             self.items.iloc[positions].reset_index(drop=True), self.norm_mean, self.norm_std,
                             self.info)
 
@@ -94,12 +95,13 @@ def load_split(name: str, split: str, manifest_dir: str | Path = MANIFEST_DIR,
     if in_memory:
         features = features[np.arange(len(rows))]
     class_index = {c: i for i, c in enumerate(info["class_names"])}
-    device_index = {d: i for i, d in enumerate(info["device_names"])}
+    recording_device_index = {d: i for i, d in enumerate(info["device_names"])}
     mean = np.asarray(info["train_mean"], dtype=np.float32)[None, :, None]
     std = np.asarray(info["train_std"], dtype=np.float32)[None, :, None]
     return FeatureSplit(
         features=features, labels=items["scene_label"].map(class_index).to_numpy(np.int64),
-        class_names=list(info["class_names"]), devices=items["source_label"].map(device_index).to_numpy(np.int64),
+        class_names=list(info["class_names"]),
+        recording_devices=items["source_label"].map(recording_device_index).to_numpy(np.int64),
         device_names=list(info["device_names"]), rows=rows, items=items, norm_mean=mean,
         norm_std=np.maximum(std, 1e-5), info=info)
 
@@ -127,53 +129,54 @@ class _LazyRows:
 
 @dataclass
 class Batch:
-    x: torch.Tensor          # float32 B×C×H×W on the target device (normalised if asked)
-    y: torch.Tensor          # int64 labels
-    device: torch.Tensor     # int64 device index
-    index: torch.Tensor      # int64 position in the split (for cached teacher logits and predictions)
+    x: torch.Tensor                  # float32 B×C×H×W on the loader's torch device (normalised if asked)
+    y: torch.Tensor                  # int64 labels
+    recording_device: torch.Tensor   # int64 recording-device index (into the split's device_names)
+    index: torch.Tensor              # int64 position in the split (for cached teacher logits and predictions)
 
 
 class BatchLoader:
-    """Batches of a :class:`FeatureSplit` on ``device``, gathered by index.
+    """Batches of a :class:`FeatureSplit` on ``torch_device``, gathered by index.
 
     With ``world_size > 1`` every process draws the same global order and takes its share (``rank::world_size``)
     of each global batch of ``batch_size`` items, so N processes see exactly the batches one process would.
 
-    ``resident=True`` copies the whole split to ``device`` once (float16/uint8, as stored) and gathers batches
+    ``resident=True`` copies the whole split to ``torch_device`` once (float16/uint8, as stored) and gathers batches
     there; otherwise each batch is read from the (memory-mapped) array and copied. Shuffling uses its own
     ``torch.Generator`` so runs are reproducible and resumable (``state_dict``).
     """
 
-    def __init__(self, split: FeatureSplit, batch_size: int, device: torch.device | str = "cpu",
+    def __init__(self, split: FeatureSplit, batch_size: int, torch_device: torch.device | str = "cpu",
                  shuffle: bool = False, drop_last: bool = False, seed: int = 0, resident: bool = True,
                  normalize: bool = True, rank: int = 0, world_size: int = 1):
         if batch_size % world_size:
             raise InputError(f"train.batch_size: {batch_size} is not divisible by the {world_size} processes")
         self.split, self.batch_size = split, batch_size
         self.rank, self.world_size = rank, world_size
-        self.device = torch.device(device)
+        self.torch_device = torch.device(torch_device)
         self.shuffle, self.drop_last = shuffle, drop_last
         self.generator = torch.Generator().manual_seed(seed)
         self.resident = resident
-        self.features = torch.from_numpy(np.ascontiguousarray(split.features)).to(self.device) if resident else None
-        self.labels = torch.from_numpy(np.array(split.labels)).to(self.device)
-        self.devices = torch.from_numpy(np.array(split.devices)).to(self.device)
+        self.features = (torch.from_numpy(np.ascontiguousarray(split.features)).to(self.torch_device) if resident
+                         else None)
+        self.labels = torch.from_numpy(np.array(split.labels)).to(self.torch_device)
+        self.recording_devices = torch.from_numpy(np.array(split.recording_devices)).to(self.torch_device)
         self.normalize = normalize and split.norm_mean is not None
         if self.normalize:
-            self.mean = torch.as_tensor(split.norm_mean, device=self.device)
-            self.inv_std = 1.0 / torch.as_tensor(split.norm_std, device=self.device)
+            self.mean = torch.as_tensor(split.norm_mean, device=self.torch_device)
+            self.inv_std = 1.0 / torch.as_tensor(split.norm_std, device=self.torch_device)
 
     def __len__(self) -> int:
         n = len(self.split)
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def features_at(self, index: torch.Tensor) -> torch.Tensor:
-        """float32 (normalised) features of the items at ``index``, on the loader's device."""
+        """float32 (normalised) features of the items at ``index``, on the loader's torch device."""
         if self.resident:
-            x = self.features[index.to(self.device)]
+            x = self.features[index.to(self.torch_device)]
         else:
-            x = torch.from_numpy(np.asarray(self.split.features[index.cpu().numpy()])).to(self.device,
-                                                                                         non_blocking=True)
+            x = torch.from_numpy(np.asarray(self.split.features[index.cpu().numpy()])).to(self.torch_device,
+                                                                                               non_blocking=True)
         x = x.float()
         if self.normalize:
             x = (x - self.mean) * self.inv_std
@@ -185,8 +188,8 @@ class BatchLoader:
         stop = n - n % self.batch_size if self.drop_last else n
         for start in range(0, stop, self.batch_size):
             index = order[start:start + self.batch_size][self.rank::self.world_size]
-            dev_index = index.to(self.device)
-            yield Batch(self.features_at(index), self.labels[dev_index], self.devices[dev_index], dev_index)
+            placed = index.to(self.torch_device)
+            yield Batch(self.features_at(index), self.labels[placed], self.recording_devices[placed], placed)
 
     def state_dict(self) -> dict:
         return {"generator": self.generator.get_state()}

@@ -441,7 +441,7 @@ def _feature_split(images, labels, names, rows, classes, mean, std, info) -> Fea
     items = pd.DataFrame({"filename": names, "scene_label": [classes[i] for i in labels], "identifier": names,
                           "source_label": "none", "device_group": "none"})
     return FeatureSplit(features=images, labels=labels, class_names=list(classes),
-                        devices=np.zeros(len(labels), dtype=np.int64), device_names=["none"],
+                        recording_devices=np.zeros(len(labels), dtype=np.int64), device_names=["none"],
                         rows=np.asarray(rows, dtype=np.int64), items=items, norm_mean=mean, norm_std=std,
                         info=dict(info))
 

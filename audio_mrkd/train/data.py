@@ -34,7 +34,7 @@ def concat_splits(a: FeatureSplit, b: FeatureSplit) -> FeatureSplit:
     """Two splits of the same dataset as one (items in order a, then b)."""
     return FeatureSplit(np.concatenate([np.asarray(a.features), np.asarray(b.features)]),
                         np.concatenate([a.labels, b.labels]), a.class_names,
-                        np.concatenate([a.devices, b.devices]), a.device_names,
+                        np.concatenate([a.recording_devices, b.recording_devices]), a.device_names,
                         np.concatenate([a.rows, b.rows]), pd.concat([a.items, b.items], ignore_index=True),
                         a.norm_mean, a.norm_std, a.info)
 
@@ -69,12 +69,12 @@ def synthetic_splits(cfg: DataConfig, seed: int = 1234, shape=(1, 32, 16), n_cla
         band = shape[1] // n_classes
         for c in range(n_classes):
             x[labels == c, :, c * band:(c + 1) * band] += 1.5
-        devices = np.arange(n) % 2
+        recording_devices = np.arange(n) % 2
         items = pd.DataFrame({"filename": [f"synthetic/{i}.wav" for i in range(n)],
                               "scene_label": [f"c{c}" for c in labels], "identifier": [f"g{i % 8}" for i in range(n)],
-                              "source_label": np.where(devices == 0, "a", "s1"), "device_group": "n/a"})
-        return FeatureSplit(x, labels.astype(np.int64), [f"c{c}" for c in range(n_classes)], devices.astype(np.int64),
-                            ["a", "s1"], np.arange(n), items)
+                              "source_label": np.where(recording_devices == 0, "a", "s1"), "device_group": "n/a"})
+        return FeatureSplit(x, labels.astype(np.int64), [f"c{c}" for c in range(n_classes)],
+                            recording_devices.astype(np.int64), ["a", "s1"], np.arange(n), items)
 
     return make(cfg.synthetic_items), make(max(cfg.synthetic_items // 2, n_classes))
 

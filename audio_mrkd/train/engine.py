@@ -203,8 +203,8 @@ class Trainer:
         logits = self._gather_rows(self._logits(self.model, self.eval_loader))
         probs = torch.softmax(logits, dim=1).cpu().numpy()
         split = self.data.eval
-        metrics = classification_metrics(probs, split.labels, split.class_names, split.devices, split.device_names,
-                                         self.data.device_groups or None)
+        metrics = classification_metrics(probs, split.labels, split.class_names, split.recording_devices,
+                                         split.device_names, self.data.device_groups or None)
         return metrics, probs
 
     # ---- training ----------------------------------------------------------------------------------------------

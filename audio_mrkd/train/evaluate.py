@@ -36,7 +36,7 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, which: str = "be
     loader = BatchLoader(data, 256, "cpu", normalize=info["norm_mean"] is not None)
     with torch.inference_mode():
         probs = torch.cat([torch.softmax(model(b.x), 1) for b in loader]).numpy()
-    metrics = classification_metrics(probs, data.labels, data.class_names, data.devices, data.device_names,
+    metrics = classification_metrics(probs, data.labels, data.class_names, data.recording_devices, data.device_names,
                                      DEVICE_GROUPS if info["kind"] == "audio" else None)
     fileio.write_json(run_dir / f"eval-{split}-{which}.json", metrics)
     log(f"{run_dir.name} [{which}] on {split} ({len(data)} items): accuracy {metrics['accuracy']:.4f}, "

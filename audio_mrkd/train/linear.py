@@ -22,4 +22,4 @@ def linear_baseline(train: FeatureSplit, held: FeatureSplit, c: float = 1.0) -> 
     model.fit(band_stats(train), train.labels)
     probs = np.zeros((len(held), len(train.class_names)))
     probs[:, model.classes_] = model.predict_proba(band_stats(held))
-    return classification_metrics(probs, held.labels, held.class_names, held.devices, held.device_names)
+    return classification_metrics(probs, held.labels, held.class_names, held.recording_devices, held.device_names)

@@ -51,9 +51,10 @@ def _group_accuracy(correct: np.ndarray, groups: np.ndarray, names: list[str]) -
 
 
 def classification_metrics(probs: np.ndarray, labels: np.ndarray, class_names: list[str],
-                           devices: np.ndarray | None = None, device_names: list[str] | None = None,
+                           recording_devices: np.ndarray | None = None, device_names: list[str] | None = None,
                            device_groups: dict[str, str] | None = None) -> dict:
-    """All metrics for class probabilities ``probs`` (N×C) and integer ``labels`` (N)."""
+    """All metrics for class probabilities ``probs`` (N×C) and integer ``labels`` (N); with ``recording_devices``
+    (N indices into ``device_names``) also the per-device and (with ``device_groups``) device-group accuracy."""
     n_classes = len(class_names)
     probs = np.asarray(probs, dtype=np.float64)
     probs = probs / probs.sum(axis=1, keepdims=True)
@@ -72,14 +73,14 @@ def classification_metrics(probs: np.ndarray, labels: np.ndarray, class_names: l
         "per_class_count": per_class_count,
         "confusion": confusion_matrix(labels, pred, labels=list(range(n_classes))).tolist(),
     }
-    if devices is not None and device_names is not None:
-        out["per_device"], out["per_device_count"] = _group_accuracy(correct, devices, device_names)
+    if recording_devices is not None and device_names is not None:
+        out["per_device"], out["per_device_count"] = _group_accuracy(correct, recording_devices, device_names)
         if device_groups:
             group_names = sorted(set(device_groups.values()))
             group_of = np.array([group_names.index(device_groups.get(d, "other")) if d in device_groups else -1
                                  for d in device_names])
-            out["per_device_group"], out["per_device_group_count"] = _group_accuracy(correct, group_of[devices],
-                                                                                     group_names)
+            groups = group_of[recording_devices]
+            out["per_device_group"], out["per_device_group_count"] = _group_accuracy(correct, groups, group_names)
     return out
 
 
