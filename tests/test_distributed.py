@@ -40,7 +40,7 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny):
     run1, metrics1, _ = train(tiny, 1)
     dist = metrics2["distributed"]
     assert dist["world_size"] == 2
-    assert dist["bank_digests"][0] == dist["bank_digests"][1]  # every rank holds the same snapshot bank
+    assert dist["method_digests"][0] == dist["method_digests"][1]  # every rank holds the same snapshot bank
     assert stdout2.count("| demo_drums_mrkd (mrkd) |") == 1  # only rank 0 prints and writes
     assert metrics2["last"]["n_items"] == metrics1["last"]["n_items"] == 12  # metrics gathered over both shards
     for h1, h2 in zip(metrics1["history"], metrics2["history"], strict=True):

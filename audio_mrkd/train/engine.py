@@ -317,7 +317,7 @@ class Trainer:
         if self.fabric.world_size > 1:
             digests = self.fabric.all_gather(torch.tensor([int(self.method.digest() or "0", 16)], dtype=torch.int64))
             summary["distributed"] = {"world_size": self.fabric.world_size,
-                                      "bank_digests": [f"{int(d):016x}" for d in digests.flatten().tolist()]}
+                                      "method_digests": [f"{int(d):016x}" for d in digests.flatten().tolist()]}
         if self.is_main:
             fileio.write_json(self.run_dir / "metrics.json", summary)
             if self.writer:
