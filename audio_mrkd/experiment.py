@@ -82,6 +82,7 @@ class TrainConfig:
     warmup_epochs: float = 0.0
     milestones: list[int] = field(default_factory=list)   # multistep: epochs where lr *= gamma
     gamma: float = 0.1
+    label_smoothing: float = 0.0   # of the cross-entropy to the labels, in every method (ce + 0.1: a baseline)
     best_metric: Literal["accuracy", "macro_accuracy"] = "macro_accuracy"   # picks the best epoch
     out_dir: str | None = None     # default runs/<experiment name>
     log_every: int = 10            # steps between TensorBoard scalar writes
@@ -106,6 +107,7 @@ class TrainConfig:
             "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1, "lr": self.lr > 0,
             "devices": self.devices >= 1, "num_nodes": self.num_nodes >= 1,
             "log_every": self.log_every >= 1, "eval_every": self.eval_every >= 1,
+            "label_smoothing": 0.0 <= self.label_smoothing < 1.0,
         }
         for key, ok in checks.items():
             if not ok:

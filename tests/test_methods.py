@@ -93,3 +93,21 @@ def test_choices_are_checked_where_the_config_enters(override, message):
 
 def test_numeric_choice_from_an_override():
     assert load_experiment(None, ["data.kind=synthetic", "train.precision=32"]).train.precision == "32"
+
+
+def test_label_smoothing_is_a_switch_of_every_method():
+    """train.label_smoothing ε: loss = (1 − ε)·CE(y) + ε·mean over classes of −log p, in ce and in mrkd."""
+    from audio_mrkd.distill.mrkd import MrKD, MrKDConfig
+    from audio_mrkd.methods.ce import CrossEntropy
+
+    torch.manual_seed(0)
+    logits, y = torch.randn(6, 4), torch.tensor([0, 1, 2, 3, 0, 1])
+    logp = torch.log_softmax(logits, dim=1)
+    by_hand = (0.9 * -logp[torch.arange(6), y] + 0.1 * -logp.mean(dim=1)).mean()
+    cfg = load_experiment(None, ["data.kind=synthetic", "train.label_smoothing=0.1"])
+    ce_loss, logs = CrossEntropy(cfg, None).loss(logits, None, y, None, 0, True)
+    assert ce_loss.item() == pytest.approx(by_hand.item(), rel=1e-6) and logs["loss/ce"] == ce_loss.item()
+    mrkd_loss, _ = MrKD(MrKDConfig(k=2), 4, torch.device("cpu"), label_smoothing=0.1).loss(logits, logits, y)
+    assert mrkd_loss.item() == pytest.approx(by_hand.item(), rel=1e-6)  # bank empty: the smoothed CE alone
+    with pytest.raises(InputError, match="train.label_smoothing"):
+        load_experiment(None, ["data.kind=synthetic", "train.label_smoothing=1.0"])

@@ -133,19 +133,20 @@ class MrKD:
                  infer_all: Callable[[nn.Module], Tensor] | None = None,
                  grad_sync: Callable[[list[Tensor]], None] | None = None,
                  teacher_dtype: torch.dtype | None = None, channels_last: bool = False,
-                 compile: bool = False, cuda_speedups: bool | None = None) -> None:
+                 compile: bool = False, cuda_speedups: bool | None = None, label_smoothing: float = 0.0) -> None:
         """grad_sync: averages the FCN's gradients across processes (data-parallel training), so that every
         rank's ensembler takes the same step. teacher_dtype / channels_last: the teacher copies' precision and
         memory format (the engine passes bfloat16 + channels_last on a GPU under bf16 training). compile:
         torch.compile the per-step tensor work after the teachers (FCN objective; KA + KD + mixing), dozens of
         small kernels otherwise launched one by one. cuda_speedups: whether the CUDA-only switches (compiled
         teachers, fused Adam for the FCN) apply — the engine passes its runtime's decision; None: on a CUDA
-        ``device``."""
+        ``device``. label_smoothing: of the student's CE term (``train.label_smoothing``)."""
         assert n_classes >= 2, n_classes
         if cfg.teacher_input == "cached" and infer_all is None:
             raise InputError("mrkd.teacher_input: 'cached' needs the engine's infer_all function")
         self.cfg, self.n_classes, self.device = cfg, n_classes, torch.device(device)
         self.cuda_speedups = self.device.type == "cuda" if cuda_speedups is None else cuda_speedups
+        self.label_smoothing = label_smoothing
         self.infer_all = infer_all
         self.grad_sync = grad_sync
         self.bank = SnapshotBank(cfg.k, cfg.spacing, fuse=cfg.fuse_teachers, dtype=teacher_dtype,
@@ -197,7 +198,7 @@ class MrKD:
         assert student_logits.dim() == 2 and student_logits.shape[1] == self.n_classes, student_logits.shape
         y_hard = _hard_labels(y, student_logits)
         z_s = student_logits.float()
-        ce = F.cross_entropy(z_s, y if y.dim() == 1 else y.float())
+        ce = F.cross_entropy(z_s, y if y.dim() == 1 else y.float(), label_smoothing=self.label_smoothing)
         if not self.active:
             return ce, ({"loss/ce": ce.item(), "loss/kd": 0.0, "loss/fcn": 0.0, "mrkd/active": 0.0,
                          "mrkd/alpha": 0.0, "mrkd/teacher_time": 0.0} if with_logs else {})

@@ -41,7 +41,7 @@ class Method:
         """The loss to back-propagate for a batch and (when ``with_logs``) its float logs. ``y``: class indices
         or soft targets (mixup); ``index``: the items' positions in the train split; ``epoch``: completed epochs.
         A log named ``…_time`` is seconds spent inside the step: the engine reports it as ``…_time_share``."""
-        loss = soft_cross_entropy(logits, y)
+        loss = soft_cross_entropy(logits, y, self.cfg.train.label_smoothing)
         return loss, ({"loss/ce": loss.item()} if with_logs else {})
 
     def after_step(self, global_step: int) -> None:
@@ -65,6 +65,7 @@ class Method:
         return ""
 
 
-def soft_cross_entropy(logits: Tensor, y: Tensor) -> Tensor:
-    """Cross-entropy to class indices, or to B×C soft targets (mixup), computed in float32."""
-    return F.cross_entropy(logits.float(), y if y.dim() == 1 else y.float())
+def soft_cross_entropy(logits: Tensor, y: Tensor, label_smoothing: float = 0.0) -> Tensor:
+    """Cross-entropy to class indices, or to B×C soft targets (mixup), computed in float32, with optional label
+    smoothing (``train.label_smoothing``)."""
+    return F.cross_entropy(logits.float(), y if y.dim() == 1 else y.float(), label_smoothing=label_smoothing)
