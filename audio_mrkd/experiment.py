@@ -125,12 +125,15 @@ class ExperimentConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     mrkd: MrKDConfig = field(default_factory=MrKDConfig)
+    method_options: dict = field(default_factory=dict)   # settings of methods that declare Options (pskd, dlb, …)
 
     def validate(self) -> None:
         from audio_mrkd.methods import METHODS  # the registry imports the methods (and torch): only when checked
+        from audio_mrkd.methods.base import method_options
 
         if self.method not in METHODS:
             raise InputError(f"method: {self.method!r} is not one of {', '.join(map(repr, METHODS))}")
+        method_options(METHODS[self.method], self.method_options)
 
     @property
     def out_dir(self) -> Path:

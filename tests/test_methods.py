@@ -1,6 +1,7 @@
 """The Method interface: the registry, a method added without touching the engine, and checkpoints written
 before the interface (MrKD state under "mrkd") still resuming."""
 import json
+from dataclasses import dataclass
 
 import pytest
 import torch
@@ -17,13 +18,17 @@ from tests.test_engine import config, prepared  # noqa: F401  (module-scoped fix
 class CountingSmoothing(Method):
     """A toy method: label-smoothed CE that counts its hooks and keeps the counts in the checkpoint."""
 
+    @dataclass
+    class Options:
+        smoothing: float = 0.2
+
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
         self.counts = {"steps": 0, "epochs": 0}
 
     def loss(self, logits, x, y, index, epoch, with_logs):
         loss = torch.nn.functional.cross_entropy(logits.float(), y if y.dim() == 1 else y.float(),
-                                                 label_smoothing=0.2)
+                                                 label_smoothing=self.options.smoothing)
         return loss, ({"loss/ce": soft_cross_entropy(logits, y).item(), "loss/smoothed": loss.item()}
                       if with_logs else {})
 
@@ -49,7 +54,8 @@ def test_registry_names_are_the_config_choices():
 
 def test_a_new_method_is_a_class_and_a_registry_line(prepared, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setitem(methods.METHODS, "smooth", CountingSmoothing)
-    trainer = Trainer(config(prepared, tmp_path, "method=smooth", "train.epochs=2"))
+    trainer = Trainer(config(prepared, tmp_path, "method=smooth", "train.epochs=2", "method_options.smoothing=0.3"))
+    assert trainer.method.options.smoothing == 0.3
     summary = trainer.fit()
     assert summary["complete"] and summary["method"] == "smooth"
     assert trainer.method.counts == {"steps": trainer.global_step, "epochs": 2} and trainer.global_step > 0
@@ -111,3 +117,13 @@ def test_label_smoothing_is_a_switch_of_every_method():
     assert mrkd_loss.item() == pytest.approx(by_hand.item(), rel=1e-6)  # bank empty: the smoothed CE alone
     with pytest.raises(InputError, match="train.label_smoothing"):
         load_experiment(None, ["data.kind=synthetic", "train.label_smoothing=1.0"])
+
+
+def test_method_options_are_checked_against_the_method(monkeypatch):
+    monkeypatch.setitem(methods.METHODS, "smooth", CountingSmoothing)
+    with pytest.raises(InputError, match="^method_options.smoothing: expected a number, got 'x'$"):
+        load_experiment(None, ["data.kind=synthetic", "method=smooth", "method_options.smoothing=x"])
+    with pytest.raises(InputError, match="^method_options.width: unknown config key"):
+        load_experiment(None, ["data.kind=synthetic", "method=smooth", "method_options.width=3"])
+    with pytest.raises(InputError, match="^method_options: this method takes none, got smoothing$"):
+        load_experiment(None, ["data.kind=synthetic", "method=ce", "method_options.smoothing=0.1"])

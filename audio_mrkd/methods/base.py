@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from audio_mrkd import config as config_io
+from audio_mrkd.errors import InputError
 from audio_mrkd.runtime import Runtime
 
 
@@ -31,10 +33,16 @@ class TrainContext:
 
 
 class Method:
-    """Plain cross-entropy behaviour; subclasses override what they change."""
+    """Plain cross-entropy behaviour; subclasses override what they change.
+
+    ``Options``: a dataclass of the method's own settings (``method_options.<key>`` in a config), or None. The
+    config loader validates ``method_options`` against it; the method reads them as ``self.options``."""
+
+    Options: type | None = None
 
     def __init__(self, cfg, ctx: TrainContext) -> None:
         self.cfg, self.ctx = cfg, ctx
+        self.options = method_options(type(self), cfg.method_options)
 
     def loss(self, logits: Tensor, x: Tensor, y: Tensor, index: Tensor, epoch: int,
              with_logs: bool) -> tuple[Tensor, dict[str, float]]:
@@ -69,3 +77,12 @@ def soft_cross_entropy(logits: Tensor, y: Tensor, label_smoothing: float = 0.0) 
     """Cross-entropy to class indices, or to B×C soft targets (mixup), computed in float32, with optional label
     smoothing (``train.label_smoothing``)."""
     return F.cross_entropy(logits.float(), y if y.dim() == 1 else y.float(), label_smoothing=label_smoothing)
+
+
+def method_options(method: type[Method], options: dict):
+    """``options`` checked against ``method.Options`` (one line naming the key when a value is wrong)."""
+    if method.Options is None:
+        if options:
+            raise InputError(f"method_options: this method takes none, got {', '.join(sorted(options))}")
+        return None
+    return config_io.from_dict(method.Options, options, "method_options")
