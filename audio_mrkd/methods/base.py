@@ -44,6 +44,11 @@ class Method:
         self.cfg, self.ctx = cfg, ctx
         self.options = method_options(type(self), cfg.method_options)
 
+    def before_batch(self, batch):
+        """The batch to train on, given the loader's (before augmentation); a method may add items (e.g. repeat
+        the previous batch's). Fields: ``x``, ``y``, ``recording_device``, ``index`` (see data.dataset.Batch)."""
+        return batch
+
     def loss(self, logits: Tensor, x: Tensor, y: Tensor, index: Tensor, epoch: int,
              with_logs: bool) -> tuple[Tensor, dict[str, float]]:
         """The loss to back-propagate for a batch and (when ``with_logs``) its float logs. ``y``: class indices

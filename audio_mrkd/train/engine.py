@@ -209,6 +209,7 @@ class Trainer:
 
     # ---- training ----------------------------------------------------------------------------------------------
     def _step(self, batch) -> dict[str, float]:
+        batch = self.method.before_batch(batch)
         x, y = augment_batch(batch.x, batch.y, self.cfg.augment, self.n_classes)
         if self.runtime.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
