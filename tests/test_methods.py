@@ -127,3 +127,29 @@ def test_method_options_are_checked_against_the_method(monkeypatch):
         load_experiment(None, ["data.kind=synthetic", "method=smooth", "method_options.width=3"])
     with pytest.raises(InputError, match="^method_options: this method takes none, got smoothing$"):
         load_experiment(None, ["data.kind=synthetic", "method=ce", "method_options.smoothing=0.1"])
+
+
+def test_mrkd_alpha_over_the_run_and_interval_in_percent(prepared, tmp_path):  # noqa: F811
+    """alpha_schedule linear: α·(e+1)/E in epoch e; interval_unit percent: backups every p % of the run's steps."""
+    from audio_mrkd.distill.mrkd import MrKD, MrKDConfig
+    from tests.test_engine import scalars
+
+    linear = MrKD(MrKDConfig(alpha=0.6, alpha_schedule="linear"), 4, torch.device("cpu"), run_epochs=4)
+    assert [linear.alpha_at(e) for e in range(4)] == pytest.approx([0.15, 0.3, 0.45, 0.6])
+    every = MrKD(MrKDConfig(interval=10, interval_unit="percent"), 4, torch.device("cpu"), run_epochs=5,
+                 steps_per_epoch=8).schedule
+    assert (every.interval, every.unit) == (4, "step")  # 10 % of 40 steps
+    with pytest.raises(InputError, match="^mrkd.interval: a percentage"):
+        load_experiment(None, ["data.kind=synthetic", "mrkd.interval_unit=percent", "mrkd.interval=150"])
+    trainer = Trainer(config(prepared, tmp_path, "method=mrkd", "mrkd.k=1", "mrkd.alpha_schedule=linear",
+                             "mrkd.interval_unit=percent", "mrkd.interval=20"))  # 3 epochs
+    trainer.fit()
+    acc, alphas = scalars(trainer.run_dir, "mrkd/alpha")
+    steps = trainer.steps_per_epoch
+    first = round(0.2 * 3 * steps)  # the first backup: the bank (k=1) is full after this step
+    active = {e.step: e.value for e in acc.Scalars("mrkd/active")}
+    assert min(s for s, v in active.items() if v == 1.0) == first + 1
+    for event in acc.Scalars("mrkd/alpha"):
+        if active[event.step] == 1.0:
+            epoch = (event.step - 1) // steps
+            assert event.value == pytest.approx(0.5 * (epoch + 1) / 3)

@@ -44,6 +44,10 @@ class MrKDConfig:
     ReLU; compiled once for all snapshots).
     alpha_ramp_epochs: α rises linearly over this many epochs once the bank is full (0 = off): in the n-th
     active epoch (n = 1, 2, …) α_eff = α · min(1, n / alpha_ramp_epochs).
+    alpha_schedule: "constant" | "linear" (PS-KD style, over the whole run: in epoch e = 0, 1, …, E − 1,
+    α_eff = α · (e + 1) / E, so the teachers are phased in rather than switched on at full weight).
+    interval_unit "percent": back up every `interval` % of the run's optimiser steps (e.g. 5 on a 150-epoch run:
+    teachers 7.5 epochs apart), whatever the run's length.
     """
 
     k: int = 4
@@ -60,6 +64,7 @@ class MrKDConfig:
     spacing: Spacing = "uniform"
     fcn_label_smoothing: float = 0.0
     alpha_ramp_epochs: int = 0
+    alpha_schedule: Literal["constant", "linear"] = "constant"
     fuse_teachers: bool = True
     teacher_graph: bool = True
     teacher_compile: bool = True
@@ -68,6 +73,9 @@ class MrKDConfig:
         """Raise InputError("mrkd.<key>: <problem>") on the first bad value."""
         for key, low in (("k", 1), ("interval", 1), ("fcn_hidden", 1), ("alpha_ramp_epochs", 0)):
             _check_int(key, getattr(self, key), low)
+        if self.interval_unit == "percent" and self.interval > 100:
+            raise InputError(f"mrkd.interval: a percentage of the run (1-100) with interval_unit percent, "
+                             f"got {self.interval}")
         _check_number("tau", self.tau, 0.0, math.inf, low_open=True)
         _check_number("alpha", self.alpha, 0.0, 1.0)
         _check_number("fcn_lr", self.fcn_lr, 0.0, math.inf, low_open=True)
@@ -116,6 +124,14 @@ def distill_objective(z_s: Tensor, ce: Tensor, z_t: Tensor, y: Tensor, alpha: fl
     return (1.0 - alpha) * ce + alpha * kd, kd, adjusted
 
 
+def _schedule(cfg: MrKDConfig, run_epochs: int | None, steps_per_epoch: int | None) -> BackupSchedule:
+    """The backup schedule; an interval in percent of the run becomes a number of steps (at least 1)."""
+    if cfg.interval_unit != "percent":
+        return BackupSchedule(cfg.interval, cfg.interval_unit)
+    assert run_epochs and steps_per_epoch, "interval_unit 'percent' needs the run's length"
+    return BackupSchedule(max(1, round(cfg.interval / 100 * run_epochs * steps_per_epoch)), "step")
+
+
 def _accuracy(logits: Tensor, y: Tensor) -> Tensor:
     """Share of rows whose argmax is y, over the last-but-one dim (…×B×C → …)."""
     return (logits.argmax(dim=-1) == y).float().mean(dim=-1)
@@ -133,14 +149,16 @@ class MrKD:
                  infer_all: Callable[[nn.Module], Tensor] | None = None,
                  grad_sync: Callable[[list[Tensor]], None] | None = None,
                  teacher_dtype: torch.dtype | None = None, channels_last: bool = False,
-                 compile: bool = False, cuda_speedups: bool | None = None, label_smoothing: float = 0.0) -> None:
+                 compile: bool = False, cuda_speedups: bool | None = None, label_smoothing: float = 0.0,
+                 run_epochs: int | None = None, steps_per_epoch: int | None = None) -> None:
         """grad_sync: averages the FCN's gradients across processes (data-parallel training), so that every
         rank's ensembler takes the same step. teacher_dtype / channels_last: the teacher copies' precision and
         memory format (the engine passes bfloat16 + channels_last on a GPU under bf16 training). compile:
         torch.compile the per-step tensor work after the teachers (FCN objective; KA + KD + mixing), dozens of
         small kernels otherwise launched one by one. cuda_speedups: whether the CUDA-only switches (compiled
         teachers, fused Adam for the FCN) apply — the engine passes its runtime's decision; None: on a CUDA
-        ``device``. label_smoothing: of the student's CE term (``train.label_smoothing``)."""
+        ``device``. label_smoothing: of the student's CE term (``train.label_smoothing``). run_epochs /
+        steps_per_epoch: the run's length (needed by alpha_schedule "linear" and interval_unit "percent")."""
         assert n_classes >= 2, n_classes
         if cfg.teacher_input == "cached" and infer_all is None:
             raise InputError("mrkd.teacher_input: 'cached' needs the engine's infer_all function")
@@ -152,7 +170,8 @@ class MrKD:
         self.bank = SnapshotBank(cfg.k, cfg.spacing, fuse=cfg.fuse_teachers, dtype=teacher_dtype,
                                  channels_last=channels_last, graph=cfg.teacher_graph,
                                  compile=cfg.teacher_compile and self.cuda_speedups)
-        self.schedule = BackupSchedule(cfg.interval, cfg.interval_unit)
+        self.run_epochs = run_epochs
+        self.schedule = _schedule(cfg, run_epochs, steps_per_epoch)
         self.fcn, self.fcn_opt = self._make_fcn()
         self._cache_all: list[Tensor] = []  # cached mode: N×C per kept backup, aligned with the bank, newest first
         self._cache_stack: Tensor | None = None  # the exposed ones stacked (one gather per batch)
@@ -180,10 +199,14 @@ class MrKD:
 
     def alpha_at(self, epoch: int) -> float:
         """Effective α at `epoch` completed epochs (the ramp counts from the first active epoch)."""
+        alpha = self.cfg.alpha
+        if self.cfg.alpha_schedule == "linear":
+            assert self.run_epochs, "alpha_schedule 'linear' needs run_epochs"
+            alpha *= min(1.0, (epoch + 1) / self.run_epochs)
         ramp = self.cfg.alpha_ramp_epochs
         if ramp == 0 or self._active_epoch < 0:
-            return self.cfg.alpha
-        return self.cfg.alpha * min(1.0, max(0, epoch - self._active_epoch + 1) / ramp)
+            return alpha
+        return alpha * min(1.0, max(0, epoch - self._active_epoch + 1) / ramp)
 
     # ---- the loss -------------------------------------------------------------------------------------------
     def loss(self, student_logits: Tensor, x: Tensor | None, y: Tensor, index: Tensor | None = None,

@@ -13,8 +13,8 @@ from torch import Tensor, nn
 from audio_mrkd.errors import InputError
 
 Spacing = Literal["uniform", "exponential"]
-Unit = Literal["epoch", "step"]
-SPACINGS, UNITS = typing.get_args(Spacing), typing.get_args(Unit)
+Unit = Literal["epoch", "step", "percent"]   # percent: of the run's optimiser steps (MrKD converts it to steps)
+SPACINGS, UNITS = typing.get_args(Spacing), ("epoch", "step")
 
 
 def _positive_int(key: str, value: object) -> int:

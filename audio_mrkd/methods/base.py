@@ -30,6 +30,8 @@ class TrainContext:
     infer_train: Callable[[nn.Module], Tensor]         # a model's N×C logits on every un-augmented train item
     average_grads: Callable[[list[Tensor]], None] | None  # data parallel: mean of gradients over processes
     sync_buffers: Callable[[], None]                   # rank 0's BatchNorm statistics to every process
+    run_epochs: int = 0                                # the run's length: train.epochs …
+    steps_per_epoch: int = 0                           # … of this many optimiser steps
 
 
 class Method:

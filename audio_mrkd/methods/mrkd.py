@@ -22,7 +22,8 @@ class MemoryReplay(Method):
         self.objective = MrKD(cfg.mrkd, ctx.n_classes, ctx.torch_device, infer_all=ctx.infer_train,
                               grad_sync=ctx.average_grads, teacher_dtype=runtime.teacher_dtype,
                               channels_last=runtime.channels_last, compile=runtime.compile,
-                              cuda_speedups=runtime.cuda, label_smoothing=cfg.train.label_smoothing)
+                              cuda_speedups=runtime.cuda, label_smoothing=cfg.train.label_smoothing,
+                              run_epochs=ctx.run_epochs, steps_per_epoch=ctx.steps_per_epoch)
 
     def loss(self, logits: Tensor, x: Tensor, y: Tensor, index: Tensor, epoch: int,
              with_logs: bool) -> tuple[Tensor, dict[str, float]]:

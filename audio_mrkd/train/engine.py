@@ -95,6 +95,7 @@ class Trainer:
         self.method = build_method(cfg, TrainContext(
             model=self.model, n_classes=self.n_classes, torch_device=self.fabric.device, runtime=self.runtime,
             infer_train=self._infer_train, sync_buffers=self._sync_buffers,
+            run_epochs=cfg.train.epochs, steps_per_epoch=self.steps_per_epoch,
             average_grads=self._average_grads if self.fabric.world_size > 1 else None))
         self.epoch, self.global_step, self.best, self.history = 0, 0, None, []
         if resume_from:
