@@ -4,11 +4,17 @@ from __future__ import annotations
 
 from audio_mrkd.methods.base import Method, TrainContext
 from audio_mrkd.methods.ce import CrossEntropy
+from audio_mrkd.methods.dlb import LastBatchDistillation
+from audio_mrkd.methods.ema import MeanTeacher
 from audio_mrkd.methods.mrkd import MemoryReplay
+from audio_mrkd.methods.pskd import ProgressiveSelfKD
 
 METHODS: dict[str, type[Method]] = {
     "ce": CrossEntropy,
     "mrkd": MemoryReplay,
+    "pskd": ProgressiveSelfKD,
+    "dlb": LastBatchDistillation,
+    "ema": MeanTeacher,
 }
 
 

@@ -1,0 +1,111 @@
+"""``method: pskd`` — Progressive Self-Knowledge Distillation (PS-KD).
+
+Kim, Ji, Yoon, Hwang, "Self-Knowledge Distillation with Progressive Refinement of Targets", ICCV 2021; public
+code: lgcnsai/PS-KD-Pytorch. The model is its own teacher: for every item ``i`` of the train split the method
+keeps the model's softmax prediction from the last time it was trained on that item, and trains on the target
+
+    t_i = (1 − α_t)·y_i + α_t·p_prev(i),        α_t = alpha_T · (epoch + 1) / train.epochs
+
+where ``epoch`` is the number of completed epochs, so α_t rises linearly over the run and reaches ``alpha_T`` in
+the last epoch. The loss is the soft cross-entropy of the logits (float32) to ``t_i``; afterwards the batch's
+``softmax(logits)`` replaces the stored predictions of its items.
+
+Choices:
+
+* An item never predicted before uses ``p_prev(i) = y_i`` (PS-KD's epoch-0 behaviour: the target is the label).
+* ``train.label_smoothing`` is NOT applied on top of the PS-KD target (the target is already soft; the paper's
+  method has no label smoothing). ``loss/ce`` is plain cross-entropy to ``y`` (unsmoothed, no gradient), for
+  comparison with the other methods.
+* Mixup: ``y`` is then the item's soft mixed label; the stored prediction is the one on the item's *mixed* input
+  (the item as it was presented), and the target mixes the item's own (soft) label with it.
+* Per-item predictions live in one process (an N×C float32 tensor on the training device, indexed by the items'
+  positions in the train split, grown as larger positions arrive); data-parallel training is refused because
+  the predictions of items seen by other processes would be missing.
+
+Options (``method_options.<key>``): ``alpha_T`` (default 0.8, in [0, 1]).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from audio_mrkd.errors import InputError
+from audio_mrkd.methods.base import Method, TrainContext, soft_cross_entropy
+
+
+class ProgressiveSelfKD(Method):
+    @dataclass
+    class Options:
+        alpha_T: float = 0.8
+
+        def validate(self) -> None:
+            value = self.alpha_T
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or not 0.0 <= value <= 1.0:
+                raise InputError(f"method_options.alpha_T: must be a number in [0, 1], got {value!r}")
+
+    def __init__(self, cfg, ctx: TrainContext) -> None:
+        super().__init__(cfg, ctx)
+        if ctx is not None and ctx.average_grads is not None:
+            raise InputError("method pskd: one process only (per-item predictions are not shared across processes)")
+        self.device = ctx.torch_device if ctx is not None else torch.device("cpu")
+        self.predictions: Tensor | None = None  # N×C float32: the last softmax per item
+        self.seen: Tensor | None = None         # N bool: the item has a stored prediction
+
+    def alpha(self, epoch: int) -> float:
+        """α_t after ``epoch`` completed epochs."""
+        return float(self.options.alpha_T) * (epoch + 1) / self.cfg.train.epochs
+
+    def _ensure(self, size: int, n_classes: int) -> None:
+        """The store holds at least ``size`` items (grown with zeros / unseen)."""
+        if self.predictions is None:
+            self.predictions = torch.zeros(size, n_classes, dtype=torch.float32, device=self.device)
+            self.seen = torch.zeros(size, dtype=torch.bool, device=self.device)
+        elif size > self.predictions.shape[0]:
+            extra = size - self.predictions.shape[0]
+            self.predictions = torch.cat([self.predictions, self.predictions.new_zeros(extra, n_classes)])
+            self.seen = torch.cat([self.seen, self.seen.new_zeros(extra)])
+
+    def loss(self, logits: Tensor, x: Tensor, y: Tensor, index: Tensor, epoch: int,
+             with_logs: bool) -> tuple[Tensor, dict[str, float]]:
+        logits = logits.float()
+        n_classes = logits.shape[1]
+        index = index.to(self.device, torch.long)
+        self._ensure(int(index.max().item()) + 1, n_classes)
+        onehot = F.one_hot(y, n_classes).float() if y.dim() == 1 else y.float()
+        seen = self.seen[index]
+        prev = torch.where(seen[:, None], self.predictions[index], onehot)
+        alpha = self.alpha(epoch)
+        target = (1.0 - alpha) * onehot + alpha * prev
+        loss = soft_cross_entropy(logits, target)
+        logs: dict[str, float] = {}
+        if with_logs:
+            labels = y if y.dim() == 1 else y.argmax(dim=1)
+            n_seen = int(seen.sum().item())
+            logs = {"loss/ce": soft_cross_entropy(logits.detach(), y).item(), "loss/pskd": loss.item(),
+                    "pskd/alpha": alpha}
+            if n_seen:  # no items seen before (the first epoch): nothing to agree with, no log
+                agree = (prev.argmax(dim=1) == labels) & seen
+                logs["pskd/prev_agreement"] = agree.sum().item() / n_seen
+        self.predictions[index] = torch.softmax(logits.detach(), dim=1)
+        self.seen[index] = True
+        return loss, logs
+
+    def state_dict(self) -> dict:
+        if self.predictions is None:
+            return {}
+        return {"predictions": self.predictions.clone(), "seen": self.seen.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if not state:
+            self.predictions = self.seen = None
+            return
+        self.predictions = state["predictions"].to(self.device, torch.float32).clone()
+        self.seen = state["seen"].to(self.device, torch.bool).clone()
+
+    def hparams(self) -> dict:
+        return {"pskd.alpha_T": float(self.options.alpha_T)}
