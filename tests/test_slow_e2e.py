@@ -36,6 +36,7 @@ def test_demo_command_end_to_end(tmp_path, monkeypatch, capsys):
     assert code == 0
     out = capsys.readouterr().out
     assert "| CE cp_mobile | 1 |" in out and "| MrKD cp_mobile | 1 |" in out and "linear" in out
+    assert "| CE + LS 0.1 cp_mobile | 1 |" in out
     results = (tmp_path / "demo" / "results.md").read_text()
     assert "drums5" in results
     for method in ("ce", "mrkd"):
