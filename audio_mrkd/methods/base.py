@@ -7,6 +7,7 @@ state (teachers, auxiliary networks and their optimisers) goes into the checkpoi
 """
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Callable
 
@@ -93,3 +94,12 @@ def method_options(method: type[Method], options: dict):
             raise InputError(f"method_options: this method takes none, got {', '.join(sorted(options))}")
         return None
     return config_io.from_dict(method.Options, options, "method_options")
+
+
+def modules_digest(modules: list[nn.Module]) -> str:
+    """Hash of the modules' tensors, 15 hex digits (fits an int64 for the engine's all_gather)."""
+    digest = hashlib.sha256()
+    for module in modules:
+        for tensor in module.state_dict().values():
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()[:15]

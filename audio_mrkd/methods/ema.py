@@ -36,7 +36,6 @@ Options (``method_options.<key>``): ``decay`` (0.999, in (0, 1)), ``decay_ramp``
 from __future__ import annotations
 
 import copy
-import hashlib
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -46,7 +45,7 @@ from torch import Tensor, nn
 
 from audio_mrkd.distill.losses import kd_loss
 from audio_mrkd.errors import InputError
-from audio_mrkd.methods.base import Method, TrainContext, soft_cross_entropy
+from audio_mrkd.methods.base import Method, TrainContext, modules_digest, soft_cross_entropy
 
 
 def _number(value) -> bool:
@@ -177,7 +176,4 @@ class MeanTeacher(Method):
 
     def digest(self) -> str:
         """Hash of the teacher's tensors (equal in every process when data-parallel training is right)."""
-        digest = hashlib.sha256()
-        for tensor in self.teacher.state_dict().values():
-            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        return digest.hexdigest()[:15]  # fits an int64 for the all_gather
+        return modules_digest([self.teacher])

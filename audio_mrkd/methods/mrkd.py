@@ -6,13 +6,11 @@ backups after the steps / epochs its schedule names, with every process's BatchN
 """
 from __future__ import annotations
 
-import hashlib
-
 from torch import Tensor
 
 from audio_mrkd import config as config_io
 from audio_mrkd.distill.mrkd import MrKD
-from audio_mrkd.methods.base import Method, TrainContext
+from audio_mrkd.methods.base import Method, TrainContext, modules_digest
 
 
 class MemoryReplay(Method):
@@ -52,8 +50,4 @@ class MemoryReplay(Method):
 
     def digest(self) -> str:
         """Hash of the snapshot bank's tensors (equal in every process when data-parallel training is right)."""
-        digest = hashlib.sha256()
-        for teacher in self.objective.bank.teachers():
-            for tensor in teacher.state_dict().values():
-                digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
-        return digest.hexdigest()[:15]  # fits an int64 for the all_gather
+        return modules_digest(self.objective.bank.teachers())
