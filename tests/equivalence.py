@@ -17,6 +17,10 @@
 
 Determinism: everything runs on the CPU with one torch thread (restored afterwards), the data is generated from
 fixed seeds, each run is seeded (``seed=0``), and nothing depends on the wall clock or the run directory name.
+Across machines: the kernels MKL, oneDNN and ATen pick depend on the exact CPU (two AVX-512 Xeons gave different
+log-mel features through MKL's FFT), so recording and comparison run in a child process with the code paths pinned
+(:data:`PINNED_KERNELS`: MKL's reproducible "COMPATIBLE" branch, AVX2 for oneDNN and ATen), which any x86-64 CPU
+with AVX2 runs alike.
 """
 from __future__ import annotations
 
@@ -41,6 +45,8 @@ FORMAT = 1
 STEPS = 30  # recorded optimiser steps (36 train items, batch 6, drop_last → 6 steps/epoch × 5 epochs = 30 steps)
 N_CLIPS = 48  # 36 train (loc0…loc3), 12 evaluate (loc4, loc5)
 THREADS = 1
+PINNED_KERNELS = {"MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "AVX2", "ATEN_CPU_CAPABILITY": "avx2",
+                  "OMP_NUM_THREADS": str(THREADS), "MKL_NUM_THREADS": str(THREADS)}
 
 BASE = [
     "data.name=tiny", "model.name=cp_mobile", "model.options={base_channels: 8, n_blocks: [1, 1, 1]}",
@@ -116,7 +122,7 @@ def private_cache(folder: Path):
 def environment() -> dict:
     """What the recorded numbers depend on besides the code: checked by the test before comparing."""
     return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "threads": THREADS}
+            "threads": THREADS, "pinned_kernels": {k: os.environ.get(k) for k in PINNED_KERNELS}}
 
 
 def provenance() -> dict:
@@ -251,6 +257,17 @@ def write_recording(path: Path = RECORDING, cases: list[str] | None = None, log=
     return recording
 
 
+def kernels_pinned() -> bool:
+    return all(os.environ.get(key) == value for key, value in PINNED_KERNELS.items())
+
+
+def record_in_child(out: Path) -> subprocess.CompletedProcess:
+    """``python -m tests.equivalence --write --out OUT`` in a child process with :data:`PINNED_KERNELS` set (they
+    must be in the environment before torch loads MKL and oneDNN)."""
+    return subprocess.run([sys.executable, "-m", "tests.equivalence", "--write", "--out", str(out)], cwd=ROOT,
+                          env={**os.environ, **PINNED_KERNELS}, capture_output=True, text=True, timeout=900)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--write", action="store_true", help=f"write the recording to {RECORDING.relative_to(ROOT)}")
@@ -258,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not args.write:
         parser.error("nothing to do: pass --write to (re-)record")
+    if not kernels_pinned():
+        child = record_in_child(args.out.resolve())
+        print(child.stdout + child.stderr, end="", file=sys.stdout if child.returncode == 0 else sys.stderr)
+        return child.returncode
     write_recording(args.out)
     return 0
 

@@ -3,7 +3,8 @@
 Each case of :data:`tests.equivalence.CASES` (CE and MrKD, with and without mixup, same-batch and cached
 teachers, step and epoch backups) is trained for 30 steps on the CPU, and its per-step losses, the other
 deterministic TensorBoard scalars and the metrics summary are compared with the recording: exactly, floats by
-their bits. A difference means the change under test altered training; if that was intended (or torch was
+their bits. Both the recording and this run are made in a child process with the CPU kernels pinned
+(:data:`tests.equivalence.PINNED_KERNELS`), so any x86-64 CPU with AVX2 gives the same bits. A difference means the change under test altered training; if that was intended (or torch was
 upgraded), re-record with ``python scripts/record_equivalence.py`` at code whose behaviour is trusted.
 """
 import json
@@ -38,51 +39,55 @@ def check_environment(rec: dict) -> None:
                     f"tests/equivalence.py now uses {now['threads']}: {RERECORD}", pytrace=False)
 
 
-def hint(rec: dict) -> str:
-    recorded, now = rec["environment"]["cpu_capability"], eq.environment()["cpu_capability"]
-    if recorded != now:
-        return (f" Note: recorded on a CPU with {recorded} kernels, this one uses {now} (AVX2 and AVX512 gave the "
-                f"same numbers when this test was written; DEFAULT did not): if nothing else changed, {RERECORD}.")
+def hint(rec: dict, now: dict) -> str:
+    recorded, current = rec["environment"]["cpu_capability"], now["environment"]["cpu_capability"]
+    if recorded != current:
+        return (f" Note: recorded with {recorded} kernels, this CPU ran {current} ones (a CPU without AVX2 cannot "
+                f"run the pinned kernels): if nothing else changed, {RERECORD}.")
     return ""
 
 
 @pytest.fixture(scope="module")
-def prepared(recording, tmp_path_factory):
-    """The tiny dataset (made by this test session, in its own temporary folder) and its digest."""
+def now(recording, tmp_path_factory) -> dict:
+    """A fresh recording of the code as it is, made like the stored one (child process, pinned kernels)."""
     check_environment(recording)
-    root = tmp_path_factory.mktemp("equivalence")
-    return root, eq.prepare_data(root)
+    out = tmp_path_factory.mktemp("equivalence") / "now.json"
+    child = eq.record_in_child(out)
+    assert child.returncode == 0, f"recording the code as it is failed:\n{child.stdout}{child.stderr}"
+    return json.loads(out.read_text())
 
 
-def test_prepared_data_as_recorded(recording, prepared):
-    _, data = prepared
-    diffs = eq.differences(recording["data"], data, "data")
+def test_same_environment_as_recorded(recording, now):
+    diffs = eq.differences(recording["environment"], now["environment"], "environment")
+    assert not diffs, "\n  ".join(["recorded in another environment:", *diffs]) + f"\n{RERECORD}"
+
+
+def test_prepared_data_as_recorded(recording, now):
+    diffs = eq.differences(recording["data"], now["data"], "data")
     assert not diffs, ("the prepared features differ from the recording (audio decoding, log-mel frontend or "
                        "`prepare` changed): every case below is compared on different inputs.\n  "
-                       + "\n  ".join(diffs) + hint(recording))
+                       + "\n  ".join(diffs) + hint(recording, now))
 
 
 @pytest.mark.parametrize("case", list(eq.CASES))
-def test_training_is_bit_identical(recording, prepared, case):
-    check_environment(recording)
-    root, data = prepared
-    if data != recording["data"]:
+def test_training_is_bit_identical(recording, now, case):
+    if now["data"] != recording["data"]:
         pytest.fail("the prepared features differ from the recording (see test_prepared_data_as_recorded)"
-                    + hint(recording), pytrace=False)
+                    + hint(recording, now), pytrace=False)
     if case not in recording["cases"]:
         pytest.fail(f"case {case!r} is not in {eq.RECORDING}: {RERECORD}", pytrace=False)
     expected = recording["cases"][case]
     if expected["overrides"] != eq.CASES[case]:
         pytest.fail(f"case {case!r}: recorded with {expected['overrides']}, defined now as {eq.CASES[case]}: "
                     f"{RERECORD}", pytrace=False)
-    actual = eq.run_case(case, root)
+    actual = now["cases"][case]
     failures = []
     for section, what in (("losses", "per-step losses"), ("scalars", "per-step TensorBoard scalars"),
                           ("metrics", "metrics summary")):
         diffs = eq.differences(expected[section], actual[section], section)
         if diffs:
             failures.append(f"{what} differ from the recording (first {len(diffs)}):\n  " + "\n  ".join(diffs))
-    assert not failures, f"case {case!r}: " + "\n".join(failures) + hint(recording)
+    assert not failures, f"case {case!r}: " + "\n".join(failures) + hint(recording, now)
 
 
 @pytest.mark.parametrize("case", list(eq.CASES))
