@@ -1,5 +1,6 @@
 """The training engine end to end on a small prepared DCASE tree: run dir, TensorBoard, resume, seeds, CLI."""
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -11,7 +12,8 @@ from audio_mrkd.cli import main
 from audio_mrkd.data.prepare import prepare
 from audio_mrkd.experiment import load_experiment
 from audio_mrkd.train.checkpoint import checkpoint_path
-from audio_mrkd.train.engine import Trainer, lr_factor, resume_run, train_run
+from audio_mrkd.train.engine import Trainer, resume_run, train_run
+from audio_mrkd.train.optim import make_lr_scheduler
 from audio_mrkd.train.evaluate import evaluate_run
 from audio_mrkd.train.sweep import run_seeds
 from tests.conftest import make_dcase_tree
@@ -112,6 +114,24 @@ def test_resume_continues_the_same_trajectory(prepared, tmp_path, method):
     assert resumed["last"]["log_loss"] == pytest.approx(straight["last"]["log_loss"], abs=1e-6)
 
 
+def test_resume_from_a_checkpoint_with_the_old_closed_form_schedule(prepared, tmp_path):
+    """Checkpoints written before torch's chained schedulers hold a LambdaLR state: the steps are replayed."""
+    extra = ["method=ce", "train.warmup_epochs=1", "train.epochs=3"]
+    _, straight = train_run(config(prepared, tmp_path / "a", *extra))
+    trainer = Trainer(config(prepared, tmp_path / "b", *extra))
+    trainer.fit(stop_after=2)
+    path = checkpoint_path(trainer.run_dir, "last")
+    state = torch.load(path, weights_only=True)
+    lr = state["optimizer"]["param_groups"][0]["lr"]
+    state["scheduler"] = {"base_lrs": [0.01], "last_epoch": state["global_step"], "_step_count": state["global_step"] + 1,
+                          "_last_lr": [lr], "lr_lambdas": [None], "verbose": False}
+    torch.save(state, path)
+    _, resumed = resume_run(trainer.run_dir)
+    assert resumed["complete"] and len(resumed["history"]) == 3
+    assert [h["accuracy"] for h in resumed["history"]] == [h["accuracy"] for h in straight["history"]]
+    assert resumed["last"]["log_loss"] == pytest.approx(straight["last"]["log_loss"], abs=1e-6)
+
+
 def test_seeds_summary_and_evaluate(prepared, tmp_path):
     cfg = config(prepared, tmp_path, "method=ce", "seeds=[0,1]", "train.epochs=2")
     summary = run_seeds(cfg, log=lambda *_: None)
@@ -146,15 +166,34 @@ def test_cli_train_and_errors(prepared, tmp_path, capsys):
     assert "data.name 'nope'" in capsys.readouterr().err
 
 
+def _lr_factors(tcfg, steps_per_epoch: int) -> list[float]:
+    """The learning rate of every step of a run whose peak learning rate is 1."""
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = make_lr_scheduler(optimizer, tcfg, steps_per_epoch)
+    factors = []
+    for _ in range(tcfg.epochs * steps_per_epoch):
+        factors.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    return factors
+
+
 def test_lr_schedule_warmup_cosine_multistep():
     cfg = load_experiment(None, ["data.kind=synthetic", "train.epochs=10", "train.warmup_epochs=1"])
-    factors = [lr_factor(s, cfg.train, 10) for s in range(100)]
-    assert factors[0] == pytest.approx(0.1) and factors[9] == pytest.approx(1.0)
-    assert factors[10] == pytest.approx(1.0) and factors[99] < 0.01
+    factors = _lr_factors(cfg.train, 10)
+    closed_form = [(s + 1) / 10 for s in range(10)] + [0.5 * (1 + math.cos(math.pi * s / 90)) for s in range(90)]
+    assert factors == pytest.approx(closed_form, rel=1e-12, abs=1e-15)
     assert all(a >= b for a, b in zip(factors[9:], factors[10:]))
-    multi = load_experiment(None, ["data.kind=synthetic", "train.schedule=multistep", "train.milestones=[3,6]"])
-    assert [lr_factor(s * 10, multi.train, 10) for s in (0, 2, 3, 5, 6, 9)] == pytest.approx(
+    multi = load_experiment(None, ["data.kind=synthetic", "train.schedule=multistep", "train.milestones=[3,6]",
+                                   "train.epochs=10", "train.warmup_epochs=0"])
+    assert [_lr_factors(multi.train, 10)[s * 10] for s in (0, 2, 3, 5, 6, 9)] == pytest.approx(
         [1, 1, 0.1, 0.1, 0.01, 0.01])
+    warm_multi = load_experiment(None, ["data.kind=synthetic", "train.schedule=multistep", "train.milestones=[3]",
+                                        "train.epochs=5", "train.warmup_epochs=2"])
+    assert _lr_factors(warm_multi.train, 4)[::4] == pytest.approx([0.125, 0.625, 1, 0.1, 0.1])
+    constant = load_experiment(None, ["data.kind=synthetic", "train.schedule=constant", "train.epochs=3",
+                                      "train.warmup_epochs=0"])
+    assert _lr_factors(constant.train, 4) == [1.0] * 12
 
 
 def test_synthetic_data_is_learnt_by_both_methods(tmp_path):

@@ -7,8 +7,8 @@ Everything a run produces goes into its run directory (:mod:`audio_mrkd.train.ru
 """
 from __future__ import annotations
 
-import math
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +27,7 @@ from audio_mrkd.runtime import Runtime
 from audio_mrkd.train import checkpoint as ckpt
 from audio_mrkd.train.data import DataBundle, load_data
 from audio_mrkd.train.metrics import classification_metrics
+from audio_mrkd.train.optim import make_lr_scheduler, make_optimizer
 from audio_mrkd.train.run_files import new_run_dir, write_predictions, write_run_files
 from audio_mrkd.train.tb import log_eval, log_scalars, write_hparams
 
@@ -49,29 +50,6 @@ def launched_fabric(tcfg: TrainConfig) -> Fabric:
     return fabric
 
 
-def make_optimizer(params, tcfg: TrainConfig, fused: bool | None = None) -> torch.optim.Optimizer:
-    """SGD or AdamW (``fused``: the fused kernels, same update, one launch instead of one per tensor)."""
-    if tcfg.optimizer == "sgd":
-        return torch.optim.SGD(params, lr=tcfg.lr, momentum=tcfg.momentum, nesterov=tcfg.nesterov,
-                               weight_decay=tcfg.weight_decay, fused=fused)
-    return torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay, fused=fused)
-
-
-def lr_factor(step: int, tcfg: TrainConfig, steps_per_epoch: int) -> float:
-    """Learning-rate multiplier after ``step`` optimiser steps: linear warm-up, then cosine / multistep / constant."""
-    total = tcfg.epochs * steps_per_epoch
-    warmup = int(tcfg.warmup_epochs * steps_per_epoch)
-    if step < warmup:
-        return (step + 1) / warmup
-    if tcfg.schedule == "cosine":
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    if tcfg.schedule == "multistep":
-        epoch = step // steps_per_epoch
-        return tcfg.gamma ** sum(epoch >= m for m in tcfg.milestones)
-    return 1.0
-
-
 class Trainer:
     """Trains one run (one seed, one fold) of an :class:`ExperimentConfig`; ``resume_from`` continues a run dir."""
 
@@ -90,8 +68,7 @@ class Trainer:
         if self.runtime.compile:
             self.forward = torch.compile(self.forward, mode=self.runtime.compile_mode)
         self._make_loaders()
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: lr_factor(step, cfg.train, self.steps_per_epoch))
+        self.scheduler = make_lr_scheduler(self.optimizer, cfg.train, self.steps_per_epoch)
         self.method = build_method(cfg, TrainContext(
             model=self.model, n_classes=self.n_classes, torch_device=self.fabric.device, runtime=self.runtime,
             infer_train=self._infer_train, sync_buffers=self._sync_buffers,
@@ -144,8 +121,14 @@ class Trainer:
 
     def _load(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        if "lr_lambdas" in state["scheduler"]:  # written with the closed-form LambdaLR: replay the steps
+            with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
+                warnings.simplefilter("ignore", UserWarning)
+                for _ in range(int(state["global_step"])):
+                    self.scheduler.step()
+        else:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.optimizer.load_state_dict(state["optimizer"])  # after the replay: the saved learning rates stand
         self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
         torch.set_rng_state(state["rng"]["torch"].cpu())
         if self.runtime.cuda and state["rng"]["cuda"]:

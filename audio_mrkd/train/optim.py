@@ -1,0 +1,35 @@
+"""The optimiser and the learning-rate schedule of a run, both built from ``train.*`` with torch's own classes."""
+from __future__ import annotations
+
+import torch
+from torch.optim import lr_scheduler
+
+from audio_mrkd.experiment import TrainConfig
+
+
+def make_optimizer(params, tcfg: TrainConfig, fused: bool | None = None) -> torch.optim.Optimizer:
+    """SGD (momentum, optional Nesterov) or AdamW, with weight decay; ``fused`` kernels where the runtime allows."""
+    if tcfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=tcfg.lr, momentum=tcfg.momentum, nesterov=tcfg.nesterov,
+                               weight_decay=tcfg.weight_decay, fused=fused)
+    return torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay, fused=fused)
+
+
+def make_lr_scheduler(optimizer: torch.optim.Optimizer, tcfg: TrainConfig,
+                      steps_per_epoch: int) -> lr_scheduler.LRScheduler:
+    """A per-step schedule: linear warm-up over ``train.warmup_epochs`` (the first step at 1/warm-up of the peak),
+    then cosine to zero at the end of the run, ×``gamma`` at each epoch of ``train.milestones``, or constant."""
+    total = tcfg.epochs * steps_per_epoch
+    warmup = int(tcfg.warmup_epochs * steps_per_epoch)
+    if tcfg.schedule == "cosine":
+        main = lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup))
+    elif tcfg.schedule == "multistep":
+        main = lr_scheduler.MultiStepLR(
+            optimizer, milestones=[max(0, m * steps_per_epoch - warmup) for m in tcfg.milestones], gamma=tcfg.gamma)
+    else:
+        main = lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
+    if warmup <= 0:
+        return main
+    ramp = lr_scheduler.LinearLR(optimizer, start_factor=1.0 / warmup, end_factor=1.0,
+                                 total_iters=max(1, warmup - 1))
+    return lr_scheduler.SequentialLR(optimizer, [ramp, main], milestones=[warmup])
