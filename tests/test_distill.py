@@ -252,10 +252,10 @@ def test_active_loss_matches_hand_formula(batch, ka):
 def test_no_gradient_to_teachers_or_fcn(batch):
     x, y = batch
     student, mrkd, epoch = filled_mrkd(MrKDConfig(k=2, ensemble="fcn", ka_per_teacher=True), x, y)
-    fcn_before = [p.detach().clone() for p in mrkd.fcn.parameters()]
+    fcn_before = [p.detach().clone() for p in mrkd.ensembler.fcn.parameters()]
     student.zero_grad()
     loss, logs = mrkd.loss(student(x), x, y, epoch=epoch)
-    fcn_params = list(mrkd.fcn.parameters())
+    fcn_params = list(mrkd.ensembler.fcn.parameters())
     assert all(g is None for g in torch.autograd.grad(loss, fcn_params, retain_graph=True, allow_unused=True))
     fcn_grads = [p.grad.clone() for p in fcn_params]  # from the FCN's own CE step inside loss()
     loss.backward()
@@ -373,7 +373,7 @@ def test_loss_under_autocast_casts_teachers_to_float32(batch):
         assert mrkd.bank.logits(x).dtype == torch.bfloat16  # teachers run in the student's autocast dtype
         loss, logs = mrkd.loss(z_s, x, y, epoch=epoch)
     assert loss.dtype == torch.float32 and torch.isfinite(loss)
-    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in mrkd.fcn.parameters())
+    assert all(p.dtype == torch.float32 and p.grad.dtype == torch.float32 for p in mrkd.ensembler.fcn.parameters())
     loss.backward()
     assert all(p.grad is not None for p in student.parameters())
 
@@ -496,7 +496,7 @@ def test_compiled_loss_tail_equals_the_eager_one(batch):
             loss.backward()
             losses.append(loss.detach())
         results.append((torch.stack(losses), student[0].weight.grad.clone(),
-                        [p.detach().clone() for p in mrkd.fcn.parameters()]))
+                        [p.detach().clone() for p in mrkd.ensembler.fcn.parameters()]))
     (l0, g0, f0), (l1, g1, f1) = results
     assert torch.allclose(l0, l1, atol=1e-6) and torch.allclose(g0, g1, atol=1e-6)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(f0, f1))

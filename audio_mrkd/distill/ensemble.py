@@ -5,6 +5,8 @@ from __future__ import annotations
 import typing
 from typing import Literal
 
+import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 
@@ -50,3 +52,35 @@ def combine_teachers(z: Tensor, mode: str, fcn: FCNEnsembler | None) -> Tensor:
             raise AssertionError("mrkd.ensemble: mode 'fcn' needs an FCNEnsembler")
         return fcn(z)
     raise AssertionError(f"mrkd.ensemble: must be one of {', '.join(MODES)}, got {mode!r}")
+
+
+class LearnedEnsemble:
+    """An :class:`FCNEnsembler` with its own Adam optimiser, trained on the fly: each :meth:`step` combines
+    detached teacher logits and takes one optimiser step on the ensembler's cross-entropy to the labels.
+
+    grad_sync: averages the ensembler's gradients across processes (data-parallel training). objective: the
+    function computing (g(Z), CE) — ``fcn_objective`` or its compiled form."""
+
+    def __init__(self, n_teachers: int, n_classes: int, hidden: int, lr: float, device: torch.device,
+                 fused: bool | None, objective, grad_sync=None) -> None:
+        with torch.random.fork_rng(devices=[]):  # the init must not shift the run's global RNG stream
+            self.fcn = FCNEnsembler(n_teachers, n_classes, hidden).to(device)
+        self.opt = torch.optim.Adam(self.fcn.parameters(), lr=lr, fused=fused)
+        self.objective, self.grad_sync = objective, grad_sync
+
+    def step(self, z: Tensor, y: Tensor, smoothing: float = 0.0) -> tuple[Tensor, Tensor]:
+        """Combined teacher logits g(Z) (detached) and the ensembler's CE, after one Adam step."""
+        with torch.enable_grad():
+            z_t, loss = self.objective(self.fcn, z.detach(), y, smoothing)
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if self.grad_sync is not None:
+                self.grad_sync([p.grad for p in self.fcn.parameters() if p.grad is not None])
+            self.opt.step()
+        return z_t.detach(), loss.detach()
+
+
+def fcn_objective(fcn: FCNEnsembler, z: Tensor, y: Tensor, smoothing: float) -> tuple[Tensor, Tensor]:
+    """The ensembler's output g(Z) (B×C) and its cross-entropy to the labels."""
+    z_t = combine_teachers(z, "fcn", fcn)
+    return z_t, F.cross_entropy(z_t, y, label_smoothing=smoothing)

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 
 from audio_mrkd.distill.adjust import knowledge_adjust
 from audio_mrkd import config as config_io
-from audio_mrkd.distill.ensemble import FCNEnsembler, Mode, combine_teachers
+from audio_mrkd.distill.ensemble import LearnedEnsemble, Mode, combine_teachers, fcn_objective
 from audio_mrkd.distill.losses import kd_loss
 from audio_mrkd.distill.snapshots import BackupSchedule, SnapshotBank, Spacing, Unit
 from audio_mrkd.errors import InputError
@@ -110,12 +110,6 @@ def _hard_labels(y: Tensor, student_logits: Tensor) -> Tensor:
     raise AssertionError(f"y: expected {b} integer labels or {b}×{c} soft targets, got {tuple(y.shape)} {y.dtype}")
 
 
-def fcn_objective(fcn: FCNEnsembler, z: Tensor, y: Tensor, smoothing: float) -> tuple[Tensor, Tensor]:
-    """The ensembler's output g(Z) (B×C) and its cross-entropy to the labels."""
-    z_t = combine_teachers(z, "fcn", fcn)
-    return z_t, F.cross_entropy(z_t, y, label_smoothing=smoothing)
-
-
 def distill_objective(z_s: Tensor, ce: Tensor, z_t: Tensor, y: Tensor, alpha: float, tau: float,
                       ka: bool) -> tuple[Tensor, Tensor, Tensor]:
     """(1 − α)·CE + α·KD(z_s ‖ KA(z_t)), the KD term, and the mask of KA-adjusted rows."""
@@ -172,19 +166,19 @@ class MrKD:
                                  compile=cfg.teacher_compile and self.cuda_speedups)
         self.run_epochs = run_epochs
         self.schedule = _schedule(cfg, run_epochs, steps_per_epoch)
-        self.fcn, self.fcn_opt = self._make_fcn()
+        self.ensembler = self._make_ensemble(cfg.k, compile)
         self._cache_all: list[Tensor] = []  # cached mode: N×C per kept backup, aligned with the bank, newest first
         self._cache_stack: Tensor | None = None  # the exposed ones stacked (one gather per batch)
         self._active_epoch = -1  # completed epochs at the first loss() with a full bank (alpha ramp origin)
-        self._fcn_objective = torch.compile(fcn_objective) if compile else fcn_objective
         self._distill = torch.compile(distill_objective) if compile else distill_objective
 
-    def _make_fcn(self) -> tuple[FCNEnsembler | None, torch.optim.Optimizer | None]:
+    def _make_ensemble(self, n_teachers: int, compile: bool) -> LearnedEnsemble | None:
         if self.cfg.ensemble != "fcn":
-            return None, None
-        with torch.random.fork_rng(devices=[]):  # the init must not shift the run's global RNG stream
-            fcn = FCNEnsembler(self.cfg.k, self.n_classes, self.cfg.fcn_hidden).to(self.device)
-        return fcn, torch.optim.Adam(fcn.parameters(), lr=self.cfg.fcn_lr, fused=self.cuda_speedups or None)
+            return None
+        return LearnedEnsemble(n_teachers, self.n_classes, self.cfg.fcn_hidden, self.cfg.fcn_lr, self.device,
+                               fused=self.cuda_speedups or None,
+                               objective=torch.compile(fcn_objective) if compile else fcn_objective,
+                               grad_sync=self.grad_sync)
 
     @property
     def active(self) -> bool:
@@ -265,17 +259,10 @@ class MrKD:
     def _ensemble_step(self, z: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """Combined teacher logits (detached) and the ensembler's CE; one FCN Adam step in fcn mode."""
         smoothing = self.cfg.fcn_label_smoothing
-        if self.fcn is None:
+        if self.ensembler is None:
             z_t = combine_teachers(z, self.cfg.ensemble, None)
             return z_t, F.cross_entropy(z_t, y, label_smoothing=smoothing)
-        with torch.enable_grad():
-            z_t, l_fcn = self._fcn_objective(self.fcn, z.detach(), y, smoothing)
-            self.fcn_opt.zero_grad(set_to_none=True)
-            l_fcn.backward()
-            if self.grad_sync is not None:
-                self.grad_sync([p.grad for p in self.fcn.parameters() if p.grad is not None])
-            self.fcn_opt.step()
-        return z_t.detach(), l_fcn.detach()
+        return self.ensembler.step(z, y, smoothing)
 
     def _logs(self, raw: Tensor, y: Tensor, z_t: Tensor, adjusted: Tensor, ce: Tensor, kd: Tensor,
               l_fcn: Tensor, alpha: float, teacher_time: float) -> dict[str, float]:
@@ -327,8 +314,8 @@ class MrKD:
         return {
             "meta": {key: getattr(self.cfg, key) for key in _STATE_KEYS} | {"n_classes": self.n_classes},
             "bank": self.bank.state_dict(),
-            "fcn": self.fcn.state_dict() if self.fcn is not None else {},
-            "fcn_opt": self.fcn_opt.state_dict() if self.fcn_opt is not None else {},
+            "fcn": self.ensembler.fcn.state_dict() if self.ensembler is not None else {},
+            "fcn_opt": self.ensembler.opt.state_dict() if self.ensembler is not None else {},
             "cache": list(self._cache_all),
             "active_epoch": self._active_epoch,
         }
@@ -341,9 +328,9 @@ class MrKD:
                 raise InputError(f"mrkd.{key}: the checkpoint was made with {state['meta'].get(key)!r}, "
                                  f"the config says {value!r}")
         self.bank.load_state_dict(state["bank"], template)
-        if self.fcn is not None:
-            self.fcn.load_state_dict(state["fcn"])
-            self.fcn_opt.load_state_dict(state["fcn_opt"])
+        if self.ensembler is not None:
+            self.ensembler.fcn.load_state_dict(state["fcn"])
+            self.ensembler.opt.load_state_dict(state["fcn_opt"])
         self._cache_all = [c.to(self.device, torch.float32) for c in state["cache"]]
         self._cache_stack = None
         if self.cfg.teacher_input == "cached" and len(self._cache_all) != self.bank.n_stored:
