@@ -81,6 +81,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_teacher_logits(args: argparse.Namespace) -> int:
+    from audio_mrkd.train.teacher_logits import write_ensemble_logits
+    write_ensemble_logits(args.run_dirs, args.out, args.checkpoint, args.split)
+    return 0
+
+
 def cmd_ablate(args: argparse.Namespace) -> int:
     from audio_mrkd.train.ablation import run_ablation
     print(run_ablation(args.spec, args.out, args.overrides, jobs=args.jobs, run_overrides=args.run))
@@ -179,6 +185,14 @@ def _add_training_parsers(sub) -> None:
     p.add_argument("--checkpoint", default="best", choices=["best", "last"],
                    help="best (best epoch on the evaluated split) or last (final epoch)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("teacher-logits", help="a teacher ensemble's mean logits for every item of its dataset, "
+                                              "as a file kd.teacher_logits reads")
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished runs on one dataset (the ensemble)")
+    p.add_argument("--out", required=True, help="the CSV to write (filename + one column per class)")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint of each run")
+    p.add_argument("--split", default="all", help="items to score: all (default) or one split, e.g. train")
+    p.set_defaults(func=cmd_teacher_logits)
 
     p = sub.add_parser("ablate", help="variants x grouped CV folds x seeds, paired against a reference")
     p.add_argument("spec", help="ablation YAML (configs/ablations/*.yaml)")

@@ -12,6 +12,7 @@ from typing import Literal
 
 from audio_mrkd import config as config_io
 from audio_mrkd.distill.mrkd import MrKDConfig
+from audio_mrkd.distill.teachers import KDConfig
 from audio_mrkd.errors import InputError
 from audio_mrkd.paths import MANIFEST_DIR
 
@@ -117,7 +118,7 @@ class TrainConfig:
 @dataclass
 class ExperimentConfig:
     name: str = "experiment"
-    method: str = "ce"             # a name in audio_mrkd.methods.METHODS: ce | mrkd
+    method: str = "ce"             # a name in audio_mrkd.methods.METHODS: ce | mrkd | kd | pskd | dlb | ema
     seed: int = 0
     seeds: list[int] = field(default_factory=list)   # several seeds: one run each + a mean ± std summary
     data: DataConfig = field(default_factory=DataConfig)
@@ -125,6 +126,7 @@ class ExperimentConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     mrkd: MrKDConfig = field(default_factory=MrKDConfig)
+    kd: KDConfig = field(default_factory=KDConfig)     # a teacher (method kd, or mrkd with a teacher)
     method_options: dict = field(default_factory=dict)   # settings of methods that declare Options (pskd, dlb, …)
 
     def validate(self) -> None:
@@ -134,6 +136,11 @@ class ExperimentConfig:
         if self.method not in METHODS:
             raise InputError(f"method: {self.method!r} is not one of {', '.join(map(repr, METHODS))}")
         method_options(METHODS[self.method], self.method_options)
+        if self.method == "kd" and not self.kd.given:
+            raise InputError("method kd: needs a teacher, kd.teachers: [RUN_DIR, ...] or kd.teacher_logits: FILE")
+        if self.kd.given and self.method not in ("kd", "mrkd"):
+            raise InputError(f"kd.teachers / kd.teacher_logits: method {self.method!r} uses no teacher "
+                             f"(kd or mrkd do)")
 
     @property
     def out_dir(self) -> Path:

@@ -79,6 +79,13 @@ class LearnedEnsemble:
             self.opt.step()
         return z_t.detach(), loss.detach()
 
+    def state_dict(self) -> dict:
+        return {"fcn": self.fcn.state_dict(), "fcn_opt": self.opt.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.fcn.load_state_dict(state["fcn"])
+        self.opt.load_state_dict(state["fcn_opt"])
+
 
 def fcn_objective(fcn: FCNEnsembler, z: Tensor, y: Tensor, smoothing: float) -> tuple[Tensor, Tensor]:
     """The ensembler's output g(Z) (B×C) and its cross-entropy to the labels."""

@@ -1,12 +1,14 @@
-"""Knowledge-distillation loss (Hinton form)."""
+"""Knowledge-distillation losses: the Hinton KD term and the student objective built on it."""
 
 from __future__ import annotations
 
 import math
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from audio_mrkd.distill.adjust import knowledge_adjust
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, tau: float) -> Tensor:
@@ -25,3 +27,21 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, tau: float) -> Tenso
     log_p_t = F.log_softmax(teacher_logits.float() / tau, dim=1)
     kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
     return kl * (tau * tau)
+
+
+def hard_labels(y: Tensor, student_logits: Tensor) -> Tensor:
+    """Class indices from y: B integer labels, or B×C soft targets (mixup) → the class of largest weight."""
+    b, c = student_logits.shape
+    if y.dim() == 1 and y.shape[0] == b and not y.dtype.is_floating_point and y.dtype != torch.bool:
+        return y.long()
+    if y.dim() == 2 and tuple(y.shape) == (b, c) and y.dtype.is_floating_point:
+        return y.argmax(dim=1)
+    raise AssertionError(f"y: expected {b} integer labels or {b}×{c} soft targets, got {tuple(y.shape)} {y.dtype}")
+
+
+def distill_objective(z_s: Tensor, ce: Tensor, z_t: Tensor, y: Tensor, alpha: float, tau: float,
+                      ka: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """(1 − α)·CE + α·KD(z_s ‖ KA(z_t)), the KD term, and the mask of KA-adjusted rows."""
+    t, adjusted = knowledge_adjust(z_t, y) if ka else (z_t, torch.zeros_like(y, dtype=torch.bool))
+    kd = kd_loss(z_s, t, tau)
+    return (1.0 - alpha) * ce + alpha * kd, kd, adjusted

@@ -17,7 +17,8 @@ from torch import Tensor, nn
 from audio_mrkd.distill.adjust import knowledge_adjust
 from audio_mrkd import config as config_io
 from audio_mrkd.distill.ensemble import LearnedEnsemble, Mode, combine_teachers, fcn_objective
-from audio_mrkd.distill.losses import kd_loss
+from audio_mrkd.distill.losses import distill_objective, hard_labels
+from audio_mrkd.distill.teachers import TeacherSignal
 from audio_mrkd.distill.snapshots import BackupSchedule, SnapshotBank, Spacing, Unit
 from audio_mrkd.errors import InputError
 
@@ -100,24 +101,6 @@ def _check_number(key: str, value: object, low: float, high: float,
         raise InputError(f"mrkd.{key}: must be a finite number in {lo}, {hi}, got {value!r}")
 
 
-def _hard_labels(y: Tensor, student_logits: Tensor) -> Tensor:
-    """Class indices from y: B integer labels, or B×C soft targets (mixup) → the class of largest weight."""
-    b, c = student_logits.shape
-    if y.dim() == 1 and y.shape[0] == b and not y.dtype.is_floating_point and y.dtype != torch.bool:
-        return y.long()
-    if y.dim() == 2 and tuple(y.shape) == (b, c) and y.dtype.is_floating_point:
-        return y.argmax(dim=1)
-    raise AssertionError(f"y: expected {b} integer labels or {b}×{c} soft targets, got {tuple(y.shape)} {y.dtype}")
-
-
-def distill_objective(z_s: Tensor, ce: Tensor, z_t: Tensor, y: Tensor, alpha: float, tau: float,
-                      ka: bool) -> tuple[Tensor, Tensor, Tensor]:
-    """(1 − α)·CE + α·KD(z_s ‖ KA(z_t)), the KD term, and the mask of KA-adjusted rows."""
-    t, adjusted = knowledge_adjust(z_t, y) if ka else (z_t, torch.zeros_like(y, dtype=torch.bool))
-    kd = kd_loss(z_s, t, tau)
-    return (1.0 - alpha) * ce + alpha * kd, kd, adjusted
-
-
 def _schedule(cfg: MrKDConfig, run_epochs: int | None, steps_per_epoch: int | None) -> BackupSchedule:
     """The backup schedule; an interval in percent of the run becomes a number of steps (at least 1)."""
     if cfg.interval_unit != "percent":
@@ -144,7 +127,8 @@ class MrKD:
                  grad_sync: Callable[[list[Tensor]], None] | None = None,
                  teacher_dtype: torch.dtype | None = None, channels_last: bool = False,
                  compile: bool = False, cuda_speedups: bool | None = None, label_smoothing: float = 0.0,
-                 run_epochs: int | None = None, steps_per_epoch: int | None = None) -> None:
+                 run_epochs: int | None = None, steps_per_epoch: int | None = None,
+                 external: TeacherSignal | None = None) -> None:
         """grad_sync: averages the FCN's gradients across processes (data-parallel training), so that every
         rank's ensembler takes the same step. teacher_dtype / channels_last: the teacher copies' precision and
         memory format (the engine passes bfloat16 + channels_last on a GPU under bf16 training). compile:
@@ -152,7 +136,10 @@ class MrKD:
         small kernels otherwise launched one by one. cuda_speedups: whether the CUDA-only switches (compiled
         teachers, fused Adam for the FCN) apply — the engine passes its runtime's decision; None: on a CUDA
         ``device``. label_smoothing: of the student's CE term (``train.label_smoothing``). run_epochs /
-        steps_per_epoch: the run's length (needed by alpha_schedule "linear" and interval_unit "percent")."""
+        steps_per_epoch: the run's length (needed by alpha_schedule "linear" and interval_unit "percent").
+        external: teachers from outside the trajectory (``kd.*``, with_mrkd "ensembler"): their logits join the
+        bank's as the last inputs of the ensembler; until the bank is full the student distils from them alone
+        (their mean)."""
         assert n_classes >= 2, n_classes
         if cfg.teacher_input == "cached" and infer_all is None:
             raise InputError("mrkd.teacher_input: 'cached' needs the engine's infer_all function")
@@ -166,7 +153,8 @@ class MrKD:
                                  compile=cfg.teacher_compile and self.cuda_speedups)
         self.run_epochs = run_epochs
         self.schedule = _schedule(cfg, run_epochs, steps_per_epoch)
-        self.ensembler = self._make_ensemble(cfg.k, compile)
+        self.external = external
+        self.ensembler = self._make_ensemble(cfg.k + self.n_external, compile)
         self._cache_all: list[Tensor] = []  # cached mode: N×C per kept backup, aligned with the bank, newest first
         self._cache_stack: Tensor | None = None  # the exposed ones stacked (one gather per batch)
         self._active_epoch = -1  # completed epochs at the first loss() with a full bank (alpha ramp origin)
@@ -179,6 +167,10 @@ class MrKD:
                                fused=self.cuda_speedups or None,
                                objective=torch.compile(fcn_objective) if compile else fcn_objective,
                                grad_sync=self.grad_sync)
+
+    @property
+    def n_external(self) -> int:
+        return self.external.n_teachers if self.external is not None else 0
 
     @property
     def active(self) -> bool:
@@ -213,9 +205,11 @@ class MrKD:
         with_logs=False returns no logs and never waits for the device (no host sync inside the step).
         """
         assert student_logits.dim() == 2 and student_logits.shape[1] == self.n_classes, student_logits.shape
-        y_hard = _hard_labels(y, student_logits)
+        y_hard = hard_labels(y, student_logits)
         z_s = student_logits.float()
         ce = F.cross_entropy(z_s, y if y.dim() == 1 else y.float(), label_smoothing=self.label_smoothing)
+        if not self.active and self.external is not None:
+            return self._external_only_loss(z_s, ce, x, y_hard, index, epoch, with_logs)
         if not self.active:
             return ce, ({"loss/ce": ce.item(), "loss/kd": 0.0, "loss/fcn": 0.0, "mrkd/active": 0.0,
                          "mrkd/alpha": 0.0, "mrkd/teacher_time": 0.0} if with_logs else {})
@@ -232,8 +226,26 @@ class MrKD:
             total, logs = self._active_loss(z_s, ce, z, y_hard, epoch)
         return total, (self._logs(*logs, teacher_time) if with_logs else {})
 
+    def _external_only_loss(self, z_s: Tensor, ce: Tensor, x: Tensor | None, y: Tensor, index: Tensor | None,
+                            epoch: int, with_logs: bool) -> tuple[Tensor, dict[str, float]]:
+        """Before the bank is full: (1 − α)·CE + α·KD toward the external teachers' mean."""
+        z = self.external.logits(x, index)
+        alpha = self.alpha_at(epoch)
+        total, kd, adjusted = distill_objective(z_s, ce, z.mean(dim=0), y, alpha, self.cfg.tau, self.cfg.ka)
+        if not with_logs:
+            return total, {}
+        values = torch.stack([ce.detach(), kd.detach(), adjusted.float().mean(), _accuracy(z.mean(dim=0), y)])
+        names = ["loss/ce", "loss/kd", "mrkd/ka_rate", "mrkd/ensemble_acc"]
+        return total, dict(zip(names, values.tolist())) | {"loss/fcn": 0.0, "mrkd/active": 0.0,
+                                                           "mrkd/alpha": float(alpha), "mrkd/teacher_time": 0.0}
+
     def _teacher_logits(self, x: Tensor | None, index: Tensor | None, batch: int) -> Tensor:
-        """K×B×C float32 teacher logits as an ordinary (non-inference, detached) tensor."""
+        """(K + external)×B×C float32 teacher logits as an ordinary (non-inference, detached) tensor."""
+        z = self._bank_logits(x, index, batch)
+        return z if self.external is None else torch.cat([z, self.external.logits(x, index)])
+
+    def _bank_logits(self, x: Tensor | None, index: Tensor | None, batch: int) -> Tensor:
+        """K×B×C float32 logits of the snapshot bank."""
         if self.cfg.teacher_input == "same":
             assert x is not None, "teacher_input 'same' needs the input batch x"
             z = self.bank.logits(x).to(torch.float32, copy=True)  # copy: leaves inference mode
@@ -312,25 +324,33 @@ class MrKD:
     def state_dict(self) -> dict:
         """Tensors and plain containers only (loadable with torch.load(weights_only=True))."""
         return {
-            "meta": {key: getattr(self.cfg, key) for key in _STATE_KEYS} | {"n_classes": self.n_classes},
+            "meta": self._meta(),
             "bank": self.bank.state_dict(),
-            "fcn": self.ensembler.fcn.state_dict() if self.ensembler is not None else {},
-            "fcn_opt": self.ensembler.opt.state_dict() if self.ensembler is not None else {},
+            **(self.ensembler.state_dict() if self.ensembler is not None
+               else {"fcn": {}, "fcn_opt": {}}),
             "cache": list(self._cache_all),
             "active_epoch": self._active_epoch,
         }
 
+    def _meta(self) -> dict:
+        """What a checkpoint must agree on with the config it is resumed with."""
+        external = self.external.digest() if self.external is not None else "none"
+        return {key: getattr(self.cfg, key) for key in _STATE_KEYS} | {"n_classes": self.n_classes,
+                                                                        "external": external}
+
     def load_state_dict(self, state: dict, template: nn.Module) -> None:
         """Restore from state_dict(); `template` is any instance of the student's architecture."""
-        mine = {key: getattr(self.cfg, key) for key in _STATE_KEYS} | {"n_classes": self.n_classes}
-        for key, value in mine.items():
-            if state["meta"].get(key) != value:
+        for key, value in self._meta().items():
+            saved = state["meta"].get(key, "none" if key == "external" else None)
+            if key == "external" and saved != value:
+                raise InputError("kd.teachers / kd.teacher_logits: not the teachers this run was started with "
+                                 f"(external teachers {saved!r} in the checkpoint, {value!r} now)")
+            if saved != value:
                 raise InputError(f"mrkd.{key}: the checkpoint was made with {state['meta'].get(key)!r}, "
                                  f"the config says {value!r}")
         self.bank.load_state_dict(state["bank"], template)
         if self.ensembler is not None:
-            self.ensembler.fcn.load_state_dict(state["fcn"])
-            self.ensembler.opt.load_state_dict(state["fcn_opt"])
+            self.ensembler.load_state_dict(state)
         self._cache_all = [c.to(self.device, torch.float32) for c in state["cache"]]
         self._cache_stack = None
         if self.cfg.teacher_input == "cached" and len(self._cache_all) != self.bank.n_stored:

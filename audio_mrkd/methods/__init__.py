@@ -6,6 +6,7 @@ from audio_mrkd.methods.base import Method, TrainContext
 from audio_mrkd.methods.ce import CrossEntropy
 from audio_mrkd.methods.dlb import LastBatchDistillation
 from audio_mrkd.methods.ema import MeanTeacher
+from audio_mrkd.methods.kd import TeacherDistillation
 from audio_mrkd.methods.mrkd import MemoryReplay
 from audio_mrkd.methods.pskd import ProgressiveSelfKD
 
@@ -15,6 +16,7 @@ METHODS: dict[str, type[Method]] = {
     "pskd": ProgressiveSelfKD,
     "dlb": LastBatchDistillation,
     "ema": MeanTeacher,
+    "kd": TeacherDistillation,
 }
 
 

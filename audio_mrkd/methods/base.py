@@ -33,6 +33,8 @@ class TrainContext:
     sync_buffers: Callable[[], None]                   # rank 0's BatchNorm statistics to every process
     run_epochs: int = 0                                # the run's length: train.epochs …
     steps_per_epoch: int = 0                           # … of this many optimiser steps
+    data_info: dict | None = None                      # the run's data.json (name, classes, input shape, norm)
+    train_filenames: list[str] | None = None           # the train items' file names, in item-index order
 
 
 class Method:

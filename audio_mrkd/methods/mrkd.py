@@ -3,29 +3,63 @@
 The objective itself (snapshot bank, backup schedule, FCN ensembler with its own optimiser, Knowledge
 Adjustment, KD loss) is :class:`audio_mrkd.distill.mrkd.MrKD`; this module connects it to the engine's hooks:
 backups after the steps / epochs its schedule names, with every process's BatchNorm statistics made equal first.
+
+With a teacher (``kd.teachers`` or ``kd.teacher_logits``) historical and external teachers combine, as
+``kd.with_mrkd`` says: "ensembler" — the teacher's logits are one more input of MrKD's ensembler (alone until
+the bank is full); "term" — a second KD term, (1 − kd.alpha)·L_MrKD + kd.alpha·KD toward the teacher (teachers
+combined as ``kd.ensemble`` says, KA if ``kd.ka``; TensorBoard: ``loss/kd_teacher``, ``kd/*``).
 """
 from __future__ import annotations
 
 from torch import Tensor
 
 from audio_mrkd import config as config_io
+from audio_mrkd.distill.losses import distill_objective, hard_labels
 from audio_mrkd.distill.mrkd import MrKD
+from audio_mrkd.distill.teachers import build_teacher_signal
 from audio_mrkd.methods.base import Method, TrainContext, modules_digest
+from audio_mrkd.methods.kd import (combine, kd_hparams, load_teachers_state, teacher_ensembler, teacher_logs,
+                                   teachers_state)
 
 
 class MemoryReplay(Method):
     def __init__(self, cfg, ctx: TrainContext) -> None:
         super().__init__(cfg, ctx)
         runtime = ctx.runtime
+        teachers = build_teacher_signal(cfg.kd, ctx) if cfg.kd.given else None
+        as_term = teachers is not None and cfg.kd.with_mrkd == "term"
+        self.teachers = teachers if as_term else None  # the second KD term's teachers
+        self.term_ensembler = teacher_ensembler(cfg.kd, teachers.n_teachers, ctx) if as_term else None
         self.objective = MrKD(cfg.mrkd, ctx.n_classes, ctx.torch_device, infer_all=ctx.infer_train,
                               grad_sync=ctx.average_grads, teacher_dtype=runtime.teacher_dtype,
                               channels_last=runtime.channels_last, compile=runtime.compile,
                               cuda_speedups=runtime.cuda, label_smoothing=cfg.train.label_smoothing,
-                              run_epochs=ctx.run_epochs, steps_per_epoch=ctx.steps_per_epoch)
+                              run_epochs=ctx.run_epochs, steps_per_epoch=ctx.steps_per_epoch,
+                              external=None if as_term else teachers)
 
     def loss(self, logits: Tensor, x: Tensor, y: Tensor, index: Tensor, epoch: int,
              with_logs: bool) -> tuple[Tensor, dict[str, float]]:
-        return self.objective.loss(logits.float(), x, y, index=index, epoch=epoch, with_logs=with_logs)
+        total, logs = self.objective.loss(logits.float(), x, y, index=index, epoch=epoch, with_logs=with_logs)
+        if self.teachers is None:
+            return total, logs
+        return self._with_teacher_term(total, logs, logits.float(), x, y, index, with_logs)
+
+    def _with_teacher_term(self, total: Tensor, logs: dict, z_s: Tensor, x: Tensor, y: Tensor, index: Tensor,
+                           with_logs: bool) -> tuple[Tensor, dict[str, float]]:
+        """(1 − kd.alpha)·L_MrKD + kd.alpha·KD(z_s ‖ teacher)."""
+        kcfg = self.cfg.kd
+        y_hard = hard_labels(y, z_s)
+        z = self.teachers.logits(x, index)
+        z_t, l_fcn = combine(z, y_hard, self.term_ensembler)
+        total, kd, adjusted = distill_objective(z_s, total, z_t, y_hard, kcfg.alpha, kcfg.tau, kcfg.ka)
+        if not with_logs:
+            return total, logs
+        term = teacher_logs(z, z_t, y_hard, adjusted, total, kd, l_fcn)
+        term["loss/kd_teacher"] = term.pop("loss/kd")
+        term.pop("loss/ce")
+        if "loss/fcn" in term:
+            term["loss/fcn_teacher"] = term.pop("loss/fcn")
+        return total, logs | term
 
     def after_step(self, global_step: int) -> None:
         if self.objective.schedule.due_after_step(global_step):
@@ -40,13 +74,19 @@ class MemoryReplay(Method):
         self.objective.backup(self.ctx.model)
 
     def state_dict(self) -> dict:
-        return self.objective.state_dict()
+        state = self.objective.state_dict()
+        if self.teachers is not None:
+            state["teacher_term"] = teachers_state(self.teachers, self.term_ensembler)
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.objective.load_state_dict(state, template=self.ctx.model)
+        if self.teachers is not None:
+            load_teachers_state(state.get("teacher_term", {}), self.teachers, self.term_ensembler)
 
     def hparams(self) -> dict:
-        return {f"mrkd.{k}": v for k, v in config_io.to_dict(self.cfg.mrkd).items()}
+        params = {f"mrkd.{k}": v for k, v in config_io.to_dict(self.cfg.mrkd).items()}
+        return params | (kd_hparams(self.cfg.kd) if self.cfg.kd.given else {})
 
     def digest(self) -> str:
         """Hash of the snapshot bank's tensors (equal in every process when data-parallel training is right)."""

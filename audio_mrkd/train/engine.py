@@ -28,7 +28,7 @@ from audio_mrkd.train import checkpoint as ckpt
 from audio_mrkd.train.data import DataBundle, load_data
 from audio_mrkd.train.metrics import classification_metrics
 from audio_mrkd.train.optim import make_lr_scheduler, make_optimizer
-from audio_mrkd.train.run_files import new_run_dir, write_predictions, write_run_files
+from audio_mrkd.train.run_files import data_info, new_run_dir, write_predictions, write_run_files
 from audio_mrkd.train.tb import log_eval, log_scalars, write_hparams
 
 
@@ -73,6 +73,8 @@ class Trainer:
             model=self.model, n_classes=self.n_classes, torch_device=self.fabric.device, runtime=self.runtime,
             infer_train=self._infer_train, sync_buffers=self._sync_buffers,
             run_epochs=cfg.train.epochs, steps_per_epoch=self.steps_per_epoch,
+            data_info=data_info(cfg, self.data),
+            train_filenames=self.data.train.items["filename"].astype(str).tolist(),
             average_grads=self._average_grads if self.fabric.world_size > 1 else None))
         self.epoch, self.global_step, self.best, self.history = 0, 0, None, []
         if resume_from:

@@ -1,12 +1,14 @@
 """``audio-mrkd evaluate RUN_DIR``: a trained run's checkpoint on a split, with the same metrics as training."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from audio_mrkd import fileio
+from audio_mrkd.errors import InputError
 from audio_mrkd.data.dataset import BatchLoader, FeatureSplit, load_split
 from audio_mrkd.data.dcase import DEVICE_GROUPS
 from audio_mrkd.train.checkpoint import load_run_model
@@ -16,12 +18,27 @@ from audio_mrkd.train.metrics import classification_metrics, with_counts
 MAX_CLASS_LINES = 20
 
 
-def _split_for(info: dict, cfg, split: str) -> FeatureSplit:
+def run_split(info: dict, cfg, split: str) -> FeatureSplit:
+    """Split ``split`` of the data a run was trained on, normalised with the run's own train statistics.
+    ``all``: every item (audio: the prepared dataset's all.csv; images: train, held-back and test items)."""
     if info["kind"] == "audio":
-        return load_split(info["name"], split, info["manifest_dir"])
-    from audio_mrkd.data.images import load_image_splits
-    return load_image_splits(cfg.data.kind, cfg.data.root, holdout=cfg.data.holdout, seed=0,
-                             coarse_labels=cfg.data.coarse_labels)[split]
+        data = load_split(info["name"], split, info["manifest_dir"])
+    else:
+        from audio_mrkd.data.images import load_image_splits
+        from audio_mrkd.train.data import concat_splits
+        splits = load_image_splits(cfg.data.kind, cfg.data.root, holdout=cfg.data.holdout, seed=0,
+                                   coarse_labels=cfg.data.coarse_labels)
+        if split not in (*splits, "all"):
+            raise InputError(f"split {split!r}: not one of {', '.join([*splits, 'all'])}")
+        if split == "all":  # without a hold-out, "evaluate" is the test split itself
+            parts = ["train", "evaluate", "test"] if cfg.data.holdout else ["train", "test"]
+            data = functools.reduce(concat_splits, [splits[name] for name in parts])
+        else:
+            data = splits[split]
+    if info["norm_mean"] is not None:  # the run's own train statistics, not the manifest's
+        data.norm_mean = np.asarray(info["norm_mean"], dtype=np.float32)
+        data.norm_std = np.asarray(info["norm_std"], dtype=np.float32)
+    return data
 
 
 def evaluate_run(run_dir: str | Path, split: str | None = None, which: str = "best", log=print) -> dict:
@@ -29,10 +46,7 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, which: str = "be
     run_dir = Path(run_dir)
     model, info, cfg = load_run_model(run_dir, which)
     split = split or info["eval_split"]
-    data = _split_for(info, cfg, split)
-    if info["norm_mean"] is not None:  # the run's own train statistics, not the manifest's
-        data.norm_mean = np.asarray(info["norm_mean"], dtype=np.float32)
-        data.norm_std = np.asarray(info["norm_std"], dtype=np.float32)
+    data = run_split(info, cfg, split)
     loader = BatchLoader(data, 256, "cpu", normalize=info["norm_mean"] is not None)
     with torch.inference_mode():
         probs = torch.cat([torch.softmax(model(b.x), 1) for b in loader]).numpy()

@@ -1,0 +1,264 @@
+"""External teachers: finished runs of this product, or a teacher-logits file, as logits for the student's items.
+
+Two sources (the ``kd.*`` keys, read by ``method: kd`` and by ``method: mrkd`` when a teacher is given):
+
+* ``kd.teachers: [RUN_DIR, …]`` — runs trained by this product on the same prepared dataset (any registered
+  model). Each teacher sees inputs normalised with its own run's statistics. ``kd.teacher_input: cached``: each
+  teacher's logits on every un-augmented train item, computed once when training starts; ``same``: the teachers
+  run on the student's augmented batch every step.
+* ``kd.teacher_logits: FILE`` — logits a user brings (an ensemble trained elsewhere): a CSV file with a
+  ``filename`` column and one column per class, named by class (the header is the class order), one row per
+  clip (see README, "Distillation from a teacher"). Always cached.
+
+Cached logits follow the items through shuffles and resumes: they are indexed by the items' positions in the
+train split (``Batch.index``). Under mixup a cached teacher gives the logits of the batch row's own item.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from audio_mrkd import config as config_io
+from audio_mrkd import fileio
+from audio_mrkd.errors import InputError
+
+
+@dataclass
+class KDConfig:
+    """The ``kd.*`` keys: a teacher stronger than the student and how it is distilled.
+
+    teachers / teacher_logits: the teacher source (one of the two). checkpoint: which checkpoint of a teacher
+    run ("best" | "last"). teacher_input: "cached" | "same" (see the module). ensemble: several teachers
+    combined by their "mean" or by a learned "fcn" ensembler (MrKD's, with its own Adam: fcn_hidden, fcn_lr).
+    alpha / tau: the student loss is (1 − α)·CE + α·τ²·KL(teacher ‖ student) at temperature τ. ka: Knowledge
+    Adjustment of the teacher signal (off: Hinton's KD). with_mrkd: how ``method: mrkd`` uses the teacher,
+    "ensembler" (one more input of MrKD's ensembler; alone until the snapshot bank is full) or "term" (a second
+    KD term: (1 − α)·L_MrKD + α·KD toward the teacher).
+    """
+
+    teachers: list[str] = field(default_factory=list)
+    teacher_logits: str = ""
+    checkpoint: Literal["best", "last"] = "best"
+    teacher_input: Literal["cached", "same"] = "cached"
+    ensemble: Literal["mean", "fcn"] = "mean"
+    alpha: float = 0.5
+    tau: float = 3.0
+    ka: bool = False
+    fcn_hidden: int = 128
+    fcn_lr: float = 1e-3
+    with_mrkd: Literal["ensembler", "term"] = "ensembler"
+
+    @property
+    def given(self) -> bool:
+        """A teacher source is configured."""
+        return bool(self.teachers or self.teacher_logits)
+
+    def validate(self) -> None:
+        if self.teachers and self.teacher_logits:
+            raise InputError("kd.teachers and kd.teacher_logits: give one teacher source, not both")
+        if self.teacher_logits and self.teacher_input == "same":
+            raise InputError("kd.teacher_input: 'same' needs teacher runs (kd.teachers); a teacher-logits file "
+                             "holds one row per clip (cached)")
+        for key, low, high, low_open in (("alpha", 0.0, 1.0, False), ("tau", 0.0, math.inf, True),
+                                         ("fcn_lr", 0.0, math.inf, True)):
+            value = getattr(self, key)
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+            if not (ok and (value > low if low_open else value >= low) and value <= high):
+                raise InputError(f"kd.{key}: must be a finite number {'>' if low_open else '>='} {low:g}"
+                                 + (f" and <= {high:g}" if math.isfinite(high) else "") + f", got {value!r}")
+        if isinstance(self.fcn_hidden, bool) or not isinstance(self.fcn_hidden, int) or self.fcn_hidden < 1:
+            raise InputError(f"kd.fcn_hidden: must be an integer >= 1, got {self.fcn_hidden!r}")
+        if not isinstance(self.ka, bool):
+            raise InputError(f"kd.ka: must be true or false, got {self.ka!r}")
+        config_io.check_choices(self, "kd")
+
+
+# ---- the teacher-logits file -----------------------------------------------------------------------------------
+def write_teacher_logits(path: str | Path, filenames: list[str], class_names: list[str], logits: np.ndarray) -> None:
+    """The documented CSV: ``filename,<class 1>,…,<class C>``, one row per clip, floats written exactly."""
+    assert logits.shape == (len(filenames), len(class_names)), logits.shape
+    with fileio.atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["filename", *class_names])
+        for name, row in zip(filenames, np.asarray(logits, dtype=np.float32)):
+            writer.writerow([name, *(repr(float(v)) for v in row)])
+
+
+def read_teacher_logits(path: str | Path, filenames: list[str], class_names: list[str]) -> np.ndarray:
+    """N×C float32 logits for ``filenames`` (the train items, in order) from a teacher-logits CSV.
+
+    Class columns are matched by name (any order). A clip may be keyed as in the dataset's meta.csv or without
+    its leading folder (``audio/``). Every fault is one line naming the file and the row or clip."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"kd.teacher_logits: {path}: file not found")
+    table: dict[str, np.ndarray] = {}
+    with path.open(newline="") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        order = _class_columns(path, header, class_names)
+        for line, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise InputError(f"{path}: line {line} ({row[0]!r}): {len(row)} fields, the header has {len(header)}")
+            values = _finite_row(path, line, row, header)
+            if row[0] in table:
+                raise InputError(f"{path}: line {line}: clip {row[0]!r} appears twice")
+            table[row[0]] = values[order]
+    out = np.empty((len(filenames), len(class_names)), dtype=np.float32)
+    missing = []
+    for i, name in enumerate(filenames):
+        found = table.get(name, table.get(name.split("/", 1)[-1]))
+        if found is None:
+            missing.append(name)
+        else:
+            out[i] = found
+    if missing:
+        raise InputError(f"{path}: no row for clip {missing[0]!r} ({len(missing)} of the {len(filenames)} "
+                         f"train clips have none)")
+    return out
+
+
+def _class_columns(path: Path, header: list[str] | None, class_names: list[str]) -> list[int]:
+    """Positions (in the numeric columns) of the dataset's classes, in the dataset's order."""
+    if not header or header[0] != "filename":
+        raise InputError(f"{path}: the first column must be 'filename' (header: {','.join(header or [])!r})")
+    columns = header[1:]
+    missing = [c for c in class_names if c not in columns]
+    extra = [c for c in columns if c not in class_names]
+    if missing or extra or len(set(columns)) != len(columns):
+        raise InputError(f"{path}: class columns {columns} do not match the dataset's classes {class_names}"
+                         + (f" (missing: {', '.join(missing)})" if missing else "")
+                         + (f" (not in the dataset: {', '.join(extra)})" if extra else ""))
+    return [columns.index(c) for c in class_names]
+
+
+def _finite_row(path: Path, line: int, row: list[str], header: list[str]) -> np.ndarray:
+    try:
+        values = np.array([float(v) for v in row[1:]], dtype=np.float64)
+    except ValueError:
+        bad = next(i for i, v in enumerate(row[1:], start=1) if not _is_float(v))
+        raise InputError(f"{path}: line {line} (clip {row[0]!r}): column {header[bad]!r} is {row[bad]!r}, "
+                         f"not a number") from None
+    if not np.isfinite(values).all():
+        bad = int(np.flatnonzero(~np.isfinite(values))[0]) + 1
+        raise InputError(f"{path}: line {line} (clip {row[0]!r}): column {header[bad]!r} is {row[bad]!r}, "
+                         f"not a finite number")
+    return values.astype(np.float32)
+
+
+def _is_float(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+# ---- teacher runs ----------------------------------------------------------------------------------------------
+class Renormalized(nn.Module):
+    """A teacher run's model fed inputs normalised with the student's statistics: they are brought to the
+    teacher's own (x·σ_s + μ_s − μ_t) / σ_t first."""
+
+    def __init__(self, model: nn.Module, student_norm: tuple, teacher_norm: tuple) -> None:
+        super().__init__()
+        self.model = model
+        (mu_s, sd_s), (mu_t, sd_t) = (_norm_tensors(*n) for n in (student_norm, teacher_norm))
+        self.register_buffer("scale", sd_s / sd_t)
+        self.register_buffer("shift", (mu_s - mu_t) / sd_t)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model(x * self.scale.to(x.dtype) + self.shift.to(x.dtype))
+
+
+def _norm_tensors(mean, std) -> tuple[Tensor, Tensor]:
+    """(mean, std) as tensors; None (not normalised) is the identity."""
+    if mean is None:
+        return torch.zeros(()), torch.ones(())
+    return torch.as_tensor(np.asarray(mean, np.float32)), torch.as_tensor(np.asarray(std, np.float32))
+
+
+def load_teacher_run(run_dir: str | Path, which: str, student_info: dict) -> nn.Module:
+    """A finished run's network (eval mode, CPU) taking the student's normalised inputs; the run must have been
+    trained on the student's dataset (same name, class order and input shape)."""
+    from audio_mrkd.train.checkpoint import load_run_model
+    run_dir = Path(run_dir)
+    if not (run_dir / "data.json").is_file():
+        raise InputError(f"kd.teachers: {run_dir}: not a run directory of audio-mrkd (no data.json)")
+    model, info, _ = load_run_model(run_dir, which)
+    for key in ("name", "class_names", "input_shape"):
+        if info.get(key) != student_info.get(key):
+            raise InputError(f"kd.teachers: {run_dir}: trained with {key} {info.get(key)!r}, this run has "
+                             f"{student_info.get(key)!r}")
+    student_norm = (student_info.get("norm_mean"), student_info.get("norm_std"))
+    teacher_norm = (info.get("norm_mean"), info.get("norm_std"))
+    if _same_norm(student_norm, teacher_norm):
+        return model
+    return Renormalized(model, student_norm, teacher_norm).eval()
+
+
+def _same_norm(a: tuple, b: tuple) -> bool:
+    if a[0] is None or b[0] is None:
+        return a[0] is None and b[0] is None
+    return all(np.array_equal(np.asarray(x, np.float32), np.asarray(y, np.float32)) for x, y in zip(a, b))
+
+
+# ---- the signal the methods read -------------------------------------------------------------------------------
+class TeacherSignal:
+    """T×B×C float32 teacher logits for a batch: from a T×N×C table indexed by the items' train positions
+    (cached), or from the teacher networks run on the batch (same)."""
+
+    def __init__(self, table: Tensor | None = None, models: list[nn.Module] | None = None,
+                 dtype: torch.dtype | None = None) -> None:
+        assert (table is None) != (models is None), "a table or models"
+        self.table, self.models, self.dtype = table, models, dtype
+
+    @property
+    def n_teachers(self) -> int:
+        return self.table.shape[0] if self.table is not None else len(self.models)
+
+    def logits(self, x: Tensor | None, index: Tensor | None) -> Tensor:
+        if self.table is not None:
+            assert index is not None and not index.dtype.is_floating_point, "cached teachers need item indices"
+            return self.table[:, index.to(self.table.device, torch.long)]
+        assert x is not None, "teachers on the batch need the input batch x"
+        with torch.inference_mode():
+            inputs = x.to(self.dtype) if self.dtype is not None else x
+            out = torch.stack([m(inputs).float() for m in self.models])
+        return out.clone()  # leaves inference mode: an ordinary tensor without grad
+
+    def digest(self) -> str:
+        """Identifies the teachers (their cached logits or weights): a resumed run must use the same ones."""
+        digest = hashlib.sha256()
+        tensors = [self.table] if self.table is not None else [t for m in self.models
+                                                                 for t in m.state_dict().values()]
+        for tensor in tensors:
+            digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())
+        return digest.hexdigest()[:16]
+
+
+def build_teacher_signal(kcfg: KDConfig, ctx) -> TeacherSignal:
+    """The teacher signal ``kd.*`` names, for the run ``ctx`` (a :class:`~audio_mrkd.methods.base.TrainContext`)."""
+    if kcfg.teacher_logits:
+        table = read_teacher_logits(kcfg.teacher_logits, ctx.train_filenames, ctx.data_info["class_names"])
+        return TeacherSignal(table=torch.from_numpy(table)[None].to(ctx.torch_device))
+    models = [load_teacher_run(run, kcfg.checkpoint, ctx.data_info) for run in kcfg.teachers]
+    if kcfg.teacher_input == "cached":
+        with torch.inference_mode():
+            table = torch.stack([ctx.infer_train(m.to(ctx.torch_device)).float() for m in models])
+        return TeacherSignal(table=table.to(ctx.torch_device).clone())
+    dtype = ctx.runtime.teacher_dtype
+    for m in models:
+        m.to(ctx.torch_device, dtype=dtype).requires_grad_(False)
+        if ctx.runtime.channels_last:
+            m.to(memory_format=torch.channels_last)
+    return TeacherSignal(models=models, dtype=dtype)

@@ -1,0 +1,53 @@
+"""``audio-mrkd teacher-logits RUN_DIR… --out FILE``: a teacher ensemble's logits for every item of its dataset.
+
+The runs (e.g. one teacher recipe trained with ``seeds=[…]``) must share a dataset (name, class order, input
+shape); each scores every item with its own normalisation and the file holds the mean of their logits, in the
+format ``kd.teacher_logits`` reads (:func:`audio_mrkd.distill.teachers.write_teacher_logits`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from audio_mrkd.data.dataset import BatchLoader
+from audio_mrkd.distill.teachers import write_teacher_logits
+from audio_mrkd.errors import InputError
+from audio_mrkd.progress import progress
+from audio_mrkd.train.checkpoint import load_run_model
+from audio_mrkd.train.evaluate import run_split
+
+SAME_DATA_KEYS = ("kind", "name", "class_names", "input_shape")
+
+
+def ensemble_logits(run_dirs: list[str | Path], which: str = "best",
+                    split: str = "all") -> tuple[list[str], list[str], np.ndarray]:
+    """(file names, class names, N×C mean logits of the runs) for every item of ``split``."""
+    total, names, first = None, None, None
+    for run_dir in run_dirs:
+        model, info, cfg = load_run_model(run_dir, which)
+        first = first or (run_dir, info)
+        for key in SAME_DATA_KEYS:
+            if info.get(key) != first[1].get(key):
+                raise InputError(f"{run_dir}: {key} {info.get(key)!r} differs from {first[0]}'s "
+                                 f"{first[1].get(key)!r}: an ensemble's teachers share one dataset")
+        data = run_split(info, cfg, split)
+        loader = BatchLoader(data, 256, "cpu", normalize=info["norm_mean"] is not None)
+        with torch.inference_mode():
+            logits = torch.cat([model(b.x).float() for b in progress(loader, desc=Path(run_dir).name,
+                                                                      unit="batch")]).numpy().astype(np.float64)
+        names = data.items["filename"].astype(str).tolist()
+        total = logits if total is None else total + logits
+    return names, list(first[1]["class_names"]), (total / len(run_dirs)).astype(np.float32)
+
+
+def write_ensemble_logits(run_dirs: list[str | Path], out: str | Path, which: str = "best", split: str = "all",
+                          log=print) -> Path:
+    if not run_dirs:
+        raise InputError("teacher-logits: give at least one run directory")
+    names, classes, logits = ensemble_logits(run_dirs, which, split)
+    write_teacher_logits(out, names, classes, logits)
+    log(f"wrote {out}: {len(names)} clips × {len(classes)} classes, mean logits of {len(run_dirs)} run(s) "
+        f"({which} checkpoints)")
+    return Path(out)

@@ -1,0 +1,285 @@
+"""Distillation from a teacher: ``method: kd``, MrKD with a teacher, teacher-logits files and the command."""
+import json
+import math
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from audio_mrkd.cli import main
+from audio_mrkd.data.prepare import prepare
+from audio_mrkd.distill.teachers import read_teacher_logits, write_teacher_logits
+from audio_mrkd.experiment import load_experiment
+from audio_mrkd.methods import TrainContext, build_method
+from audio_mrkd.runtime import Runtime
+from audio_mrkd.train.engine import Trainer, train_run
+from tests.conftest import make_dcase_tree
+
+CLASSES = ["metro", "park", "street"]
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    root = tmp_path_factory.mktemp("kd")
+    tree = make_dcase_tree(root / "dev", n=48)
+    prepare(tree, "tiny", cache_dir=root / "cache", manifest_dir=root / "manifests", workers=1,
+            overrides=["n_mels=32"], log=lambda *_: None)
+    return root
+
+
+def overrides(prepared, out, *extra) -> list[str]:
+    return ["data.name=tiny", f"data.manifest_dir={prepared / 'manifests'}", f"train.out_dir={out}",
+            "model.name=cp_mobile", "model.options={base_channels: 8, n_blocks: [1, 1, 1]}", "train.epochs=3",
+            "train.batch_size=8", "train.lr=0.01", "train.progress=false", "train.log_every=1",
+            "augment.roll=0.1", "augment.freq_mask=4", *extra]
+
+
+def config(prepared, out, *extra):
+    return load_experiment(None, overrides(prepared, out, *extra))
+
+
+@pytest.fixture(scope="module")
+def teachers(prepared, tmp_path_factory):
+    """Two finished CE runs (seeds 0 and 1) of a wider network: the teacher ensemble."""
+    out = tmp_path_factory.mktemp("teachers")
+    wide = "model.options={base_channels: 16, n_blocks: [1, 1, 1]}"
+    return [train_run(config(prepared, out, "method=ce", wide, f"seed={seed}"))[0] for seed in (0, 1)]
+
+
+def train_filenames(prepared, tmp_path) -> list[str]:
+    trainer = Trainer(config(prepared, tmp_path, "method=ce"))
+    return trainer.data.train.items["filename"].astype(str).tolist()
+
+
+# ---- the loss on a hand-computed case --------------------------------------------------------------------------
+def _kd_method(tmp_path, *extra):
+    """A kd method on a three-clip dataset whose teacher-logits file we write by hand."""
+    names = ["audio/a.wav", "audio/b.wav", "audio/c.wav"]
+    teacher = np.array([[math.log(3), 0, 0], [0, 0, 0], [0, 2, 0]], dtype=np.float32)
+    write_teacher_logits(tmp_path / "t.csv", names, CLASSES, teacher)
+    cfg = load_experiment(None, ["data.kind=synthetic", "method=kd", f"kd.teacher_logits={tmp_path / 't.csv'}",
+                                 *extra])
+    ctx = TrainContext(model=torch.nn.Linear(1, 3), n_classes=3, torch_device=torch.device("cpu"),
+                       runtime=Runtime.from_config(cfg.train), infer_train=None, average_grads=None,
+                       sync_buffers=lambda: None, data_info={"class_names": CLASSES}, train_filenames=names)
+    return build_method(cfg, ctx)
+
+
+def _kl(p, q) -> float:
+    return sum(a * math.log(a / b) for a, b in zip(p, q))
+
+
+def _softmax(z, tau=1.0) -> list[float]:
+    e = [math.exp(v / tau) for v in z]
+    return [v / sum(e) for v in e]
+
+
+@pytest.mark.parametrize("tau", [1.0, 2.0])
+def test_kd_loss_matches_a_hand_computed_case(tmp_path, tau):
+    method = _kd_method(tmp_path, "kd.alpha=0.25", f"kd.tau={tau}")
+    student = torch.tensor([[0.0, 0.0, 0.0]], requires_grad=True)
+    loss, logs = method.loss(student, None, torch.tensor([0]), torch.tensor([0]), 0, True)
+    # teacher of clip a: (ln 3, 0, 0) → at τ: p_t ∝ (3^(1/τ), 1, 1); student uniform
+    p_t = [3 ** (1 / tau) / (3 ** (1 / tau) + 2), 1 / (3 ** (1 / tau) + 2), 1 / (3 ** (1 / tau) + 2)]
+    kd = tau ** 2 * _kl(p_t, [1 / 3] * 3)
+    ce = math.log(3)
+    assert logs["loss/kd"] == pytest.approx(kd, rel=1e-5)
+    assert logs["loss/ce"] == pytest.approx(ce, rel=1e-6)
+    assert loss.item() == pytest.approx(0.75 * ce + 0.25 * kd, rel=1e-5)
+    assert logs["kd/teacher_acc/0"] == 1.0 and logs["kd/ka_rate"] == 0.0
+
+
+def test_kd_with_knowledge_adjustment_swaps_a_wrong_teacher(tmp_path):
+    method = _kd_method(tmp_path, "kd.alpha=1.0", "kd.tau=1", "kd.ka=true")
+    student = torch.tensor([[1.0, 0.0, 0.0]])
+    # clip c: teacher (0, 2, 0), label 2 → KA swaps classes 1 and 2 → (0, 0, 2)
+    loss, logs = method.loss(student, None, torch.tensor([2]), torch.tensor([2]), 0, True)
+    expected = _kl(_softmax([0, 0, 2]), _softmax([1, 0, 0]))
+    assert loss.item() == pytest.approx(expected, rel=1e-5)
+    assert logs["kd/ka_rate"] == 1.0 and logs["kd/teacher_acc/0"] == 0.0 and logs["kd/ensemble_acc"] == 0.0
+    unadjusted = _kd_method(tmp_path, "kd.alpha=1.0", "kd.tau=1", "kd.ka=false")
+    loss, _ = unadjusted.loss(student, None, torch.tensor([2]), torch.tensor([2]), 0, True)
+    assert loss.item() == pytest.approx(_kl(_softmax([0, 2, 0]), _softmax([1, 0, 0])), rel=1e-5)
+
+
+def test_gradient_flows_to_the_student_only(tmp_path):
+    method = _kd_method(tmp_path, "kd.alpha=1.0")
+    student = torch.zeros(2, 3, requires_grad=True)
+    loss, _ = method.loss(student, None, torch.tensor([0, 1]), torch.tensor([0, 1]), 0, False)
+    loss.backward()
+    assert student.grad is not None and student.grad[0, 0] < 0  # pulled toward the teacher's class 0
+    assert not method.teachers.table.requires_grad
+
+
+# ---- alignment to items, resume --------------------------------------------------------------------------------
+def _record_teacher_rows(trainer, seen: list):
+    """Wrap the method's teacher signal: remember (file names of the batch, teacher rows returned)."""
+    signal = trainer.method.teachers
+    original = signal.logits
+    names = trainer.data.train.items["filename"].astype(str).tolist()
+
+    def logits(x, index):
+        out = original(x, index)
+        seen.append(([names[i] for i in index.tolist()], out[0, :, 0].tolist()))
+        return out
+    signal.logits = logits
+
+
+def test_teacher_logits_follow_the_items_across_shuffles_and_resume(prepared, tmp_path):
+    names = train_filenames(prepared, tmp_path / "probe")
+    code = {name: float(i) for i, name in enumerate(sorted(names))}  # each clip's own mark in column 0
+    table = np.zeros((len(names), 3), dtype=np.float32)
+    table[:, 0] = [code[n] for n in names]
+    write_teacher_logits(tmp_path / "t.csv", [n.removeprefix("audio/") for n in names], CLASSES, table)
+    extra = ["method=kd", f"kd.teacher_logits={tmp_path / 't.csv'}", "kd.alpha=0.1"]
+    trainer = Trainer(config(prepared, tmp_path / "runs", *extra))
+    seen: list = []
+    _record_teacher_rows(trainer, seen)
+    trainer.fit(stop_after=1)
+    resumed = Trainer(config(prepared, tmp_path / "runs", *extra), resume_from=trainer.run_dir)
+    _record_teacher_rows(resumed, seen)
+    resumed.fit()
+    assert len(seen) == 3 * (len(names) // 8)
+    orders = [tuple(batch) for batch, _ in seen]
+    assert len(set(orders)) > 1  # shuffled
+    for batch, rows in seen:
+        assert rows == [code[n] for n in batch]
+
+
+@pytest.mark.parametrize("extra", [
+    ["method=kd", "kd.ensemble=fcn", "augment.mixup_alpha=0.3"],
+    ["method=kd", "kd.teacher_input=same"],
+    ["method=mrkd", "mrkd.k=1", "kd.with_mrkd=ensembler"],
+    ["method=mrkd", "mrkd.k=1", "kd.with_mrkd=term", "kd.ensemble=fcn"],
+], ids=["kd_fcn_mixup", "kd_same", "mrkd_ensembler", "mrkd_term"])
+def test_resume_with_teachers_is_exact(prepared, teachers, tmp_path, extra):
+    extra = [*extra, f"kd.teachers=[{teachers[0]},{teachers[1]}]"]
+    _, straight = train_run(config(prepared, tmp_path / "a", *extra))
+    trainer = Trainer(config(prepared, tmp_path / "b", *extra))
+    trainer.fit(stop_after=1)
+    resumed = Trainer(config(prepared, tmp_path / "b", *extra), resume_from=trainer.run_dir).fit()
+    assert resumed["complete"]
+    assert [h["log_loss"] for h in resumed["history"]] == [h["log_loss"] for h in straight["history"]]
+
+
+def test_resume_refuses_other_teachers(prepared, teachers, tmp_path, capsys):
+    extra = ["method=kd", f"kd.teachers=[{teachers[0]}]"]
+    trainer = Trainer(config(prepared, tmp_path, *extra))
+    trainer.fit(stop_after=1)
+    saved = trainer.run_dir / "config.yaml"
+    saved.write_text(saved.read_text().replace(str(teachers[0]), str(teachers[1])))
+    assert main(["train", "--resume", str(trainer.run_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "not the teachers this run was started with" in err[0], err
+
+
+# ---- MrKD with a teacher ---------------------------------------------------------------------------------------
+def test_mrkd_with_a_teacher_in_the_ensembler(prepared, teachers, tmp_path):
+    from tests.test_engine import scalars
+    run_dir, _ = train_run(config(prepared, tmp_path, "method=mrkd", "mrkd.k=2", f"kd.teachers=[{teachers[0]}]"))
+    _, kd = scalars(run_dir, "loss/kd")
+    _, active = scalars(run_dir, "mrkd/active")
+    assert kd[0] > 0 and active[0] == 0  # the teacher teaches from the first step, before the bank is full
+    acc, _ = scalars(run_dir, None)
+    tags = set(acc.Tags()["scalars"])
+    assert {"mrkd/teacher_acc/0", "mrkd/teacher_acc/1", "mrkd/teacher_acc/2"} <= tags  # 2 snapshots + teacher
+    state = torch.load(run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert state["method"]["fcn"]["mlp.0.weight"].shape[1] == 3 * 3  # (K + 1) teachers × C classes
+
+
+def test_mrkd_with_a_teacher_as_a_second_term(prepared, teachers, tmp_path):
+    from tests.test_engine import scalars
+    run_dir, _ = train_run(config(prepared, tmp_path, "method=mrkd", "mrkd.k=2", f"kd.teachers=[{teachers[0]}]",
+                                  "kd.with_mrkd=term"))
+    _, kd_teacher = scalars(run_dir, "loss/kd_teacher")
+    _, kd_bank = scalars(run_dir, "loss/kd")
+    assert all(v > 0 for v in kd_teacher) and kd_bank[0] == 0 and kd_bank[-1] > 0
+
+
+# ---- the teacher-logits command --------------------------------------------------------------------------------
+def test_teacher_logits_command_round_trips(prepared, teachers, tmp_path, capsys):
+    out = tmp_path / "ensemble.csv"
+    assert main(["teacher-logits", str(teachers[0]), str(teachers[1]), "--out", str(out)]) == 0
+    assert "48 clips × 3 classes, mean logits of 2 run(s)" in capsys.readouterr().out
+    trainer = Trainer(config(prepared, tmp_path, "method=kd", f"kd.teachers=[{teachers[0]},{teachers[1]}]"))
+    from_runs = trainer.method.teachers.table.mean(dim=0).numpy()
+    names = trainer.data.train.items["filename"].astype(str).tolist()
+    from_file = read_teacher_logits(out, names, CLASSES)
+    np.testing.assert_allclose(from_file, from_runs, rtol=1e-5, atol=1e-5)
+    run_dir, summary = train_run(config(prepared, tmp_path, "method=kd", f"kd.teacher_logits={out}"))
+    assert summary["complete"]
+
+
+# ---- bad teacher input: one line, exit 2 -----------------------------------------------------------------------
+def _csv(tmp_path, text: str):
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    return path
+
+
+BAD_FILES = {
+    "missing clip": ("filename,metro,park,street\naudio/nothing.wav,1,2,3\n", "no row for clip"),
+    "nan": (None, "is 'nan', not a finite number"),
+    "wrong width": (None, "5 fields, the header has 4"),
+    "classes": ("filename,metro,park,beach\n", "missing: street"),
+    "no filename column": ("clip,metro,park,street\n", "the first column must be 'filename'"),
+    "not a number": (None, "is 'high', not a number"),
+    "duplicate": (None, "appears twice"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_FILES))
+def test_bad_teacher_logits_file_is_one_line(prepared, tmp_path, capsys, case):
+    text, message = BAD_FILES[case]
+    if text is None:
+        names = train_filenames(prepared, tmp_path / "probe")
+        rows = [f"{n},1,2,3" for n in names]
+        rows[5] = {"nan": f"{names[5]},1,nan,3", "wrong width": f"{names[5]},1,2,3,4",
+                   "not a number": f"{names[5]},1,high,3", "duplicate": rows[4]}[case]
+        text = "filename,metro,park,street\n" + "\n".join(rows) + "\n"
+    path = _csv(tmp_path, text)
+    assert main(["train", "--config", "configs/experiments/dcase_ce.yaml", *overrides(prepared, tmp_path / "runs", "method=kd", f"kd.teacher_logits={path}")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(path) in err[0] and message in err[0], err
+    if case in ("nan", "wrong width", "not a number"):
+        assert names[5] in err[0] and "line 7" in err[0]
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["method=kd"], "method kd: needs a teacher"),
+    (["method=ce", "kd.teacher_logits=x.csv"], "method 'ce' uses no teacher"),
+    (["method=kd", "kd.teacher_logits=x.csv", "kd.teachers=[y]"], "give one teacher source"),
+    (["method=kd", "kd.teacher_logits=x.csv", "kd.teacher_input=same"], "'same' needs teacher runs"),
+    (["method=kd", "kd.teacher_logits=nowhere.csv"], "nowhere.csv: file not found"),
+    (["method=kd", "kd.teachers=[nowhere]"], "nowhere: not a run directory"),
+    (["method=kd", "kd.teachers=[x]", "kd.alpha=2"], "kd.alpha: must be a finite number >= 0 and <= 1"),
+])
+def test_bad_teacher_settings_are_one_line(prepared, tmp_path, capsys, extra, message):
+    assert main(["train", "--config", "configs/experiments/dcase_ce.yaml", *overrides(prepared, tmp_path / "runs", *extra)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_teacher_run_of_another_dataset_is_refused(prepared, teachers, tmp_path, capsys):
+    other = tmp_path / "other"
+    shutil.copytree(teachers[0], other)
+    info = json.loads((other / "data.json").read_text())
+    info["class_names"] = ["a", "b", "c"]
+    (other / "data.json").write_text(json.dumps(info))
+    assert main(["train", "--config", "configs/experiments/dcase_ce.yaml", *overrides(prepared, tmp_path / "runs", "method=kd", f"kd.teachers=[{other}]")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(other) in err[0] and "class_names" in err[0], err
+
+
+def test_exported_student_holds_the_student_alone(prepared, teachers, tmp_path):
+    """The teachers (wider) stay out of the deployed model: complexity and the ONNX file are the student's."""
+    from audio_mrkd.export.commands import export_run
+    student, _ = train_run(config(prepared, tmp_path / "kd", "method=kd", f"kd.teachers=[{teachers[0]}]",
+                                  "kd.ensemble=fcn", "train.epochs=1"))
+    plain, _ = train_run(config(prepared, tmp_path / "ce", "method=ce", "train.epochs=1"))
+    reports = [export_run(run, tmp_path / name, log=lambda *_: None).complexity
+               for run, name in ((student, "kd_export"), (plain, "ce_export"), (teachers[0], "teacher_export"))]
+    keys = ("parameters", "macs")
+    assert {k: reports[0][k] for k in keys} == {k: reports[1][k] for k in keys}
+    assert reports[2]["parameters"] > reports[0]["parameters"]
