@@ -283,3 +283,38 @@ def test_exported_student_holds_the_student_alone(prepared, teachers, tmp_path):
     keys = ("parameters", "macs")
     assert {k: reports[0][k] for k in keys} == {k: reports[1][k] for k in keys}
     assert reports[2]["parameters"] > reports[0]["parameters"]
+
+
+# ---- teachers inside an ablation's folds -----------------------------------------------------------------------
+def test_ablation_trains_teachers_inside_each_fold_first(prepared, tmp_path):
+    import yaml
+    from audio_mrkd.train.ablation import run_ablation
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"data": {"name": "tiny", "manifest_dir": str(prepared / "manifests")},
+                                      "model": {"name": "cp_mobile",
+                                                "options": {"base_channels": 8, "n_blocks": [1, 1, 1]}},
+                                      "train": {"epochs": 2, "batch_size": 8}, "mrkd": {"k": 1}}))
+    (tmp_path / "teacher.yaml").write_text("base: recipe.yaml\nmodel: {options: {base_channels: 16}}\n")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("config: recipe.yaml\nfolds: 2\nseeds: [0]\nreference: ce\n"
+                    "teachers: {config: teacher.yaml, seeds: [5, 6]}\n"
+                    "variants:\n  ce: [method=ce]\n  kd: [method=kd, kd.teachers=@teachers]\n"
+                    "  kd_mrkd: [method=mrkd, kd.teachers=@teachers]\n")
+    table = run_ablation(spec, tmp_path / "abl", log=lambda *_: None)
+    records = [json.loads(line) for line in (tmp_path / "abl" / "runs.jsonl").read_text().splitlines()]
+    assert [r["variant"] for r in records[:4]] == ["teacher"] * 4  # the teachers first
+    assert len(records) == 4 + 2 * 3
+    teacher_dirs = {(r["fold"], r["seed"]): tmp_path / "abl" / r["run_dir"] for r in records[:4]}
+    for (fold, _), run_dir in teacher_dirs.items():
+        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+        assert saved["data"]["cv_fold"] == fold and saved["model"]["options"]["base_channels"] == 16
+        assert (run_dir / "checkpoints" / "best.pt").is_file()
+    for r in records[4:]:
+        saved = yaml.safe_load((tmp_path / "abl" / r["run_dir"] / "config.yaml").read_text())
+        assert saved["data"]["cv_fold"] == r["fold"]
+        expected = [str(teacher_dirs[(r["fold"], s)]) for s in (5, 6)] if r["variant"] != "ce" else []
+        assert saved["kd"]["teachers"] == expected  # the fold's own teachers, never another fold's
+    assert "| teacher (each run alone) | `teacher.yaml`" in table
+    again = []
+    run_ablation(spec, tmp_path / "abl", log=again.append)
+    assert again == [f"ablation: 10 of 10 runs already in {tmp_path / 'abl' / 'runs.jsonl'}"]

@@ -12,6 +12,15 @@ The spec is a YAML file (``configs/ablations/*.yaml``)::
       fcn_ka: [method=mrkd]
       mean: [method=mrkd, mrkd.ensemble=mean]
 
+Teachers for distillation (``method: kd``, or MrKD with a teacher) are trained inside each fold, on that fold's
+training part only, before the variants; a variant names its fold's teachers with ``@teachers``::
+
+    teachers:
+      config: ../experiments/demo_drums_teacher.yaml
+      seeds: [100, 101, 102]                     # one teacher run per seed and fold: the ensemble
+    variants:
+      kd: [method=kd, kd.teachers=@teachers]
+
 Every (variant, fold, seed) run is appended to ``runs.jsonl`` as it finishes, so an interrupted ablation
 continues where it stopped; each finished run prints a line (a bar on a terminal) —
 ``ablation: 5/12 runs (42%), 3:10 elapsed, ~4:26 left, variant=mean, fold=1, seed=0, last_macro_acc=0.7125`` —
@@ -39,6 +48,18 @@ from audio_mrkd.progress import progress
 from audio_mrkd.train.metrics import mean_std
 
 
+TEACHERS = "@teachers"  # in a variant's overrides: the run directories of its fold's teachers
+
+
+@dataclass
+class TeacherSpec:
+    """Teacher runs trained in every fold before the variants (checkpoints kept): one per seed."""
+
+    config: str
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    overrides: list[str] = field(default_factory=list)
+
+
 @dataclass
 class AblationSpec:
     config: str
@@ -47,10 +68,16 @@ class AblationSpec:
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     reference: str = "ce"
     overrides: list[str] = field(default_factory=list)   # applied to every variant (e.g. train.epochs=30)
+    teachers: TeacherSpec | None = None
 
     def validate(self) -> None:
         if self.reference not in self.variants:
             raise InputError(f"reference: '{self.reference}' is not one of the variants")
+        for variant, overrides in self.variants.items():
+            if any(TEACHERS in o for o in overrides) and self.teachers is None:
+                raise InputError(f"variants.{variant}: uses {TEACHERS} but the spec has no 'teachers' section")
+        if self.teachers is not None and "teacher" in self.variants:
+            raise InputError("variants.teacher: the name is taken by the teacher runs")
         if self.folds == 1 or self.folds < 0:
             raise InputError(f"folds: 0 (no cross-validation: the config's own evaluated split) or at least 2, "
                              f"got {self.folds}")
@@ -61,6 +88,11 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> tuple[Abl
     config = Path(path).parent / spec.config
     if not config.is_file():
         raise InputError(f"{path}: config '{spec.config}' not found ({config})")
+    if spec.teachers is not None:
+        teacher_config = Path(path).parent / spec.teachers.config
+        if not teacher_config.is_file():
+            raise InputError(f"{path}: teachers.config '{spec.teachers.config}' not found ({teacher_config})")
+        spec.teachers.config = str(teacher_config)
     return spec, config
 
 
@@ -94,28 +126,36 @@ def run_ablation(spec_path: str | Path, out_dir: str | Path, overrides: list[str
     """Run every missing (variant, fold, seed) — in ``jobs`` processes of one thread each when jobs > 1 —, with a
     progress line per finished run on stderr (``log`` says how many runs were already in ``runs.jsonl``),
     then write ``ablation.md`` / ``ablation.json`` / ``ablation.png`` (forest plot of the paired differences and
-    learning curves; a failure to draw it is a warning, never a lost study) in ``out_dir``."""
+    learning curves; a failure to draw it is a warning, never a lost study) in ``out_dir``. Teacher runs (the
+    spec's ``teachers``) come first, so that every variant finds its fold's teachers."""
     spec, config = load_spec(spec_path, overrides)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records_path = out_dir / "runs.jsonl"
     done = _done(records_path)
-    threads = 1 if jobs > 1 else 0
-    def cv(fold: int) -> list[str]:
-        return [f"data.cv_folds={spec.folds}", f"data.cv_fold={fold}"] if spec.folds else []
+    threads, run_overrides = (1 if jobs > 1 else 0), list(run_overrides or [])
+    folds = range(max(spec.folds, 1))
 
-    tasks = [(config, [*spec.overrides, *(run_overrides or []), *variant_overrides, f"seed={seed}", *cv(fold),
-                       f"train.out_dir={out_dir / variant}", "train.save_checkpoints=false",
-                       "train.progress=false"], variant, fold, seed, threads, train_fn)
-             for seed in spec.seeds for fold in range(max(spec.folds, 1))
-             for variant, variant_overrides in spec.variants.items() if (variant, fold, seed) not in done]
+    def task(config_path, variant: str, variant_overrides: list[str], fold: int, seed: int, keep: bool) -> tuple:
+        cv = [f"data.cv_folds={spec.folds}", f"data.cv_fold={fold}"] if spec.folds else []
+        return (config_path, [*variant_overrides, f"seed={seed}", *cv, f"train.out_dir={out_dir / variant}",
+                              f"train.save_checkpoints={str(keep).lower()}", "train.progress=false"],
+                variant, fold, seed, threads, train_fn)
+
+    teacher = spec.teachers
+    teacher_tasks = [task(teacher.config, "teacher", [*teacher.overrides, *run_overrides], fold, seed, True)
+                     for fold in folds for seed in teacher.seeds if ("teacher", fold, seed) not in done] \
+        if teacher else []
+    todo = [(variant, fold, seed) for seed in spec.seeds for fold in folds for variant in spec.variants
+            if (variant, fold, seed) not in done]
 
     # one line per finished run (a bar on a terminal): done/total counts the runs resumed from runs.jsonl; the time
     # left is the mean time of the runs finished in this invocation times the runs still to do
-    total = len(spec.seeds) * max(spec.folds, 1) * len(spec.variants)
-    if total > len(tasks):
-        log(f"ablation: {total - len(tasks)} of {total} runs already in {records_path}")
-    bar = progress(total=total, initial=total - len(tasks), desc="ablation", unit="runs")
+    total = len(spec.seeds) * len(folds) * len(spec.variants) + (len(teacher.seeds) * len(folds) if teacher else 0)
+    missing = len(teacher_tasks) + len(todo)
+    if total > missing:
+        log(f"ablation: {total - missing} of {total} runs already in {records_path}")
+    bar = progress(total=total, initial=total - missing, desc="ablation", unit="runs")
 
     def record(rec: dict) -> None:
         with records_path.open("a") as handle:
@@ -125,24 +165,52 @@ def run_ablation(spec_path: str | Path, out_dir: str | Path, overrides: list[str
                         last_macro_acc=f"{rec['last_macro_accuracy']:.4f}")
         bar.update(1)
 
+    def with_teachers(overrides: list[str], fold: int) -> list[str]:
+        """``@teachers`` → the fold's teacher run directories, as a list."""
+        if not any(TEACHERS in o for o in overrides):
+            return overrides
+        dirs = json.dumps([str(out_dir / done[("teacher", fold, s)]["run_dir"]) for s in teacher.seeds])
+        return [o.replace(TEACHERS, dirs) for o in overrides]
+
     try:
-        if jobs > 1 and len(tasks) > 1:
-            with ProcessPoolExecutor(jobs, mp_context=mp.get_context("fork")) as pool:
-                for rec in pool.map(_run_one, tasks):
-                    record(rec)
-        else:
-            for task in tasks:
-                record(_run_one(task))
+        _execute(teacher_tasks, jobs, record)
+        _execute([task(config, variant, [*spec.overrides, *run_overrides,
+                                         *with_teachers(spec.variants[variant], fold)], fold, seed, False)
+                  for variant, fold, seed in todo], jobs, record)
     finally:
         bar.close()
-    summary = summarize(list(done.values()), spec)
-    fileio.write_json(out_dir / "ablation.json", summary)
-    text = format_table(summary, spec)
-    picture = plots.safely(lambda: plots.ablation_picture(out_dir, list(done.values()), spec.variants,
-                                                          spec.reference), out_dir / "ablation.png")
+    return _write_results(out_dir, list(done.values()), spec)
+
+
+def _execute(tasks: list[tuple], jobs: int, record) -> None:
+    """Run the tasks (in ``jobs`` processes when there are several), recording each result as it arrives."""
+    if jobs > 1 and len(tasks) > 1:
+        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("fork")) as pool:
+            for rec in pool.map(_run_one, tasks):
+                record(rec)
+    else:
+        for one in tasks:
+            record(_run_one(one))
+
+
+def _write_results(out_dir: Path, records: list[dict], spec: AblationSpec) -> str:
+    """ablation.json, ablation.md (the table) and ablation.png; returns the table (and the picture's path)."""
+    summary = summarize(records, spec)
+    teachers = teacher_summary(records)
+    fileio.write_json(out_dir / "ablation.json", summary | ({"teachers": teachers} if teachers else {}))
+    text = format_table(summary, spec, teachers)
+    picture = plots.safely(lambda: plots.ablation_picture(out_dir, records, spec.variants, spec.reference),
+                           out_dir / "ablation.png")
     embed = f"\n\n![Δ to `{spec.reference}` per variant and learning curves]({picture.name})" if picture else ""
     fileio.write_text(out_dir / "ablation.md", text + embed + "\n")
     return text + (f"\n\npicture: {picture}" if picture else "")
+
+
+def teacher_summary(records: list[dict]) -> dict:
+    """Mean ± std of the teacher runs' own metrics (each teacher alone), or {} without teachers."""
+    rows = [r for r in records if r["variant"] == "teacher"]
+    return {m: mean_std([r[m] for r in rows]) for m in
+            ("last_macro_accuracy", "best_macro_accuracy", "last_log_loss")} if rows else {}
 
 
 def summarize(records: list[dict], spec: AblationSpec) -> dict:
@@ -171,7 +239,7 @@ def summarize(records: list[dict], spec: AblationSpec) -> dict:
     return out
 
 
-def format_table(summary: dict, spec: AblationSpec) -> str:
+def format_table(summary: dict, spec: AblationSpec, teachers: dict | None = None) -> str:
     def ms(s: dict, scale: float = 100) -> str:
         return f"{scale * s['mean']:.1f} ± {scale * s['std']:.1f}"
 
@@ -189,4 +257,8 @@ def format_table(summary: dict, spec: AblationSpec) -> str:
         over = " ".join(spec.variants[variant]) or "—"
         lines.append(f"| {variant} | `{over}` | {ms(e['last_macro_accuracy'])} | {ms(e['best_macro_accuracy'])} | "
                      f"{e['last_log_loss']['mean']:.3f} | {delta} | {wins} | {delta_b} |")
+    if teachers:
+        lines.append(f"| teacher (each run alone) | `{Path(spec.teachers.config).name}` "
+                     f"{' '.join(spec.teachers.overrides)} | {ms(teachers['last_macro_accuracy'])} | "
+                     f"{ms(teachers['best_macro_accuracy'])} | {teachers['last_log_loss']['mean']:.3f} | | | |")
     return "\n".join(lines)
