@@ -54,6 +54,19 @@ def _trainer(overrides: list[str], shape=AUDIO_SHAPE, items: int = 256) -> Train
     return Trainer(cfg, DataBundle(train, held, "synthetic", {}))
 
 
+def teacher_runs(n: int, model_options: str, shape=AUDIO_SHAPE, items: int = 256) -> list[str]:
+    """``n`` finished one-epoch CE runs (seeds 0…n−1) of ``cp_mobile`` with ``model_options`` on the benchmarks'
+    synthetic data: teachers whose cost (not accuracy) the ``kd`` rows measure."""
+    dirs = []
+    for seed in range(n):
+        trainer = _trainer(["method=ce", "train.epochs=1", "train.save_checkpoints=true", f"seed={seed}",
+                            f"model.options={model_options}", "train.out_dir=/tmp/audio_mrkd_bench/teachers"],
+                           shape, items)
+        trainer.fit()
+        dirs.append(str(trainer.run_dir))
+    return dirs
+
+
 def _fill_bank(trainer: Trainer) -> float:
     """Fill the snapshot bank (K backups); returns ms per backup (the cached mode's inference pass included)."""
     if trainer.cfg.method != "mrkd":

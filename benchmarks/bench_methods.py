@@ -4,14 +4,16 @@
 
 The real ``Trainer._step`` on synthetic log-mels of the given shape (default: the demo's 64-mel front-end),
 ``cp_mobile``, fp32, on this machine's CPU (or CUDA when present); MrKD's bank is filled before timing, the EMA
-teacher is active from the first step (``warmup_steps=0``). Prints ms/step and the ratio to CE; DLB trains on
-1.5 × the batch per step, so its samples/s column counts the loader's new items only.
+teacher is active from the first step (``warmup_steps=0``); ``kd`` distils three teachers twice as wide
+(``base_channels`` 64, one-epoch runs made first: their cost, not their accuracy, is measured). Prints ms/step and
+the ratio to CE; DLB trains on 1.5 × the batch per step, so its samples/s column counts the loader's new items only.
 """
 from __future__ import annotations
 
 import argparse
+import json
 
-from audio_mrkd.bench import measure_trainer
+from audio_mrkd.bench import measure_trainer, teacher_runs
 
 VARIANTS = {
     "ce": ["method=ce"],
@@ -29,9 +31,15 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="steps per timed block (median of 3 blocks)")
     parser.add_argument("--shape", type=int, nargs=3, default=[1, 64, 65], help="item shape C F T")
     args = parser.parse_args()
+    teachers = "kd.teachers=" + json.dumps(teacher_runs(3, "{base_channels: 64}", tuple(args.shape)))
+    variants = VARIANTS | {
+        "kd (3 teachers ×2 wide, cached)": ["method=kd", teachers],
+        "kd (3 teachers ×2 wide, same batch)": ["method=kd", teachers, "kd.teacher_input=same"],
+        "mrkd (K 4, same) + 3 cached teachers": ["method=mrkd", teachers],
+    }
     rows = {name: measure_trainer(["augment.mixup_alpha=0", *overrides], args.batch, args.steps,
                                   shape=tuple(args.shape))["step_ms"]
-            for name, overrides in VARIANTS.items()}
+            for name, overrides in variants.items()}
     print(f"| method | ms/step (batch {args.batch}) | / CE | new items/s |")
     print("|---|---|---|---|")
     for name, ms in rows.items():
