@@ -312,7 +312,10 @@ def read_cinic10(root: Path, cache_dir: Path | None, log: Log) -> tuple[Path, li
     else:
         log(f"cinic10: reusing the decoded cache {entry}")
     out = {}
+    again = f"delete {entry} and run again (the PNGs are decoded anew)"
     for split in CINIC_SPLITS:
+        for part in (f"{split}.npy", f"{split}_labels.npy"):
+            cache.check_npy(entry / part, again)
         images = np.load(entry / f"{split}.npy", mmap_mode="r", allow_pickle=False)
         labels = np.load(entry / f"{split}_labels.npy", allow_pickle=False)
         names = pd.read_csv(entry / f"{split}_files.csv", dtype=str)["filename"].tolist()

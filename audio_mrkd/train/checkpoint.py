@@ -13,6 +13,8 @@ from audio_mrkd.experiment import ExperimentConfig, experiment_from_dict
 from audio_mrkd.models import build_model
 
 CHECKPOINTS = ("last", "best")
+#: What every training checkpoint holds (Trainer._state); a file without them is some other torch file.
+TRAINING_KEYS = ("model", "optimizer", "scheduler", "epoch", "global_step", "rng", "loader", "history")
 
 
 def checkpoint_path(run_dir: str | Path, which: str = "last") -> Path:
@@ -38,6 +40,34 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise InputError(f"{path}: not a loadable checkpoint ({str(exc).splitlines()[0]})") from None
 
 
+def check_training_state(state, path: str | Path) -> dict:
+    """``state`` is a checkpoint written by this product's trainer (else one line naming the file)."""
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        found = ", ".join(map(str, list(state)[:6])) if isinstance(state, dict) else type(state).__name__
+        raise InputError(f"{path}: not a checkpoint of audio-mrkd (no 'model' weights; holds {found or 'nothing'})")
+    missing = [key for key in TRAINING_KEYS if key not in state]
+    if missing:
+        raise InputError(f"{path}: not a training checkpoint of audio-mrkd (missing {', '.join(missing)}); "
+                         f"it cannot be resumed")
+    return state
+
+
+def load_model_weights(model: torch.nn.Module, weights: dict, path: str | Path, model_name: str) -> None:
+    """``model.load_state_dict(weights)`` with the names and shapes checked first (one line naming the file)."""
+    mine = model.state_dict()
+    missing = [k for k in mine if k not in weights]
+    unexpected = [k for k in weights if k not in mine]
+    wrong = [k for k in mine if k in weights and hasattr(weights[k], "shape")
+             and tuple(weights[k].shape) != tuple(mine[k].shape)]
+    if missing or unexpected or wrong:
+        what = (f"tensor {wrong[0]} is {tuple(weights[wrong[0]].shape)}, the model's is {tuple(mine[wrong[0]].shape)}"
+                if wrong else f"{len(missing)} weights missing, {len(unexpected)} unknown "
+                              f"(e.g. {(missing or unexpected)[0]})")
+        raise InputError(f"{path}: the weights do not fit the run's model {model_name!r} ({what}); "
+                         f"the checkpoint belongs to another model or run")
+    model.load_state_dict(weights)
+
+
 def read_run_config(run_dir: str | Path) -> ExperimentConfig:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
@@ -58,6 +88,9 @@ def load_run_model(run_dir: str | Path, which: str = "best") -> tuple[torch.nn.M
     info = read_data_info(run_dir)
     model = build_model(cfg.model.name, n_classes=len(info["class_names"]), in_channels=info["input_shape"][0],
                         **cfg.model.options)
-    state = load_checkpoint(checkpoint_path(run_dir, which))
-    model.load_state_dict(state["model"])
+    path = checkpoint_path(run_dir, which)
+    state = load_checkpoint(path)
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        check_training_state(state, path)
+    load_model_weights(model, state["model"], path, cfg.model.name)
     return model.eval(), info, cfg

@@ -79,8 +79,9 @@ class Trainer:
         self.epoch, self.global_step, self.best, self.history = 0, 0, None, []
         if resume_from:
             self.run_dir = Path(resume_from)
-            self._load(ckpt.load_checkpoint(ckpt.checkpoint_path(self.run_dir, "last"),
-                                            map_location=self.fabric.device))
+            path = ckpt.checkpoint_path(self.run_dir, "last")
+            self._load(ckpt.check_training_state(ckpt.load_checkpoint(path, map_location=self.fabric.device), path),
+                       path)
         else:
             self.run_dir = Path(self.fabric.broadcast(str(new_run_dir(cfg)), src=0))  # one run dir for all ranks
         self.writer = None
@@ -121,8 +122,8 @@ class Trainer:
             "best": self.best or {}, "history": self.history,
         }
 
-    def _load(self, state: dict) -> None:
-        self.model.load_state_dict(state["model"])
+    def _load(self, state: dict, path: Path) -> None:
+        ckpt.load_model_weights(self.model, state["model"], path, self.cfg.model.name)
         if "lr_lambdas" in state["scheduler"]:  # written with the closed-form LambdaLR: replay the steps
             with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": intended here
                 warnings.simplefilter("ignore", UserWarning)
