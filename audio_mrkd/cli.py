@@ -282,6 +282,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"audio-mrkd {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:  # the machine, not the input: a full disk, a file size limit, a vanished folder
+        print(f"audio-mrkd {args.command}: error: {str(exc).splitlines()[0] if str(exc) else exc!r}",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -15,7 +15,8 @@ import pandas as pd
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; it replaces ``path`` only if the block finishes."""
+    """Yield a temporary path next to ``path``; if the block finishes, the file is fsynced, renamed over ``path``
+    and the folder fsynced (so a crash leaves the old file or the new one, complete)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -24,7 +25,9 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     os.chmod(tmp_path, 0o644)
     try:
         yield tmp_path
+        _fsync(tmp_path)
         os.replace(tmp_path, path)
+        _fsync(path.parent)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
@@ -37,6 +40,24 @@ def write_text(path: str | Path, text: str) -> None:
 
 def write_json(path: str | Path, data) -> None:
     write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+
+
+def append_line(path: str | Path, line: str) -> None:
+    """Append one line with a single write and fsync it (a record log such as an ablation's runs.jsonl)."""
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(line.rstrip("\n") + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_lines(path: str | Path) -> list[str]:
+    """The complete lines of a record log. A last line cut short by a crash (no newline) is dropped from the file
+    too (rewritten atomically), so that the next :func:`append_line` starts on a line of its own."""
+    text = Path(path).read_text(encoding="utf-8")
+    lines = [line for line in text.split("\n")[:-1] if line.strip()]
+    if text and not text.endswith("\n"):
+        write_text(path, "".join(line + "\n" for line in lines))
+    return lines
 
 
 def write_csv(path: str | Path, frame: pd.DataFrame, **kwargs) -> None:

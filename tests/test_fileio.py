@@ -28,3 +28,26 @@ def test_building_dir_failure_keeps_the_older_folder(tmp_path):
             raise RuntimeError("stopped")
     assert (final / "a.txt").read_text() == "one"
     assert [p.name for p in tmp_path.iterdir()] == ["set"]
+
+
+def test_record_log_drops_a_torn_last_line_and_appends_after_it(tmp_path):
+    from audio_mrkd.fileio import append_line, read_lines
+    log = tmp_path / "runs.jsonl"
+    append_line(log, '{"a": 1}')
+    append_line(log, '{"a": 2}')
+    with open(log, "a") as handle:
+        handle.write('{"a": 3, "b"')  # a crash in the middle of a write
+    assert read_lines(log) == ['{"a": 1}', '{"a": 2}']
+    append_line(log, '{"a": 3}')
+    assert log.read_text() == '{"a": 1}\n{"a": 2}\n{"a": 3}\n'
+
+
+def test_atomic_write_keeps_the_old_file_when_the_block_fails(tmp_path):
+    from audio_mrkd.fileio import atomic_path, write_text
+    target = tmp_path / "x.json"
+    write_text(target, "old")
+    with pytest.raises(OSError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise OSError("disk full")
+    assert target.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["x.json"]

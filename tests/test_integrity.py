@@ -110,3 +110,45 @@ def test_truncated_checkpoint(run_dir, capsys):
     path.write_bytes(path.read_bytes()[:200])
     assert main(["train", "--resume", str(run_dir)]) == 2
     one_line(capsys.readouterr().err.strip(), str(path), "not a loadable checkpoint")
+
+
+def test_full_disk_while_writing_a_checkpoint_keeps_the_previous_one(run_dir):
+    """A file-size limit on the child process (RLIMIT_FSIZE, SIGXFSZ ignored: writes fail with EFBIG, as on a full
+    disk) makes the next checkpoint write fail: one line, non-zero exit, last.pt byte-identical."""
+    import subprocess
+    import sys
+    last = run_dir / "checkpoints" / "last.pt"
+    before = last.read_bytes()
+    saved = run_dir / "config.yaml"
+    saved.write_text(saved.read_text().replace("epochs: 1", "epochs: 2"))
+    limit = len(before) // 2
+    code = (f"import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
+            f"from audio_mrkd.cli import main; sys.exit(main(['train', '--resume', {str(run_dir)!r}]))")
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert child.returncode != 0
+    err = child.stderr.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in child.stderr, child.stderr
+    assert "could not be written" in err[0] and "the previous checkpoint is kept" in err[0], err
+    assert last.read_bytes() == before
+    assert not [p for p in last.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_evaluate_and_export_rebuild_the_fold_a_cv_run_held_out(prepared, capsys):
+    """A cross-validation run evaluated again scores exactly its held-out fold: metrics.json is reproduced."""
+    root, _ = prepared
+    code, _ = train(root, capsys, "data.cv_folds=3", "data.cv_fold=1", "data.cv_pool=all", "train.epochs=1")
+    assert code == 0
+    run_dir = next(p for p in (root / "runs").iterdir() if p.is_dir())
+    info = json.loads((run_dir / "data.json").read_text())
+    assert (info["cv_folds"], info["cv_fold"], info["cv_pool"]) == (3, 1, "all")
+    recorded = json.loads((run_dir / "metrics.json").read_text())["last"]
+    assert main(["evaluate", str(run_dir), "--checkpoint", "last"]) == 0
+    assert "on fold 1 of 3 (pool all)" in capsys.readouterr().out
+    again = json.loads((run_dir / "eval-fold1of3-last.json").read_text())
+    assert again["n_items"] == recorded["n_items"] == info["n_eval"]
+    for key in ("accuracy", "macro_accuracy", "log_loss"):
+        assert again[key] == pytest.approx(recorded[key], abs=1e-6), key
+    from audio_mrkd.export.commands import export_run
+    report = export_run(run_dir, root / "export", checkpoint="last", log=lambda *_: None).parity
+    assert report["items"] == info["n_eval"] and report["split"] == "fold 1 of 3 (pool all)"

@@ -24,11 +24,11 @@ from audio_mrkd import config as config_io
 from audio_mrkd import fileio
 from audio_mrkd.data.frontend import FrontendConfig, Resampler, load_clip
 from audio_mrkd.errors import InputError
+from audio_mrkd.train.data import evaluated_name, run_bundle
 from audio_mrkd.export import INT8_MAX_DROP_PT, complexity, parity
 from audio_mrkd.export.onnx import (FEATURES_INPUT, FRONTEND_FILE, INT8_FILE, MODEL_FILE, WAVEFORM_INPUT,
                                     FeatureModel, WaveformModel, export_onnx)
 from audio_mrkd.export.predict import FEATURES_FILE, LABELS_FILE
-from audio_mrkd.paths import MANIFEST_DIR
 from audio_mrkd.versions import versions
 
 FRONTEND_CLIPS = 32   # evaluated-split clips decoded to check the waveform graph
@@ -47,16 +47,6 @@ def _frontend_config(info: dict, where: str) -> FrontendConfig:
     if not isinstance(info.get("features"), dict):
         raise InputError(f"{where}: 'features' (the front-end configuration) missing")
     return config_io.from_dict(FrontendConfig, info["features"], "features")
-
-
-def _load_split(info: dict, split: str, class_names: list[str], where: str):
-    from audio_mrkd.data.dataset import load_split
-
-    data = load_split(info["name"], split, info.get("manifest_dir", MANIFEST_DIR), in_memory=False)
-    if list(data.class_names) != list(class_names):
-        raise InputError(f"{where}: class names {class_names} differ from those of the prepared dataset "
-                         f"'{info['name']}' ({data.class_names}); was it prepared again?")
-    return data
 
 
 def _frontend_clips(split, cfg: FrontendConfig, n: int) -> tuple[torch.Tensor, str]:
@@ -87,7 +77,7 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, int8: bool = 
     if calibration < 1:
         raise InputError(f"--calibration: must be >= 1, got {calibration}")
     net, info, cfg, feat_cfg = _load_run(run_dir, checkpoint)
-    where, input_shape, class_names = str(run_dir / "data.json"), [1, *feat_cfg.shape], list(info["class_names"])
+    input_shape, class_names = [1, *feat_cfg.shape], list(info["class_names"])
     model = FeatureModel(net, info.get("norm_mean"), info.get("norm_std")).eval()
     out = Path(out) if out else run_dir / "export"
     out.mkdir(parents=True, exist_ok=True)
@@ -95,14 +85,13 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, int8: bool = 
         "class_names": class_names, "features": config_io.to_dict(feat_cfg), "run_dir": str(run_dir),
         "checkpoint": checkpoint, "model": cfg.model.name}, log)
 
-    quant_settings = None
+    quant_settings, bundle = None, run_bundle(info, cfg)  # the run's own train and evaluated items (CV folds too)
     if int8:
-        train = _load_split(info, info.get("train_split", cfg.data.train_split), class_names, where)
+        train = bundle.train
         quant_settings = _export_int8(out, train, calibration, int8_activations, log)
         files["int8"] = out / INT8_FILE
 
-    eval_split = info.get("eval_split", cfg.data.eval_split)
-    evaluated = _load_split(info, eval_split, class_names, where)
+    eval_split, evaluated = evaluated_name(cfg.data), bundle.eval
     log(f"export: parity on the '{eval_split}' split ({len(evaluated)} clips)")
     report = parity.feature_parity(model, files["fp32"], files.get("int8"), evaluated.features, evaluated.labels,
                                    eval_split, int8_max_drop_pt=int8_max_drop_pt)

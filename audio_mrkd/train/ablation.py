@@ -99,7 +99,13 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> tuple[Abl
 def _done(records_path: Path) -> dict[tuple, dict]:
     if not records_path.is_file():
         return {}
-    records = [json.loads(line) for line in records_path.read_text().splitlines() if line.strip()]
+    records = []
+    for number, line in enumerate(fileio.read_lines(records_path), start=1):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            raise InputError(f"{records_path}: line {number} is not a JSON record; remove it to re-run that run") \
+                from None
     return {(r["variant"], r["fold"], r["seed"]): r for r in records}
 
 
@@ -158,8 +164,7 @@ def run_ablation(spec_path: str | Path, out_dir: str | Path, overrides: list[str
     bar = progress(total=total, initial=total - missing, desc="ablation", unit="runs")
 
     def record(rec: dict) -> None:
-        with records_path.open("a") as handle:
-            handle.write(json.dumps(rec) + "\n")
+        fileio.append_line(records_path, json.dumps(rec))
         done[(rec["variant"], rec["fold"], rec["seed"])] = rec
         bar.set_postfix(variant=rec["variant"], fold=rec["fold"], seed=rec["seed"],
                         last_macro_acc=f"{rec['last_macro_accuracy']:.4f}")

@@ -24,9 +24,14 @@ def checkpoint_path(run_dir: str | Path, which: str = "last") -> Path:
 
 
 def save_checkpoint(state: dict, path: Path) -> None:
-    """Atomic ``torch.save`` (temporary name, then rename)."""
-    with fileio.atomic_path(path) as tmp:
-        torch.save(state, tmp)
+    """Atomic ``torch.save`` (temporary name, fsync, rename): a failed write (a full disk) leaves the previous
+    checkpoint as it was and raises one OSError line."""
+    try:
+        with fileio.atomic_path(path) as tmp:
+            torch.save(state, tmp)
+    except (OSError, RuntimeError) as exc:  # torch's zip writer reports a failed write as a RuntimeError
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise OSError(f"{path}: could not be written ({reason}); the previous checkpoint is kept") from None
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

@@ -14,6 +14,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from audio_mrkd.data.dataset import FeatureSplit, load_split, stratified_holdout
 from audio_mrkd.data.dcase import DEVICE_GROUPS
+from audio_mrkd.errors import InputError
 from audio_mrkd.experiment import DataConfig
 
 
@@ -85,6 +86,27 @@ def load_data(cfg: DataConfig) -> DataBundle:
     if 0 < cfg.train_limit < len(bundle.train):
         bundle.train = bundle.train.subset(stratified_holdout(bundle.train.labels, cfg.train_limit, seed=1))
     return bundle
+
+
+def run_bundle(info: dict, cfg) -> DataBundle:
+    """The train and evaluated data a finished run used — its config's data section (splits, CV fold and pool,
+    hold-out, subset) — with the run's own normalisation statistics (data.json). Used by evaluate and export."""
+    bundle = load_data(cfg.data)
+    if list(bundle.class_names) != list(info["class_names"]):
+        raise InputError(f"data.json: the run's classes {info['class_names']} differ from those of its dataset now "
+                         f"({bundle.class_names}); was it prepared again?")
+    if info.get("norm_mean") is not None:
+        for part in (bundle.train, bundle.eval):
+            part.norm_mean = np.asarray(info["norm_mean"], dtype=np.float32)
+            part.norm_std = np.asarray(info["norm_std"], dtype=np.float32)
+    return bundle
+
+
+def evaluated_name(dcfg: DataConfig) -> str:
+    """What a run evaluates on, in words: a split, or a cross-validation fold."""
+    if dcfg.cv_folds:
+        return f"fold {dcfg.cv_fold} of {dcfg.cv_folds} (pool {dcfg.cv_pool})"
+    return dcfg.eval_split
 
 
 def _load(cfg: DataConfig) -> DataBundle:

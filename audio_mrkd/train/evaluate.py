@@ -12,6 +12,7 @@ from audio_mrkd.errors import InputError
 from audio_mrkd.data.dataset import BatchLoader, FeatureSplit, load_split
 from audio_mrkd.data.dcase import DEVICE_GROUPS
 from audio_mrkd.train.checkpoint import load_run_model
+from audio_mrkd.train.data import evaluated_name, run_bundle
 from audio_mrkd.train.metrics import classification_metrics, with_counts
 
 #: Up to this many classes, ``evaluate`` prints one line per class (always in ``eval-<split>-<which>.json``).
@@ -42,17 +43,22 @@ def run_split(info: dict, cfg, split: str) -> FeatureSplit:
 
 
 def evaluate_run(run_dir: str | Path, split: str | None = None, which: str = "best", log=print) -> dict:
-    """Metrics of checkpoint ``which`` on ``split``; written to ``RUN_DIR/eval-<split>-<which>.json``."""
+    """Metrics of checkpoint ``which`` on ``split`` (default: the items the run evaluated on, a CV fold included);
+    written to ``RUN_DIR/eval-<split>-<which>.json`` (``eval-fold<k>of<n>-…`` for a fold)."""
     run_dir = Path(run_dir)
     model, info, cfg = load_run_model(run_dir, which)
-    split = split or info["eval_split"]
-    data = run_split(info, cfg, split)
+    if split is None:  # exactly the items the run evaluated on (its split, or its cross-validation fold)
+        dcfg = cfg.data
+        tag = f"fold{dcfg.cv_fold}of{dcfg.cv_folds}" if dcfg.cv_folds else dcfg.eval_split
+        split, data = evaluated_name(dcfg), run_bundle(info, cfg).eval
+    else:
+        tag, data = split, run_split(info, cfg, split)
     loader = BatchLoader(data, 256, "cpu", normalize=info["norm_mean"] is not None)
     with torch.inference_mode():
         probs = torch.cat([torch.softmax(model(b.x), 1) for b in loader]).numpy()
     metrics = classification_metrics(probs, data.labels, data.class_names, data.recording_devices, data.device_names,
                                      DEVICE_GROUPS if info["kind"] == "audio" else None)
-    fileio.write_json(run_dir / f"eval-{split}-{which}.json", metrics)
+    fileio.write_json(run_dir / f"eval-{tag}-{which}.json", metrics)
     log(f"{run_dir.name} [{which}] on {split} ({len(data)} items): accuracy {metrics['accuracy']:.4f}, "
         f"macro accuracy {metrics['macro_accuracy']:.4f}, log loss {metrics['log_loss']:.4f}")
     groups = [("per_device", "device"), ("per_device_group", "device group")]

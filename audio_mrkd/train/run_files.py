@@ -38,6 +38,8 @@ def data_info(cfg, data) -> dict:
         "device_names": split.device_names, "input_shape": list(split.item_shape),
         "norm_mean": stat(split.norm_mean), "norm_std": stat(split.norm_std),
         "features": data.frontend, "n_train": len(split), "n_eval": len(data.eval),
+        "cv_folds": dcfg.cv_folds, "cv_fold": dcfg.cv_fold, "cv_pool": dcfg.cv_pool, "holdout": dcfg.holdout,
+        "train_limit": dcfg.train_limit,
     }
 
 
