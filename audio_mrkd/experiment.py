@@ -100,6 +100,7 @@ class TrainConfig:
     cudnn_benchmark: bool = True   # CUDA only: let cuDNN time its convolution algorithms for the fixed shapes
     threads: int = 0               # CPU threads (0 = torch default)
     save_checkpoints: bool = True
+    checkpoint_every: int = 0      # also save `last` every N optimiser steps inside an epoch (0: at epoch ends only)
     progress: bool = True
 
     def validate(self) -> None:
@@ -108,6 +109,7 @@ class TrainConfig:
             "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1, "lr": self.lr > 0,
             "devices": self.devices >= 1, "num_nodes": self.num_nodes >= 1,
             "log_every": self.log_every >= 1, "eval_every": self.eval_every >= 1,
+            "checkpoint_every": self.checkpoint_every >= 0,
             "label_smoothing": 0.0 <= self.label_smoothing < 1.0,
         }
         for key, ok in checks.items():

@@ -2,6 +2,7 @@
 the target."""
 from __future__ import annotations
 
+import glob
 import json
 import os
 import shutil
@@ -12,6 +13,8 @@ from typing import Iterator
 
 import pandas as pd
 
+from audio_mrkd import faults
+
 
 @contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
@@ -19,7 +22,8 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     and the folder fsynced (so a crash leaves the old file or the new one, complete)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    remove_stale(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o644)
@@ -45,7 +49,11 @@ def write_json(path: str | Path, data) -> None:
 def append_line(path: str | Path, line: str) -> None:
     """Append one line with a single write and fsync it (a record log such as an ablation's runs.jsonl)."""
     with open(path, "a", encoding="utf-8") as handle:
-        handle.write(line.rstrip("\n") + "\n")
+        text = line.rstrip("\n") + "\n"
+        handle.write(text[:len(text) // 2])
+        handle.flush()
+        faults.point("record")  # crash tests: die with half a line written
+        handle.write(text[len(text) // 2:])
         handle.flush()
         os.fsync(handle.fileno())
 
@@ -74,7 +82,8 @@ def building_dir(final: str | Path) -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", suffix=".tmp", dir=final.parent))
+    remove_stale(final)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.{os.getpid()}.", suffix=".tmp", dir=final.parent))
     try:
         tmp.chmod(0o755)  # mkdtemp makes it private (0700); what is published is an ordinary folder
         yield tmp
@@ -82,6 +91,7 @@ def building_dir(final: str | Path) -> Iterator[Path]:
         old = final.with_name(f".{final.name}.old")
         if old.exists():
             shutil.rmtree(old)
+        faults.point("publish")
         if final.exists():
             os.replace(final, old)  # a folder cannot be renamed over a non-empty one
         os.replace(tmp, final)
@@ -91,6 +101,28 @@ def building_dir(final: str | Path) -> Iterator[Path]:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def remove_stale(target: Path) -> None:
+    """Remove the temporary files and folders of ``target`` left by processes that died (killed while writing):
+    their names carry the writer's pid, and only those of processes no longer alive are removed."""
+    for leftover in target.parent.glob(f".{glob.escape(target.name)}.*.tmp"):
+        pid = leftover.name[len(target.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            if leftover.is_dir():
+                shutil.rmtree(leftover, ignore_errors=True)
+            else:
+                leftover.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _fsync(path: Path) -> None:

@@ -318,3 +318,33 @@ def test_ablation_trains_teachers_inside_each_fold_first(prepared, tmp_path):
     again = []
     run_ablation(spec, tmp_path / "abl", log=again.append)
     assert again == [f"ablation: 10 of 10 runs already in {tmp_path / 'abl' / 'runs.jsonl'}"]
+
+
+@pytest.mark.parametrize("method", [
+    ["method=ce"], ["method=mrkd", "mrkd.k=2", "mrkd.teacher_input=cached"], ["method=pskd"], ["method=dlb"],
+    ["method=ema", "method_options.warmup_steps=2"], ["method=kd", "kd.ensemble=fcn"],
+    ["method=mrkd", "mrkd.k=1", "kd.with_mrkd=term"]], ids=lambda m: "_".join(m).replace("method=", ""))
+def test_every_method_resumes_exactly_from_a_mid_epoch_checkpoint(prepared, teachers, tmp_path, monkeypatch, method):
+    """train.checkpoint_every saves inside epochs; a run stopped after step 7 (the last checkpoint at step 6, in
+    the middle of epoch 2) and resumed ends exactly where the uninterrupted run ends."""
+    from audio_mrkd import faults
+    with_teacher = "method=kd" in method or any(m.startswith("kd.") for m in method)
+    extra = [*method, f"kd.teachers=[{teachers[0]},{teachers[1]}]" if with_teacher else "seed=0",
+             "train.checkpoint_every=2", "augment.mixup_alpha=0.3"]
+    _, straight = train_run(config(prepared, tmp_path / "a", *extra))
+    steps = []
+
+    def stop_after_seven(name):
+        if name == "step":
+            steps.append(1)
+            if len(steps) == 7:
+                raise KeyboardInterrupt
+    monkeypatch.setattr(faults, "point", stop_after_seven)
+    trainer = Trainer(config(prepared, tmp_path / "b", *extra))
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    monkeypatch.undo()
+    state = torch.load(trainer.run_dir / "checkpoints" / "last.pt", weights_only=True)
+    assert state["global_step"] == 6 and state["loader"]["position"] == 2  # inside epoch 2 of 4-step epochs
+    resumed = Trainer(config(prepared, tmp_path / "b", *extra), resume_from=trainer.run_dir).fit()
+    assert [h["log_loss"] for h in resumed["history"]] == [h["log_loss"] for h in straight["history"]]

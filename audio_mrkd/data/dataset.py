@@ -156,6 +156,8 @@ class BatchLoader:
         self.torch_device = torch.device(torch_device)
         self.shuffle, self.drop_last = shuffle, drop_last
         self.generator = torch.Generator().manual_seed(seed)
+        self.epoch_start: torch.Tensor | None = None  # the generator's state before this epoch's permutation
+        self.position = 0  # batches handed out in the current epoch (0 between epochs)
         self.resident = resident
         self.features = (torch.from_numpy(np.ascontiguousarray(split.features)).to(self.torch_device) if resident
                          else None)
@@ -184,15 +186,26 @@ class BatchLoader:
 
     def __iter__(self) -> Iterator[Batch]:
         n = len(self.split)
+        skip, self.position = self.position, 0  # resumed inside an epoch: its first `skip` batches are done
+        self.epoch_start = self.generator.get_state()
         order = torch.randperm(n, generator=self.generator) if self.shuffle else torch.arange(n)
         stop = n - n % self.batch_size if self.drop_last else n
-        for start in range(0, stop, self.batch_size):
+        for number, start in enumerate(range(0, stop, self.batch_size)):
+            if number < skip:
+                continue
             index = order[start:start + self.batch_size][self.rank::self.world_size]
             placed = index.to(self.torch_device)
+            self.position = number + 1
             yield Batch(self.features_at(index), self.labels[placed], self.recording_devices[placed], placed)
+        self.position, self.epoch_start = 0, None
 
     def state_dict(self) -> dict:
-        return {"generator": self.generator.get_state()}
+        """Between epochs: the generator. Inside one: the generator as the epoch began and the batches done, so
+        that a resumed loader replays the same order and continues with the next batch."""
+        if self.position:
+            return {"generator": self.epoch_start.clone(), "position": self.position}
+        return {"generator": self.generator.get_state(), "position": 0}
 
     def load_state_dict(self, state: dict) -> None:
         self.generator.set_state(state["generator"])
+        self.position = int(state.get("position", 0))

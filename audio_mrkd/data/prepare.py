@@ -19,7 +19,7 @@ import torch
 from filelock import FileLock
 
 from audio_mrkd import config as config_io
-from audio_mrkd import fileio
+from audio_mrkd import faults, fileio
 from audio_mrkd.data import cache
 from audio_mrkd.data.dcase import SPLITS, DcaseDataset, read_dataset
 from audio_mrkd.data.frontend import FrontendConfig, LogMel, Resampler, load_clips, load_frontend_config
@@ -96,6 +96,7 @@ def _extract(ds: DcaseDataset, cfg: FrontendConfig, array_path: Path, workers: i
         for start, done in results:
             out[start:start + len(done)] = done
             bar.update(len(done))
+            faults.point("extract")
 
     threads = torch.get_num_threads()
     try:

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 import yaml
 
-from audio_mrkd import fileio
+from audio_mrkd import faults, fileio
 from audio_mrkd.errors import InputError
 from audio_mrkd.experiment import ExperimentConfig, experiment_from_dict
 from audio_mrkd.models import build_model
@@ -29,6 +29,7 @@ def save_checkpoint(state: dict, path: Path) -> None:
     try:
         with fileio.atomic_path(path) as tmp:
             torch.save(state, tmp)
+            faults.point("checkpoint")
     except (OSError, RuntimeError) as exc:  # torch's zip writer reports a failed write as a RuntimeError
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise OSError(f"{path}: could not be written ({reason}); the previous checkpoint is kept") from None

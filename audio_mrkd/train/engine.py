@@ -16,7 +16,7 @@ import torch
 from lightning_fabric import Fabric
 from torch.utils.tensorboard import SummaryWriter
 
-from audio_mrkd import fileio
+from audio_mrkd import faults, fileio
 from audio_mrkd.data.augment import augment_batch
 from audio_mrkd.data.dataset import BatchLoader
 from audio_mrkd.experiment import ExperimentConfig, TrainConfig
@@ -77,8 +77,11 @@ class Trainer:
             train_filenames=self.data.train.items["filename"].astype(str).tolist(),
             average_grads=self._average_grads if self.fabric.world_size > 1 else None))
         self.epoch, self.global_step, self.best, self.history = 0, 0, None, []
+        self._epoch_losses: list[float] = []
         if resume_from:
             self.run_dir = Path(resume_from)
+            for which in ckpt.CHECKPOINTS:  # a write killed half-way left its temporary file
+                fileio.remove_stale(ckpt.checkpoint_path(self.run_dir, which))
             path = ckpt.checkpoint_path(self.run_dir, "last")
             self._load(ckpt.check_training_state(ckpt.load_checkpoint(path, map_location=self.fabric.device), path),
                        path)
@@ -119,7 +122,7 @@ class Trainer:
                     "cuda": torch.cuda.get_rng_state_all() if self.runtime.cuda else []},
             "loader": self.train_loader.state_dict(),
             "method": self.method.state_dict(),
-            "best": self.best or {}, "history": self.history,
+            "best": self.best or {}, "history": self.history, "epoch_losses": list(self._epoch_losses),
         }
 
     def _load(self, state: dict, path: Path) -> None:
@@ -140,6 +143,7 @@ class Trainer:
         # checkpoints written before the Method interface kept MrKD's state under "mrkd"
         self.method.load_state_dict(state["method"] if "method" in state else state.get("mrkd", {}))
         self.best, self.history = (state["best"] or None), list(state["history"])
+        self._epoch_losses = [float(v) for v in state.get("epoch_losses", [])]
 
     # ---- data parallel ----------------------------------------------------------------------------------------
     def _average_grads(self, grads: list[torch.Tensor]) -> None:
@@ -188,6 +192,7 @@ class Trainer:
     def evaluate(self) -> tuple[dict, np.ndarray]:
         """Metrics of the student on the evaluated split (each rank scores its shard; the rows are gathered)."""
         logits = self._gather_rows(self._logits(self.model, self.eval_loader))
+        faults.point("eval")
         probs = torch.softmax(logits, dim=1).cpu().numpy()
         split = self.data.eval
         metrics = classification_metrics(probs, split.labels, split.class_names, split.recording_devices,
@@ -224,9 +229,11 @@ class Trainer:
 
     def _train_epoch(self) -> float:
         self.model.train()
-        losses = []
+        losses = self._epoch_losses  # resumed inside an epoch: the losses logged before the checkpoint
+        every, steps = self.cfg.train.checkpoint_every, len(self.train_loader)
         bar = progress(self.train_loader, desc=f"epoch {self.epoch + 1}/{self.cfg.train.epochs}", leave=False,
-                       enabled=self.cfg.train.progress and self.is_main, lines=False, unit="step")
+                       enabled=self.cfg.train.progress and self.is_main, lines=False, unit="step",
+                       initial=self.train_loader.position)
         for batch in bar:
             logs = self._step(batch)
             if logs:
@@ -234,6 +241,10 @@ class Trainer:
                 if self.writer:
                     log_scalars(self.writer, logs, self.global_step)
                 bar.set_postfix(ce=f"{logs['loss/ce']:.3f}")
+            faults.point("step")
+            if every and self.global_step % every == 0 and self.train_loader.position < steps:
+                self._save_last()  # inside the epoch: a kill loses at most `checkpoint_every` steps
+        self._epoch_losses = []
         self.epoch += 1
         self.method.after_epoch(self.epoch)
         return float(np.nanmean(losses)) if losses else float("nan")
