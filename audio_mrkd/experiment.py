@@ -86,6 +86,8 @@ class TrainConfig:
     label_smoothing: float = 0.0   # of the cross-entropy to the labels, in every method (ce + 0.1: a baseline)
     best_metric: Literal["accuracy", "macro_accuracy"] = "macro_accuracy"   # picks the best epoch
     out_dir: str | None = None     # default runs/<experiment name>
+    run_name: str = ""             # a fixed run directory name (<out_dir>/<run_name>[-seed<s>]) instead of a time
+                                   # stamp; a run of that name with a `last` checkpoint is resumed (elastic restarts)
     log_every: int = 10            # steps between TensorBoard scalar writes
     eval_every: int = 1            # evaluate every N epochs (and always after the last one)
     device: Literal["auto", "cpu", "cuda"] = "auto"   # the torch device; auto: CUDA if present

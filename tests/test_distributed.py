@@ -47,3 +47,41 @@ def test_two_processes_match_one_with_the_same_global_batch(tiny):
         assert abs(h1["log_loss"] - h2["log_loss"]) < 0.15
     assert abs(metrics1["last"]["accuracy"] - metrics2["last"]["accuracy"]) <= 0.1
     assert len(list(run2.glob("events.out.tfevents.*"))) == 1 and (run2 / "checkpoints" / "best.pt").is_file()
+
+
+def elastic(root, out, port: int, kill: bool) -> subprocess.CompletedProcess:
+    """``torchrun --max-restarts 1`` with 2 gloo workers, a fixed run name and a checkpoint every step; ``kill``:
+    rank 1 SIGKILLs itself after step 6 (mid-epoch 2) in the first attempt only."""
+    import os
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIO_MRKD_KILL")}
+    env["OMP_NUM_THREADS"] = "1"
+    if kill:
+        env.update({"AUDIO_MRKD_KILL_AT": "step:6", "AUDIO_MRKD_KILL_RANK": "1"})
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
+           "--max-restarts", "1", "--rdzv-backend", "c10d", "--rdzv-endpoint", f"localhost:{port}",
+           "-m", "audio_mrkd.cli", "train", "--config", "configs/experiments/demo_drums_mrkd.yaml",
+           "data.name=tiny", f"data.manifest_dir={root / 'man'}", f"train.out_dir={out}", "train.epochs=4",
+           "train.batch_size=8", "train.lr=0.003", "mrkd.k=2", "model.name=dcase_cnn", "model.options={channels: 8}",
+           "augment.mixup_alpha=0", "train.progress=false", "train.devices=2", "train.run_name=elastic",
+           "train.checkpoint_every=1", "train.threads=1"]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("localhost", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_torchrun_restart_after_a_killed_worker_resumes_the_run(tiny):
+    undisturbed = elastic(tiny, tiny / "elastic_plain", free_port(), kill=False)
+    assert undisturbed.returncode == 0, undisturbed.stderr[-2000:]
+    killed = elastic(tiny, tiny / "elastic_killed", free_port(), kill=True)
+    assert killed.returncode == 0, killed.stderr[-2000:]
+    assert "exitcode: -9" in killed.stderr  # rank 1 died, torchrun restarted the workers …
+    assert "train.run_name: resuming" in killed.stderr and "(step 6, 1 epochs done)" in killed.stderr  # … resumed
+    plain, resumed = (json.loads((tiny / d / "elastic" / "metrics.json").read_text())
+                      for d in ("elastic_plain", "elastic_killed"))
+    assert resumed["history"] == plain["history"] and resumed["complete"]

@@ -7,8 +7,11 @@ Everything a run produces goes into its run directory (:mod:`audio_mrkd.train.ru
 """
 from __future__ import annotations
 
+import os
+import sys
 import time
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -28,7 +31,7 @@ from audio_mrkd.train import checkpoint as ckpt
 from audio_mrkd.train.data import DataBundle, load_data
 from audio_mrkd.train.metrics import classification_metrics
 from audio_mrkd.train.optim import make_lr_scheduler, make_optimizer
-from audio_mrkd.train.run_files import data_info, new_run_dir, write_predictions, write_run_files
+from audio_mrkd.train.run_files import data_info, named_run_dir, new_run_dir, write_predictions, write_run_files
 from audio_mrkd.train.tb import log_eval, log_scalars, write_hparams
 
 
@@ -46,8 +49,25 @@ def launched_fabric(tcfg: TrainConfig) -> Fabric:
     ones torchrun started), each re-running the same command."""
     fabric = make_fabric(tcfg)
     if fabric.world_size > 1 or tcfg.devices * tcfg.num_nodes > 1:
+        join_elastic_group("nccl" if Runtime.from_config(tcfg).cuda else "gloo")
         fabric.launch()
     return fabric
+
+
+def join_elastic_group(backend: str) -> None:
+    """Under torchrun, join the process group through the agent's store with a prefix per restart attempt (Fabric
+    then uses that group). Without it a restarted worker can read the previous attempt's peer addresses from the
+    store and connect to a dead worker (measured: gloo's "connectFullMesh failed … Connection refused")."""
+    env = os.environ
+    if "TORCHELASTIC_RESTART_COUNT" not in env or torch.distributed.is_initialized() \
+            or int(env.get("WORLD_SIZE", "1")) < 2:
+        return
+    rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
+    agent_store = env.get("TORCHELASTIC_USE_AGENT_STORE") == "True"  # the agent hosts the store: all are clients
+    store = torch.distributed.TCPStore(env["MASTER_ADDR"], int(env["MASTER_PORT"]), world,
+                                       is_master=not agent_store and rank == 0, timeout=timedelta(minutes=30))
+    prefixed = torch.distributed.PrefixStore(f"audio_mrkd/attempt_{env['TORCHELASTIC_RESTART_COUNT']}", store)
+    torch.distributed.init_process_group(backend, store=prefixed, rank=rank, world_size=world)
 
 
 class Trainer:
@@ -78,6 +98,9 @@ class Trainer:
             average_grads=self._average_grads if self.fabric.world_size > 1 else None))
         self.epoch, self.global_step, self.best, self.history = 0, 0, None, []
         self._epoch_losses: list[float] = []
+        named = named_run_dir(cfg)
+        if resume_from is None and named is not None and ckpt.checkpoint_path(named, "last").is_file():
+            resume_from = named  # train.run_name: a restarted command (e.g. a torchrun restart) continues its run
         if resume_from:
             self.run_dir = Path(resume_from)
             for which in ckpt.CHECKPOINTS:  # a write killed half-way left its temporary file
@@ -85,6 +108,9 @@ class Trainer:
             path = ckpt.checkpoint_path(self.run_dir, "last")
             self._load(ckpt.check_training_state(ckpt.load_checkpoint(path, map_location=self.fabric.device), path),
                        path)
+            if named is not None and self.is_main:
+                print(f"train.run_name: resuming {self.run_dir} from its last checkpoint (step {self.global_step}, "
+                      f"{self.epoch} epochs done)", file=sys.stderr)
         else:
             self.run_dir = Path(self.fabric.broadcast(str(new_run_dir(cfg)), src=0))  # one run dir for all ranks
         self.writer = None

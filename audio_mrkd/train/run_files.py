@@ -14,8 +14,15 @@ from audio_mrkd import fileio
 from audio_mrkd.versions import versions
 
 
+def named_run_dir(cfg) -> Path | None:
+    """``<out_dir>/<train.run_name>`` (``-seed<s>`` added per seed when several run), or None without a run name."""
+    return cfg.out_dir / cfg.train.run_name if cfg.train.run_name else None
+
+
 def new_run_dir(cfg) -> Path:
-    """``<out_dir>/<timestamp>-<method>-seed<seed>[-fold<k>]``, unique."""
+    """``<out_dir>/<timestamp>-<method>-seed<seed>[-fold<k>]``, unique (or the fixed :func:`named_run_dir`)."""
+    if cfg.train.run_name:
+        return named_run_dir(cfg)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
     name = f"{stamp}-{cfg.method}-seed{cfg.seed}" + (f"-fold{cfg.data.cv_fold}" if cfg.data.cv_folds else "")
     base = cfg.out_dir / name

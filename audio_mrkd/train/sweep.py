@@ -12,7 +12,10 @@ REPORTED = ("accuracy", "macro_accuracy", "log_loss")
 
 def with_seed(cfg: ExperimentConfig, seed: int, fold: int | None = None) -> ExperimentConfig:
     data = dataclasses.replace(cfg.data, cv_fold=fold) if fold is not None else cfg.data
-    return dataclasses.replace(cfg, seed=seed, seeds=[], data=data)
+    train = cfg.train
+    if train.run_name and len(cfg.seeds) > 1:  # a fixed run name: one directory per seed
+        train = dataclasses.replace(train, run_name=f"{train.run_name}-seed{seed}")
+    return dataclasses.replace(cfg, seed=seed, seeds=[], data=data, train=train)
 
 
 def summarize(runs: list[dict]) -> dict:
