@@ -115,7 +115,7 @@ def read_split(path: Path, meta: pd.DataFrame, labelled: bool) -> list[str]:
             if label not in known_labels:
                 raise InputError(f"{where}: scene_label '{label}' does not occur in meta.csv")
             if label != labels[name]:
-                raise InputError(f"{where}: scene_label '{label}' contradicts meta.csv ('{labels[name]}')")
+                raise InputError(f"{where}: {name}: scene_label '{label}' contradicts meta.csv ('{labels[name]}')")
         seen.add(name)
         names.append(name)
     if not names:
