@@ -152,3 +152,27 @@ def test_evaluate_and_export_rebuild_the_fold_a_cv_run_held_out(prepared, capsys
     from audio_mrkd.export.commands import export_run
     report = export_run(run_dir, root / "export", checkpoint="last", log=lambda *_: None).parity
     assert report["items"] == info["n_eval"] and report["split"] == "fold 1 of 3 (pool all)"
+
+
+def test_full_disk_while_building_a_cache_keeps_the_previous_one(prepared):
+    """prepare again (a changed clip: a new cache entry) under a file-size limit smaller than the new array: one
+    line naming the cache, non-zero exit, the previous cache and manifests byte-identical, nothing half-built."""
+    import subprocess
+    import sys
+    root, entry = prepared
+    before = {p: p.read_bytes() for folder in (entry, root / "manifests") for p in folder.rglob("*") if p.is_file()}
+    clip = next((root / "dev" / "audio").iterdir())
+    clip.write_bytes(clip.read_bytes())  # same content, new mtime: a new cache key
+    limit = (entry / cache.FEATURES).stat().st_size // 2
+    args = ["prepare", "--data-dir", str(root / "dev"), "--name", "tiny", "--cache-dir", str(root / "cache"),
+            "--manifest-dir", str(root / "manifests"), "--workers", "1", "n_mels=32"]
+    code = (f"import resource, signal, sys; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
+            f"from audio_mrkd.cli import main; sys.exit(main({args!r}))")
+    child = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    err = [line for line in child.stderr.strip().splitlines() if "elapsed" not in line]
+    assert child.returncode != 0 and "Traceback" not in child.stderr, child.stderr
+    assert len(err) == 1 and str(root / "cache") in err[0], err
+    after = {p: p.read_bytes() for folder in (entry, root / "manifests") for p in folder.rglob("*") if p.is_file()}
+    assert after == before
+    assert [p for p in (root / "cache" / "tiny").iterdir() if p.is_dir()] == [entry]

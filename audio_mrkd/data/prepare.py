@@ -143,7 +143,18 @@ def _index_frame(ds: DcaseDataset) -> pd.DataFrame:
 
 def build_cache(ds: DcaseDataset, cfg: FrontendConfig, entry: Path, key: str, workers: int, log,
                 versions_info: dict) -> np.ndarray:
-    """Extract every meta.csv row into a new cache entry (staged, then renamed) → the :func:`moments` of every row."""
+    """Extract every meta.csv row into a new cache entry (staged, then renamed) → the :func:`moments` of every row.
+    A failed write (a full disk) leaves earlier entries as they were and raises one OSError line naming the entry."""
+    try:
+        return _build_cache(ds, cfg, entry, key, workers, log, versions_info)
+    except OSError as exc:
+        reason = exc.strerror or str(exc).strip("'\"")
+        raise OSError(f"{entry}: the feature cache could not be written ({reason}); earlier caches are kept") \
+            from None
+
+
+def _build_cache(ds: DcaseDataset, cfg: FrontendConfig, entry: Path, key: str, workers: int, log,
+                 versions_info: dict) -> np.ndarray:
     with fileio.building_dir(entry) as tmp:
         array = cache.create_array(tmp, len(ds.meta), cfg.shape)
         del array  # workers reopen it
