@@ -81,6 +81,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from audio_mrkd.train.finetune import finetune
+    # a device name never holds "=": a dotted override typed right after the devices is an override
+    devices = [w for w in args.devices if "=" not in w]
+    finetune(args.run_dir, devices, args.out, [*[w for w in args.devices if "=" in w], *args.overrides])
+    return 0
+
+
 def cmd_teacher_logits(args: argparse.Namespace) -> int:
     from audio_mrkd.train.teacher_logits import write_ensemble_logits
     write_ensemble_logits(args.run_dirs, args.out, args.checkpoint, args.split)
@@ -186,6 +194,16 @@ def _add_training_parsers(sub) -> None:
                    help="best (best epoch on the evaluated split) or last (final epoch)")
     p.set_defaults(func=cmd_evaluate)
 
+    p = sub.add_parser("finetune", help="one model per recording device from a run's weights (DCASE 2025), and the "
+                                        "evaluation that routes each clip to its device's model")
+    p.add_argument("run_dir", help="the general model's run directory")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="dotted overrides of the fine-tuning stage (anywhere on the line), e.g. train.epochs=20 "
+                        "method=mrkd")
+    p.add_argument("--devices", nargs="+", required=True, help="devices to fine-tune for, e.g. a b c s1 s2 s3")
+    p.add_argument("--out", default=None, help="folder of the device runs and metrics.json (default RUN_DIR/finetuned)")
+    p.set_defaults(func=cmd_finetune)
+
     p = sub.add_parser("teacher-logits", help="a teacher ensemble's mean logits for every item of its dataset, "
                                               "as a file kd.teacher_logits reads")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished runs on one dataset (the ensemble)")
@@ -272,7 +290,14 @@ def _add_predict_parser(sub) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # dotted overrides may follow options (`finetune RUN --devices a b --out D train.epochs=3`), where argparse
+    # cannot place a second positional: they join the command's overrides; any other stray word is an error
+    if extra and (not hasattr(args, "overrides") or any("=" not in w or w.startswith("-") for w in extra)):
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    if extra:
+        args.overrides = [*args.overrides, *extra]
     tune_malloc()
     try:
         return args.func(args)

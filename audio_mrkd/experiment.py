@@ -38,6 +38,7 @@ class DataConfig:
     coarse_labels: bool = False           # CIFAR-100: the 20 superclasses
     holdout: int = 0                      # images: hold back this many training items as the evaluated split
     train_limit: int = 0                  # >0: train on a class-stratified subset of this many items (CPU budgets)
+    train_devices: list[str] = field(default_factory=list)  # audio: train only on clips of these recording devices
     synthetic_items: int = 256            # kind: synthetic (tests and benchmarks): items per split
 
     def validate(self) -> None:
@@ -81,11 +82,13 @@ class TrainConfig:
     nesterov: bool = True          # sgd
     schedule: Literal["cosine", "multistep", "constant"] = "cosine"   # cosine: after a linear warm-up
     warmup_epochs: float = 0.0
+    warmup_steps: int = 0          # >0: the warm-up in optimiser steps instead (the DCASE'25 fine-tuning: 200)
     milestones: list[int] = field(default_factory=list)   # multistep: epochs where lr *= gamma
     gamma: float = 0.1
     label_smoothing: float = 0.0   # of the cross-entropy to the labels, in every method (ce + 0.1: a baseline)
     best_metric: Literal["accuracy", "macro_accuracy"] = "macro_accuracy"   # picks the best epoch
     out_dir: str | None = None     # default runs/<experiment name>
+    init_from: str = ""            # start from these weights: a run directory (its best checkpoint) or a .pt file
     run_name: str = ""             # a fixed run directory name (<out_dir>/<run_name>[-seed<s>]) instead of a time
                                    # stamp; a run of that name with a `last` checkpoint is resumed (elastic restarts)
     log_every: int = 10            # steps between TensorBoard scalar writes
@@ -111,7 +114,7 @@ class TrainConfig:
             "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1, "lr": self.lr > 0,
             "devices": self.devices >= 1, "num_nodes": self.num_nodes >= 1,
             "log_every": self.log_every >= 1, "eval_every": self.eval_every >= 1,
-            "checkpoint_every": self.checkpoint_every >= 0,
+            "checkpoint_every": self.checkpoint_every >= 0, "warmup_steps": self.warmup_steps >= 0,
             "label_smoothing": 0.0 <= self.label_smoothing < 1.0,
         }
         for key, ok in checks.items():

@@ -23,6 +23,16 @@ def checkpoint_path(run_dir: str | Path, which: str = "last") -> Path:
     return Path(run_dir) / "checkpoints" / f"{which}.pt"
 
 
+def init_checkpoint(source: str | Path) -> Path:
+    """``train.init_from``: a checkpoint file, or a run directory (its ``best`` checkpoint)."""
+    source = Path(source)
+    if source.is_dir():
+        return checkpoint_path(source, "best")
+    if not source.is_file():
+        raise InputError(f"train.init_from: {source}: neither a run directory nor a checkpoint file")
+    return source
+
+
 def save_checkpoint(state: dict, path: Path) -> None:
     """Atomic ``torch.save`` (temporary name, fsync, rename): a failed write (a full disk) leaves the previous
     checkpoint as it was and raises one OSError line."""
@@ -74,6 +84,14 @@ def load_model_weights(model: torch.nn.Module, weights: dict, path: str | Path, 
     model.load_state_dict(weights)
 
 
+def model_state(path: str | Path) -> dict:
+    """The network weights of a checkpoint (one line if the file holds none)."""
+    state = load_checkpoint(path)
+    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
+        check_training_state(state, path)
+    return state["model"]
+
+
 def read_run_config(run_dir: str | Path) -> ExperimentConfig:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
@@ -95,8 +113,5 @@ def load_run_model(run_dir: str | Path, which: str = "best") -> tuple[torch.nn.M
     model = build_model(cfg.model.name, n_classes=len(info["class_names"]), in_channels=info["input_shape"][0],
                         **cfg.model.options)
     path = checkpoint_path(run_dir, which)
-    state = load_checkpoint(path)
-    if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
-        check_training_state(state, path)
-    load_model_weights(model, state["model"], path, cfg.model.name)
+    load_model_weights(model, model_state(path), path, cfg.model.name)
     return model.eval(), info, cfg

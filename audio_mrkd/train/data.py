@@ -83,9 +83,21 @@ def synthetic_splits(cfg: DataConfig, seed: int = 1234, shape=(1, 32, 16), n_cla
 def load_data(cfg: DataConfig) -> DataBundle:
     """The train and evaluated splits named by ``cfg`` (train limited to ``cfg.train_limit`` items if set)."""
     bundle = _load(cfg)
+    if cfg.train_devices:
+        bundle.train = only_devices(bundle.train, cfg.train_devices)
     if 0 < cfg.train_limit < len(bundle.train):
         bundle.train = bundle.train.subset(stratified_holdout(bundle.train.labels, cfg.train_limit, seed=1))
     return bundle
+
+
+def only_devices(split: FeatureSplit, devices: list[str]) -> FeatureSplit:
+    """The items of ``split`` recorded with one of ``devices`` (one line if a device has none)."""
+    names = np.asarray(split.device_names)[split.recording_devices]
+    for device in devices:
+        if device not in split.device_names or not (names == device).any():
+            raise InputError(f"data.train_devices: no train clip of device {device!r} "
+                             f"(the split has {', '.join(split.device_names)})")
+    return split.subset(np.flatnonzero(np.isin(names, devices)))
 
 
 def run_bundle(info: dict, cfg) -> DataBundle:

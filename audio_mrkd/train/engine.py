@@ -119,6 +119,9 @@ class Trainer:
         cfg = self.cfg
         model = build_model(cfg.model.name, n_classes=self.n_classes, in_channels=self.data.train.item_shape[0],
                             **cfg.model.options)
+        if cfg.train.init_from:  # fine-tuning: the weights of an earlier run (names and shapes checked)
+            path = ckpt.init_checkpoint(cfg.train.init_from)
+            ckpt.load_model_weights(model, ckpt.model_state(path), path, cfg.model.name)
         return model.to(memory_format=torch.channels_last) if self.runtime.channels_last else model
 
     def _make_loaders(self) -> None:

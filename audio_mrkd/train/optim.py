@@ -17,10 +17,11 @@ def make_optimizer(params, tcfg: TrainConfig, fused: bool | None = None) -> torc
 
 def make_lr_scheduler(optimizer: torch.optim.Optimizer, tcfg: TrainConfig,
                       steps_per_epoch: int) -> lr_scheduler.LRScheduler:
-    """A per-step schedule: linear warm-up over ``train.warmup_epochs`` (the first step at 1/warm-up of the peak),
+    """A per-step schedule: linear warm-up over ``train.warmup_steps`` or ``train.warmup_epochs`` (the first step at
+    1/warm-up of the peak),
     then cosine to zero at the end of the run, ×``gamma`` at each epoch of ``train.milestones``, or constant."""
     total = tcfg.epochs * steps_per_epoch
-    warmup = int(tcfg.warmup_epochs * steps_per_epoch)
+    warmup = tcfg.warmup_steps or int(tcfg.warmup_epochs * steps_per_epoch)
     if tcfg.schedule == "cosine":
         main = lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup))
     elif tcfg.schedule == "multistep":
