@@ -89,6 +89,13 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_package(args: argparse.Namespace) -> int:
+    from audio_mrkd.export.package import build_package
+    build_package(args.run_dir, args.label, args.out, args.finetuned, args.slot, args.checkpoint,
+                  args.allow_over_limits)
+    return 0
+
+
 def cmd_teacher_logits(args: argparse.Namespace) -> int:
     from audio_mrkd.train.teacher_logits import write_ensemble_logits
     write_ensemble_logits(args.run_dirs, args.out, args.checkpoint, args.split)
@@ -203,6 +210,17 @@ def _add_training_parsers(sub) -> None:
     p.add_argument("--devices", nargs="+", required=True, help="devices to fine-tune for, e.g. a b c s1 s2 s3")
     p.add_argument("--out", default=None, help="folder of the device runs and metrics.json (default RUN_DIR/finetuned)")
     p.set_defaults(func=cmd_finetune)
+
+    p = sub.add_parser("package", help="a DCASE 2025 Task 1 submission: an installable package with the general and "
+                                       "the device models")
+    p.add_argument("run_dir", help="the general model's run directory")
+    p.add_argument("--finetuned", default=None, help="the output folder of `audio-mrkd finetune` (device models)")
+    p.add_argument("--label", required=True, help="the submission label, Surname_ORG_task1")
+    p.add_argument("--out", required=True, help="folder to write <label>/ into")
+    p.add_argument("--slot", type=int, default=1, help="submission slot 1-4 (module <label>_<slot>.py), default 1")
+    p.add_argument("--checkpoint", default="last", choices=["best", "last"], help="which checkpoint of every run")
+    p.add_argument("--allow-over-limits", action="store_true", help="build even if a model exceeds the DCASE limits")
+    p.set_defaults(func=cmd_package)
 
     p = sub.add_parser("teacher-logits", help="a teacher ensemble's mean logits for every item of its dataset, "
                                               "as a file kd.teacher_logits reads")

@@ -151,7 +151,7 @@ class LogMel(torch.nn.Module):
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
         fast = (waveform.device.type == "cpu" and self.cfg.power == 2.0 and not waveform.requires_grad
-                and not torch.onnx.is_in_onnx_export())
+                and not torch.onnx.is_in_onnx_export() and not torch.compiler.is_exporting())
         if fast:
             clips = max(1, self.CPU_SAMPLES // waveform.shape[-1])
             parts = [self._cpu_logmel(part) for part in waveform.split(clips)]

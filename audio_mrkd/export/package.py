@@ -1,0 +1,132 @@
+"""``audio-mrkd package RUN_DIR [--finetuned DIR] --label Surname_ORG_task1 --out DIR``: a DCASE 2025 Task 1
+submission as an installable Python package.
+
+Layout (the DCASE'25 inference template's)::
+
+    DIR/<Label>/pyproject.toml
+    DIR/<Label>/complexity.json                     per model: parameters, MACs, fp16 memory, pass / fail
+    DIR/<Label>/<Label>/__init__.py
+    DIR/<Label>/<Label>/<Label>_<slot>.py           load_model, load_inputs, get_model_for_device, predict
+    DIR/<Label>/<Label>/resources/<Label>_<slot>/   network.pt2 (torch.export: front-end + normalisation + network),
+                                                    general.pt, device_<id>.pt (fp16 state dicts), config.json,
+                                                    onnx/<model>.onnx (log-mel input, for inspection)
+
+The slot module (:mod:`audio_mrkd.export.package_template`) imports only torch, torchaudio, soundfile and numpy.
+Every model must be within the DCASE limits at fp16 (128 kB of parameters, 30 M MACs per clip), else the build
+is refused unless ``--allow-over-limits``.
+"""
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import torch
+
+from audio_mrkd import fileio
+from audio_mrkd.errors import InputError
+from audio_mrkd.export.commands import _frontend_config
+from audio_mrkd.export.complexity import complexity_report
+from audio_mrkd.export.onnx import FEATURES_INPUT, FeatureModel, WaveformModel, export_onnx
+from audio_mrkd.progress import progress
+from audio_mrkd.train.checkpoint import load_run_model
+from audio_mrkd.versions import versions
+
+LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9]*_[A-Za-z0-9]+_task1$")
+TEMPLATE = Path(__file__).with_name("package_template.py")
+NETWORK = "network.pt2"  # a torch.export program: front-end + normalisation + network
+
+
+def _models(run_dir: Path, finetuned: Path | None, checkpoint: str) -> dict[str, tuple]:
+    """``{"general": (network, data.json), "device_<id>": …}`` from the run and its fine-tuned device runs."""
+    net, info, cfg = load_run_model(run_dir, checkpoint)
+    models = {"general": (net, info, cfg)}
+    if finetuned is not None:
+        report = finetuned / "metrics.json"
+        if not report.is_file():
+            raise InputError(f"--finetuned {finetuned}: no metrics.json (the output folder of `audio-mrkd finetune`)")
+        for device, device_run in json.loads(report.read_text())["device_runs"].items():
+            d_net, d_info, d_cfg = load_run_model(device_run, checkpoint)
+            if d_info["class_names"] != info["class_names"] or d_cfg.model != cfg.model:
+                raise InputError(f"{device_run}: another model or class list than {run_dir}")
+            models[f"device_{device}"] = (d_net, d_info, d_cfg)
+    return models
+
+
+def _complexity(models: dict, input_shape: list[int], allow_over_limits: bool) -> dict:
+    report = {name: complexity_report(net, input_shape, stored_precision="fp16", model_name=cfg.model.name)
+              for name, (net, _, cfg) in models.items()}
+    over = [name for name, r in report.items() if not r["pass"]]
+    if over and not allow_over_limits:
+        r = report[over[0]]
+        raise InputError(f"{over[0]}: {r['param_bytes']['fp16']} bytes of fp16 parameters and {r['macs']} MACs "
+                         f"exceed the DCASE limits (131072 bytes, 30000000 MACs); --allow-over-limits to build anyway")
+    return report
+
+
+def build_package(run_dir: str | Path, label: str, out: str | Path, finetuned: str | Path | None = None,
+                  slot: int = 1, checkpoint: str = "last", allow_over_limits: bool = False, log=print) -> Path:
+    """Build ``<out>/<label>`` (see the module docstring) → its path."""
+    if not LABEL.match(label):
+        raise InputError(f"--label {label!r}: expected Surname_ORG_task1 (letters and digits, e.g. Schmid_CPJKU_task1)")
+    if slot not in (1, 2, 3, 4):
+        raise InputError(f"--slot {slot}: a submission has slots 1 to 4")
+    run_dir = Path(run_dir)
+    models = _models(run_dir, Path(finetuned) if finetuned else None, checkpoint)
+    info = models["general"][1]
+    frontend = _frontend_config(info, str(run_dir / "data.json"))
+    complexity = _complexity(models, [1, *frontend.shape], allow_over_limits)
+    module = f"{label}_{slot}"
+    with fileio.building_dir(Path(out) / label) as tmp:
+        resources = tmp / label / "resources" / module
+        (resources / "onnx").mkdir(parents=True)
+        (tmp / label / "__init__.py").write_text(f'"""DCASE 2025 Task 1 submission {label} (audio-mrkd)."""\n')
+        shutil.copyfile(TEMPLATE, tmp / label / f"{module}.py")
+        (tmp / "pyproject.toml").write_text(_pyproject(label))
+        fileio.write_json(tmp / "complexity.json", complexity)
+        _write_models(resources, models, frontend, log)
+        fileio.write_json(resources / "config.json", {
+            "label": label, "slot": slot, "class_names": list(info["class_names"]),
+            "devices": [name.removeprefix("device_") for name in models if name != "general"],
+            "sample_rate": frontend.sample_rate, "clip_seconds": frontend.clip_seconds,
+            "features": info["features"], "general_run": str(run_dir), "checkpoint": checkpoint,
+            "built_with": versions()})
+    log(f"package: {Path(out) / label} ({len(models)} models: {', '.join(models)}); install with "
+        f"`pip install {Path(out) / label}`, then `import {label}.{module}`")
+    return Path(out) / label
+
+
+def _write_models(resources: Path, models: dict, frontend, log) -> None:
+    """network.pt2 (exported once, from the general model), one fp16 state dict and one ONNX file per model."""
+    example = torch.zeros(2, frontend.n_samples)
+    for name, (net, info, _) in progress(models.items(), desc="package", unit="model"):
+        features = FeatureModel(net, info.get("norm_mean"), info.get("norm_std")).eval()
+        whole = WaveformModel(frontend, features).eval()
+        if name == "general":  # the architecture and front-end, without their source code
+            program = torch.export.export(whole, (example,),
+                                          dynamic_shapes=({0: torch.export.Dim("batch", max=65536)},))
+            torch.export.save(program, resources / NETWORK)
+        torch.save({k: v.half() for k, v in whole.state_dict().items()}, resources / f"{name}.pt")
+        export_onnx(features, torch.zeros(2, 1, *frontend.shape), resources / "onnx" / f"{name}.onnx",
+                    FEATURES_INPUT, {"model": name})
+
+
+def _pyproject(label: str) -> str:
+    return f"""[build-system]
+requires = ["setuptools>=61"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "{label}"
+version = "1.0.0"
+description = "DCASE 2025 Task 1 submission {label} (built with audio-mrkd)"
+requires-python = ">=3.10"
+dependencies = ["torch", "torchaudio", "soundfile", "numpy"]
+
+[tool.setuptools]
+packages = ["{label}"]
+
+[tool.setuptools.package-data]
+"{label}" = ["resources/*/*", "resources/*/onnx/*"]
+"""
