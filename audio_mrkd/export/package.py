@@ -7,8 +7,10 @@ Layout (the DCASE'25 inference template's)::
     DIR/<Label>/complexity.json                     per model: parameters, MACs, fp16 memory, pass / fail
     DIR/<Label>/<Label>/__init__.py
     DIR/<Label>/<Label>/<Label>_<slot>.py           load_model, load_inputs, get_model_for_device, predict
-    DIR/<Label>/<Label>/resources/<Label>_<slot>/   network.pt2 (torch.export: front-end + normalisation + network),
-                                                    general.pt, device_<id>.pt (fp16 state dicts), config.json,
+    DIR/<Label>/<Label>/resources/dummy.wav         a clip for the template's complexity check
+    DIR/<Label>/<Label>/resources/<Label>_<slot>/   frontend.pt2, network.pt2 (torch.export programs: the
+                                                    log-mel front-end; normalisation + network), general.pt,
+                                                    device_<id>.pt (fp16 state dicts), config.json,
                                                     onnx/<model>.onnx (log-mel input, for inspection)
 
 The slot module (:mod:`audio_mrkd.export.package_template`) imports only torch, torchaudio, soundfile and numpy.
@@ -28,14 +30,14 @@ from audio_mrkd import fileio
 from audio_mrkd.errors import InputError
 from audio_mrkd.export.commands import _frontend_config
 from audio_mrkd.export.complexity import complexity_report
-from audio_mrkd.export.onnx import FEATURES_INPUT, FeatureModel, WaveformModel, export_onnx
+from audio_mrkd.data.frontend import LogMel
+from audio_mrkd.export.onnx import FEATURES_INPUT, FeatureModel, export_onnx
 from audio_mrkd.progress import progress
 from audio_mrkd.train.checkpoint import load_run_model
 from audio_mrkd.versions import versions
 
 LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9]*_[A-Za-z0-9]+_task1$")
 TEMPLATE = Path(__file__).with_name("package_template.py")
-NETWORK = "network.pt2"  # a torch.export program: front-end + normalisation + network
 
 
 def _models(run_dir: Path, finetuned: Path | None, checkpoint: str) -> dict[str, tuple]:
@@ -82,6 +84,8 @@ def build_package(run_dir: str | Path, label: str, out: str | Path, finetuned: s
         resources = tmp / label / "resources" / module
         (resources / "onnx").mkdir(parents=True)
         (tmp / label / "__init__.py").write_text(f'"""DCASE 2025 Task 1 submission {label} (audio-mrkd)."""\n')
+        (tmp / label / "resources" / "__init__.py").write_text("")
+        _dummy_clip(tmp / label / "resources" / "dummy.wav", frontend)
         shutil.copyfile(TEMPLATE, tmp / label / f"{module}.py")
         (tmp / "pyproject.toml").write_text(_pyproject(label))
         fileio.write_json(tmp / "complexity.json", complexity)
@@ -89,6 +93,7 @@ def build_package(run_dir: str | Path, label: str, out: str | Path, finetuned: s
         fileio.write_json(resources / "config.json", {
             "label": label, "slot": slot, "class_names": list(info["class_names"]),
             "devices": [name.removeprefix("device_") for name in models if name != "general"],
+            "train_device_ids": [name.removeprefix("device_") for name in models if name != "general"],
             "sample_rate": frontend.sample_rate, "clip_seconds": frontend.clip_seconds,
             "features": info["features"], "general_run": str(run_dir), "checkpoint": checkpoint,
             "built_with": versions()})
@@ -98,18 +103,29 @@ def build_package(run_dir: str | Path, label: str, out: str | Path, finetuned: s
 
 
 def _write_models(resources: Path, models: dict, frontend, log) -> None:
-    """network.pt2 (exported once, from the general model), one fp16 state dict and one ONNX file per model."""
-    example = torch.zeros(2, frontend.n_samples)
+    """frontend.pt2 and network.pt2 (torch.export programs, from the general model), one fp16 state dict and one ONNX
+    file per model."""
+    batch = torch.export.Dim("batch", max=65536)
+    features_example = torch.zeros(2, 1, *frontend.shape)
     for name, (net, info, _) in progress(models.items(), desc="package", unit="model"):
         features = FeatureModel(net, info.get("norm_mean"), info.get("norm_std")).eval()
-        whole = WaveformModel(frontend, features).eval()
-        if name == "general":  # the architecture and front-end, without their source code
-            program = torch.export.export(whole, (example,),
-                                          dynamic_shapes=({0: torch.export.Dim("batch", max=65536)},))
-            torch.export.save(program, resources / NETWORK)
-        torch.save({k: v.half() for k, v in whole.state_dict().items()}, resources / f"{name}.pt")
-        export_onnx(features, torch.zeros(2, 1, *frontend.shape), resources / "onnx" / f"{name}.onnx",
-                    FEATURES_INPUT, {"model": name})
+        if name == "general":  # the architectures, without their source code
+            wave = torch.zeros(2, frontend.n_samples)
+            torch.export.save(torch.export.export(LogMel(frontend).eval(), (wave,), dynamic_shapes=({0: batch},)),
+                              resources / "frontend.pt2")
+            torch.export.save(torch.export.export(features, (features_example,), dynamic_shapes=({0: batch},)),
+                              resources / "network.pt2")
+        torch.save({k: v.half() for k, v in features.state_dict().items()}, resources / f"{name}.pt")
+        export_onnx(features, features_example, resources / "onnx" / f"{name}.onnx", FEATURES_INPUT,
+                    {"model": name})
+
+
+def _dummy_clip(path: Path, frontend) -> None:
+    """One clip of low noise at the front-end's rate and length (the template's complexity check reads it)."""
+    import numpy as np
+    import soundfile as sf
+    noise = 0.01 * np.random.default_rng(0).standard_normal(frontend.n_samples).astype(np.float32)
+    sf.write(path, noise, frontend.sample_rate, subtype="PCM_16")
 
 
 def _pyproject(label: str) -> str:
@@ -125,8 +141,8 @@ requires-python = ">=3.10"
 dependencies = ["torch", "torchaudio", "soundfile", "numpy"]
 
 [tool.setuptools]
-packages = ["{label}"]
+packages = ["{label}", "{label}.resources"]
 
 [tool.setuptools.package-data]
-"{label}" = ["resources/*/*", "resources/*/onnx/*"]
+"{label}" = ["resources/*.wav", "resources/*/*", "resources/*/onnx/*"]
 """

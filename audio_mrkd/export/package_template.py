@@ -1,14 +1,18 @@
 """DCASE 2025 Task 1 submission module (slot file) — written into the package by ``audio-mrkd package``.
 
-Imports only torch, torchaudio, soundfile and numpy: the network and its front-end are a ``torch.export`` program
-(``network.pt2``), the weights fp16 state dicts (``general.pt``, ``device_<id>.pt``), the settings
-``config.json``, all in this slot's resource folder. The four functions are the DCASE'25 inference template's.
+Imports only torch, torchaudio, soundfile and numpy: the log-mel front-end and the network are ``torch.export``
+programs (``frontend.pt2``, ``network.pt2``), each model's weights an fp16 state dict (``general.pt``,
+``device_<id>.pt``), the settings ``config.json`` — all in this slot's resource folder. The four functions are the
+DCASE'25 inference template's: ``load_inputs`` gives one fp16 log-mel tensor (1×1×F×T) per file and
+``get_model_for_device`` the fp16 network that takes it, so the template's complexity check counts the network a
+device uses.
 """
 from __future__ import annotations
 
 import json
 import math
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import soundfile as sf
@@ -18,29 +22,39 @@ import torchaudio
 RESOURCES = Path(__file__).resolve().parent / "resources" / Path(__file__).stem
 
 
-def _config(folder: Path) -> dict:
-    return json.loads((folder / "config.json").read_text())
-
-
 def _network(folder: Path, name: str) -> torch.nn.Module:
     net = torch.export.load(folder / "network.pt2").module()
     state = torch.load(folder / name, map_location="cpu", weights_only=True)
-    weights = net.state_dict()  # the front-end's constants (window, mel filterbank) stay as traced
+    weights = net.state_dict()
     for key, value in state.items():
         if key not in weights:
             raise KeyError(f"{folder / name}: weight {key!r} does not belong to network.pt2")
-        weights[key] = value.float()  # stored fp16, computed in fp32
+        weights[key] = value
     net.load_state_dict(weights)
-    return net
+    return net.half()  # stored and run at fp16, as the complexity limits count parameters
 
 
-def load_model(model_file_path: str | None = None) -> dict:
-    """The general model and one model per device seen in training: ``{"general", "devices", "config"}``.
-    ``model_file_path``: another folder of the same layout (default: this slot's resources)."""
-    folder = Path(model_file_path) if model_file_path else RESOURCES
-    config = _config(folder)
-    return {"general": _network(folder, "general.pt"), "config": config,
-            "devices": {d: _network(folder, f"device_{d}.pt") for d in config["devices"]}}
+class Submission(torch.nn.Module):
+    """The general model, one model per device seen in training, and the front-end."""
+
+    def __init__(self, folder: Path):
+        super().__init__()
+        settings = json.loads((folder / "config.json").read_text())
+        self.config = SimpleNamespace(**settings)
+        self.frontend = torch.export.load(folder / "frontend.pt2").module()
+        self.general = _network(folder, "general.pt")
+        self.devices = torch.nn.ModuleDict({d: _network(folder, f"device_{d}.pt") for d in settings["devices"]})
+
+    def model_for(self, device_id: str) -> torch.nn.Module:
+        return self.devices[device_id] if device_id in self.devices else self.general
+
+    def forward(self, inputs: list[torch.Tensor], device_ids: list[str]) -> torch.Tensor:
+        return torch.cat([self.model_for(str(d))(x) for x, d in zip(inputs, device_ids)])
+
+
+def load_model(model_file_path: str | None = None) -> Submission:
+    """``model_file_path``: another folder of this slot's layout (default: the packaged one)."""
+    return Submission(Path(model_file_path) if model_file_path else RESOURCES)  # exported: inference only
 
 
 def _waveform(path: str, sample_rate: int, clip_seconds: float) -> torch.Tensor:
@@ -55,27 +69,31 @@ def _waveform(path: str, sample_rate: int, clip_seconds: float) -> torch.Tensor:
     return out
 
 
-def load_inputs(file_paths: list[str], device_ids: list[str], model: dict) -> tuple[torch.Tensor, list[str]]:
-    """The clips as a B×samples waveform batch at the model's rate and length, and their device ids."""
-    config = model["config"]
-    waves = [_waveform(p, config["sample_rate"], config["clip_seconds"]) for p in file_paths]
-    return torch.stack(waves), [str(d) for d in device_ids]
+def load_inputs(file_paths: list[str], device_ids: list[str], model: Submission) -> list[torch.Tensor]:
+    """One fp16 log-mel tensor (1×1×F×T) per file, in the order of ``file_paths``."""
+    config = model.config
+    inputs = []
+    with torch.inference_mode():
+        for path in file_paths:
+            wave = _waveform(path, config.sample_rate, config.clip_seconds)[None]
+            inputs.append(model.frontend(wave).unsqueeze(1).half())
+    return inputs
 
 
-def get_model_for_device(model: dict, device_id: str) -> torch.nn.Module:
-    """The model fine-tuned for ``device_id``; the general model for an unseen or ``unknown`` device."""
-    return model["devices"].get(str(device_id), model["general"])
+def get_model_for_device(model: Submission, device_id: str) -> torch.nn.Module:
+    """The network fine-tuned for ``device_id``; the general one for an unseen or ``unknown`` device."""
+    return model.model_for(str(device_id))
 
 
 def predict(file_paths: list[str], device_ids: list[str], model_file_path: str | None = None,
-            use_cuda: bool = False) -> tuple[list[torch.Tensor], list[str]]:
+            use_cuda: bool = True) -> tuple[list[torch.Tensor], list[str]]:
     """Per-file logits (each a tensor of C values, in the class order returned second)."""
     model = load_model(model_file_path)
+    inputs = load_inputs(file_paths, device_ids, model)
     torch_device = torch.device("cuda" if use_cuda and torch.cuda.is_available() else "cpu")
-    waves, ids = load_inputs(file_paths, device_ids, model)
+    model.to(torch_device)
     logits = []
     with torch.inference_mode():
-        for wave, device_id in zip(waves, ids):
-            net = get_model_for_device(model, device_id).to(torch_device)
-            logits.append(net(wave[None].to(torch_device))[0].float().cpu())
-    return logits, list(model["config"]["class_names"])
+        for x, device_id in zip(inputs, device_ids):
+            logits.append(get_model_for_device(model, device_id)(x.to(torch_device))[0].float().cpu())
+    return logits, list(model.config.class_names)
