@@ -18,6 +18,7 @@ training part only, before the variants; a variant names its fold's teachers wit
     teachers:
       config: ../experiments/demo_drums_teacher.yaml
       seeds: [100, 101, 102]                     # one teacher run per seed and fold: the ensemble
+      overrides: [train.epochs=90]               # the teachers' own (the spec's `overrides` are the variants')
     variants:
       kd: [method=kd, kd.teachers=@teachers]
 
