@@ -8,24 +8,14 @@ import pytest
 import torch
 
 from audio_mrkd.cli import main
-from audio_mrkd.data.prepare import prepare
 from audio_mrkd.distill.teachers import read_teacher_logits, write_teacher_logits
 from audio_mrkd.experiment import load_experiment
 from audio_mrkd.methods import TrainContext, build_method
 from audio_mrkd.runtime import Runtime
 from audio_mrkd.train.engine import Trainer, train_run
-from tests.conftest import make_dcase_tree
+from tests.test_engine import prepared  # noqa: F401  (the tiny prepared DCASE tree, a module fixture)
 
 CLASSES = ["metro", "park", "street"]
-
-
-@pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    root = tmp_path_factory.mktemp("kd")
-    tree = make_dcase_tree(root / "dev", n=48)
-    prepare(tree, "tiny", cache_dir=root / "cache", manifest_dir=root / "manifests", workers=1,
-            overrides=["n_mels=32"], log=lambda *_: None)
-    return root
 
 
 def overrides(prepared, out, *extra) -> list[str]:
