@@ -102,6 +102,8 @@ class TrainConfig:
     channels_last: bool = True     # CUDA only
     compile: bool = False          # CUDA only: torch.compile the student
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"   # reduce-overhead: CUDA graphs
+    step_graph: bool | Literal["auto"] = "auto"  # the whole step as one CUDA graph (auto: on CUDA); true on a
+                                   # CPU runs the same static-buffer step uncaptured (tests)
     cudnn_benchmark: bool = True   # CUDA only: let cuDNN time its convolution algorithms for the fixed shapes
     threads: int = 0               # CPU threads (0 = torch default)
     save_checkpoints: bool = True

@@ -22,6 +22,7 @@ class Runtime:
     compile_mode: str
     cudnn_benchmark: bool     # cuDNN times its algorithms for the fixed shapes (CUDA only)
     threads: int              # CPU threads (0 = torch's default)
+    step_graph: bool = False  # the training step on static buffers (captured as one CUDA graph on CUDA)
 
     @classmethod
     def from_config(cls, tcfg) -> "Runtime":
@@ -33,11 +34,17 @@ class Runtime:
         return cls(accelerator="cuda" if cuda else "cpu", precision={"32": "32-true"}.get(precision, precision),
                    channels_last=cuda and tcfg.channels_last, compile=cuda and tcfg.compile,
                    compile_mode=tcfg.compile_mode, cudnn_benchmark=cuda and tcfg.cudnn_benchmark,
-                   threads=0 if cuda else tcfg.threads)
+                   threads=0 if cuda else tcfg.threads,
+                   step_graph=tcfg.step_graph is True or (tcfg.step_graph == "auto" and cuda))
 
     @property
     def cuda(self) -> bool:
         return self.accelerator == "cuda"
+
+    @property
+    def capture(self) -> bool:
+        """Capture the static step as a CUDA graph (elsewhere it runs as the same function, uncaptured)."""
+        return self.step_graph and self.cuda
 
     @property
     def fused_optimizer(self) -> bool | None:

@@ -62,6 +62,11 @@ class Method:
         loss = soft_cross_entropy(logits, y, self.cfg.train.label_smoothing)
         return loss, ({"loss/ce": loss.item()} if with_logs else {})
 
+    def graph_key(self, epoch: int):
+        """None if this method's step cannot be captured as a CUDA graph (host syncs, Python branches on values);
+        else a hashable key of the Python-level state its step depends on — a new key means a new capture."""
+        return None
+
     def after_step(self, global_step: int) -> None:
         """Called after each optimiser step (``global_step`` steps done)."""
 

@@ -30,7 +30,8 @@ from audio_mrkd.runtime import Runtime
 from audio_mrkd.train import checkpoint as ckpt
 from audio_mrkd.train.data import DataBundle, load_data
 from audio_mrkd.train.metrics import classification_metrics
-from audio_mrkd.train.optim import make_lr_scheduler, make_optimizer
+from audio_mrkd.train.optim import make_lr_scheduler, make_optimizer, use_device_lr
+from audio_mrkd.train.step_graph import CaptureFailed, StaticStep
 from audio_mrkd.train.run_files import data_info, named_run_dir, new_run_dir, write_predictions, write_run_files
 from audio_mrkd.train.tb import log_eval, log_scalars, write_hparams
 
@@ -88,7 +89,11 @@ class Trainer:
         if self.runtime.compile:
             self.forward = torch.compile(self.forward, mode=self.runtime.compile_mode)
         self._make_loaders()
+        if self.runtime.capture:  # a captured step reads its learning rate from the device
+            use_device_lr(self.optimizer, self.fabric.device)
         self.scheduler = make_lr_scheduler(self.optimizer, cfg.train, self.steps_per_epoch)
+        self.augment_rng = torch.Generator(device=self.fabric.device).manual_seed(cfg.seed)
+        self.static_step = StaticStep(self, capture=self.runtime.capture) if self.runtime.step_graph else None
         self.method = build_method(cfg, TrainContext(
             model=self.model, n_classes=self.n_classes, torch_device=self.fabric.device, runtime=self.runtime,
             infer_train=self._infer_train, sync_buffers=self._sync_buffers,
@@ -147,7 +152,7 @@ class Trainer:
         return {
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(), "epoch": self.epoch, "global_step": self.global_step,
-            "rng": {"torch": torch.get_rng_state(),
+            "rng": {"torch": torch.get_rng_state(), "augment": self.augment_rng.get_state(),
                     "cuda": torch.cuda.get_rng_state_all() if self.runtime.cuda else []},
             "loader": self.train_loader.state_dict(),
             "method": self.method.state_dict(),
@@ -166,6 +171,8 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])  # after the replay: the saved learning rates stand
         self.epoch, self.global_step = int(state["epoch"]), int(state["global_step"])
         torch.set_rng_state(state["rng"]["torch"].cpu())
+        if "augment" in state["rng"]:  # checkpoints before the run's own augmentation generator: it starts anew
+            self.augment_rng.set_state(state["rng"]["augment"].cpu())
         if self.runtime.cuda and state["rng"]["cuda"]:
             torch.cuda.set_rng_state_all([s.cpu() for s in state["rng"]["cuda"]])
         self.train_loader.load_state_dict(state["loader"])
@@ -229,19 +236,18 @@ class Trainer:
         return metrics, probs
 
     # ---- training ----------------------------------------------------------------------------------------------
-    def _step(self, batch) -> dict[str, float]:
-        batch = self.method.before_batch(batch)
-        x, y = augment_batch(batch.x, batch.y, self.cfg.augment, self.n_classes)
+    def augment(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The configured augmentations, drawing from the run's own generator, in the runtime's memory format."""
+        x, y = augment_batch(x, y, self.cfg.augment, self.n_classes, self.augment_rng)
         if self.runtime.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        return x, y
+
+    def _step(self, batch) -> dict[str, float]:
+        batch = self.method.before_batch(batch)
         started = time.perf_counter()
         with_logs = (self.global_step + 1) % self.cfg.train.log_every == 0
-        with self.fabric.autocast():
-            logits = self.forward(x)
-        loss, logs = self.method.loss(logits, x, y, batch.index, self.epoch, with_logs)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.fabric.backward(loss)
-        self.optimizer.step()
+        logs = {} if self._static_step(batch, with_logs) else self._eager_step(batch, with_logs)
         self.scheduler.step()
         self.global_step += 1
         self.method.after_step(self.global_step)
@@ -255,6 +261,29 @@ class Trainer:
         logs["lr"] = self.scheduler.get_last_lr()[0]
         logs["time/step_ms"] = 1000 * step_time
         return logs
+
+    def _eager_step(self, batch, with_logs: bool) -> dict[str, float]:
+        x, y = self.augment(batch.x, batch.y)
+        with self.fabric.autocast():
+            logits = self.forward(x)
+        loss, logs = self.method.loss(logits, x, y, batch.index, self.epoch, with_logs)
+        self.optimizer.zero_grad(set_to_none=True)
+        self.fabric.backward(loss)
+        self.optimizer.step()
+        return logs
+
+    def _static_step(self, batch, with_logs: bool) -> bool:
+        """The step on static buffers (train.step_graph), when the method is capture-safe now; False: do it eagerly."""
+        if self.static_step is None or with_logs:
+            return False
+        key = self.method.graph_key(self.epoch)
+        if not self.static_step.accepts(batch, key):
+            return False
+        try:
+            self.static_step.run(batch, key)
+        except CaptureFailed:
+            return False
+        return True
 
     def _train_epoch(self) -> float:
         self.model.train()

@@ -15,6 +15,15 @@ def make_optimizer(params, tcfg: TrainConfig, fused: bool | None = None) -> torc
     return torch.optim.AdamW(params, lr=tcfg.lr, weight_decay=tcfg.weight_decay, fused=fused)
 
 
+def use_device_lr(optimizer: torch.optim.Optimizer, device: torch.device) -> None:
+    """Learning rates as device tensors (the schedulers then update them in place) and capturable optimiser steps:
+    what a CUDA graph of the whole step needs to replay with a changing learning rate."""
+    for group in optimizer.param_groups:
+        group["lr"] = torch.tensor(float(group["lr"]), device=device)
+        if "capturable" in group:
+            group["capturable"] = True
+
+
 def make_lr_scheduler(optimizer: torch.optim.Optimizer, tcfg: TrainConfig,
                       steps_per_epoch: int) -> lr_scheduler.LRScheduler:
     """A per-step schedule: linear warm-up over ``train.warmup_steps`` or ``train.warmup_epochs`` (the first step at

@@ -1,0 +1,74 @@
+"""train.step_graph: the training step on static buffers (a CUDA graph on CUDA) equals the eager step on the CPU."""
+import pytest
+import torch
+
+from audio_mrkd.experiment import load_experiment
+from audio_mrkd.runtime import Runtime
+from audio_mrkd.train.engine import Trainer
+from audio_mrkd.train.optim import make_lr_scheduler, make_optimizer, use_device_lr
+from tests.test_engine import config, prepared  # noqa: F401  (the tiny prepared DCASE tree, a module fixture)
+
+AUGMENT = ["augment.mixup_alpha=0.3", "augment.mixstyle_p=0.5", "augment.roll=0.1", "augment.freq_mask=4",
+           "augment.time_mask=4"]
+
+
+def thirty_steps(prepared, tmp_path, step_graph: str, *extra) -> tuple[list[float], dict, Trainer]:
+    trainer = Trainer(config(prepared, tmp_path, "train.epochs=8", "train.log_every=1000", "train.threads=1",
+                             f"train.step_graph={step_graph}", *AUGMENT, *extra))
+    losses = []
+    loss_fn = trainer.method.loss
+
+    def recording(logits, *args):
+        loss, logs = loss_fn(logits, *args)
+        losses.append(loss.detach().clone())
+        return loss, logs
+    trainer.method.loss = recording
+    trainer.model.train()
+    batches = (b for _ in range(8) for b in trainer.train_loader)
+    for _ in range(30):
+        trainer._step(next(batches))
+    return [float(v) for v in losses], {k: v.clone() for k, v in trainer.model.state_dict().items()}, trainer
+
+
+def test_static_step_equals_the_eager_step_for_30_steps(prepared, tmp_path):
+    """Same seed, same batches: the static-buffer step (uncaptured on the CPU) gives the eager step's losses and
+    weights bit for bit, with every augmentation on (draws from the run's generator, on the device)."""
+    eager, eager_weights, eager_trainer = thirty_steps(prepared, tmp_path / "eager", "false")
+    static, static_weights, static_trainer = thirty_steps(prepared, tmp_path / "static", "true")
+    assert eager_trainer.static_step is None and static_trainer.static_step.inputs is not None
+    assert len(eager) == len(static) == 30
+    assert eager == static
+    assert all(torch.equal(eager_weights[k], static_weights[k]) for k in eager_weights)
+
+
+def test_a_method_that_is_not_capture_safe_takes_the_eager_path(prepared, tmp_path):
+    losses, _, trainer = thirty_steps(prepared, tmp_path, "true", "method=pskd")
+    assert trainer.static_step.inputs is None and len(losses) == 30  # never used: pskd reads item indices back
+
+
+def test_step_graph_switch_is_decided_by_the_runtime():
+    def runtime(*overrides):
+        return Runtime.from_config(load_experiment(None, ["data.kind=synthetic", *overrides]).train)
+    assert not runtime("train.device=cpu").step_graph  # auto: on CUDA only
+    forced = runtime("train.device=cpu", "train.step_graph=true")
+    assert forced.step_graph and not forced.capture  # the same step, uncaptured
+    assert not runtime("train.step_graph=false").step_graph
+
+
+def test_device_learning_rate_follows_the_schedule_in_place():
+    """A captured step reads the LR from a tensor: the schedulers must update that tensor, never replace it."""
+    cfg = load_experiment(None, ["data.kind=synthetic", "train.epochs=4", "train.warmup_epochs=1"]).train
+    params = [torch.nn.Parameter(torch.zeros(3))]
+    reference = make_optimizer(params, cfg)
+    reference_schedule = make_lr_scheduler(reference, cfg, 5)
+    device_lr = make_optimizer(params, cfg)
+    use_device_lr(device_lr, torch.device("cpu"))
+    lr_tensor = device_lr.param_groups[0]["lr"]
+    schedule = make_lr_scheduler(device_lr, cfg, 5)
+    for _ in range(20):
+        assert device_lr.param_groups[0]["lr"] is lr_tensor
+        assert float(lr_tensor) == pytest.approx(reference.param_groups[0]["lr"], rel=1e-6)
+        for opt in (reference, device_lr):
+            opt.step()
+        reference_schedule.step()
+        schedule.step()
