@@ -33,8 +33,12 @@ SUITES = ("step", "pipeline", "resnet")
 AUDIO_SHAPE, IMAGE_SHAPE, N_CLASSES = (1, 256, 65), (3, 32, 32), 10
 DCASE_AUGMENT = ["augment.freq_mask=48", "augment.mixstyle_p=0.4"]  # the DCASE'24 baseline's defaults
 GPU_FAST = ["train.precision=bf16-mixed", "train.channels_last=true", "train.cudnn_benchmark=true",
-            "train.compile=true", "train.compile_mode=reduce-overhead"]
-NO_SWITCHES = ["train.precision=32", "train.channels_last=false", "train.cudnn_benchmark=false"]
+            "train.compile=true", "train.compile_mode=reduce-overhead", "train.step_graph=false"]
+NO_SWITCHES = ["train.precision=32", "train.channels_last=false", "train.cudnn_benchmark=false",
+               "train.step_graph=false"]
+# the whole step as one CUDA graph (train.step_graph), the student compiled without its own graphs
+STEP_GRAPH = ["train.precision=bf16-mixed", "train.channels_last=true", "train.cudnn_benchmark=true",
+              "train.compile=true", "train.compile_mode=default", "train.step_graph=true"]
 
 
 _DEVICE = {"name": "cpu"}  # the resolved device of the running bench (set by run_bench)
@@ -204,6 +208,10 @@ PIPELINE_VARIANTS = [
     ("MrKD K=4 same batch, fast, unfused teachers in a loop",
      [*MRKD4, "mrkd.teacher_graph=false", "mrkd.fuse_teachers=false"], True, CE_FAST),
     ("MrKD K=4 cached, fast", [*MRKD4, "mrkd.teacher_input=cached"], True, CE_FAST),
+    ("CE, whole step as one CUDA graph (train.step_graph)", STEP_GRAPH, True, None),
+    ("MrKD K=4 same batch, whole step as one CUDA graph", [*STEP_GRAPH, "method=mrkd", "mrkd.k=4"], True, CE_FAST),
+    ("MrKD K=4 cached, whole step as one CUDA graph",
+     [*STEP_GRAPH, "method=mrkd", "mrkd.k=4", "mrkd.teacher_input=cached"], True, CE_FAST),
     ("MrKD K=4 same batch, fp32 (no GPU switches)", [*NO_SWITCHES, "method=mrkd", "mrkd.k=4"], False, CE_FP32),
 ]
 

@@ -31,11 +31,13 @@ class Runtime:
             raise InputError("train.device: 'cuda' requested but no CUDA device is available")
         cuda = torch.cuda.is_available() if tcfg.device == "auto" else tcfg.device == "cuda"
         precision = tcfg.precision if tcfg.precision != "auto" else ("bf16-mixed" if cuda else "32")
+        step_graph = tcfg.step_graph is True or (tcfg.step_graph == "auto" and cuda)
+        # a captured step holds the student's kernels itself: torch.compile must not add CUDA graphs of its own
+        compile_mode = "default" if step_graph and tcfg.compile_mode == "reduce-overhead" else tcfg.compile_mode
         return cls(accelerator="cuda" if cuda else "cpu", precision={"32": "32-true"}.get(precision, precision),
                    channels_last=cuda and tcfg.channels_last, compile=cuda and tcfg.compile,
-                   compile_mode=tcfg.compile_mode, cudnn_benchmark=cuda and tcfg.cudnn_benchmark,
-                   threads=0 if cuda else tcfg.threads,
-                   step_graph=tcfg.step_graph is True or (tcfg.step_graph == "auto" and cuda))
+                   compile_mode=compile_mode, cudnn_benchmark=cuda and tcfg.cudnn_benchmark,
+                   threads=0 if cuda else tcfg.threads, step_graph=step_graph)
 
     @property
     def cuda(self) -> bool:

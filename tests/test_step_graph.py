@@ -30,11 +30,18 @@ def thirty_steps(prepared, tmp_path, step_graph: str, *extra) -> tuple[list[floa
     return [float(v) for v in losses], {k: v.clone() for k, v in trainer.model.state_dict().items()}, trainer
 
 
-def test_static_step_equals_the_eager_step_for_30_steps(prepared, tmp_path):
+MRKD_STEPS = ["method=mrkd", "mrkd.k=2", "mrkd.interval=3", "mrkd.interval_unit=step"]  # bank full after step 6
+
+
+@pytest.mark.parametrize("method", [["method=ce"], MRKD_STEPS, [*MRKD_STEPS, "mrkd.teacher_input=cached"],
+                                    [*MRKD_STEPS, "mrkd.alpha_schedule=linear"]],
+                         ids=["ce", "mrkd_same", "mrkd_cached", "mrkd_linear_alpha"])
+def test_static_step_equals_the_eager_step_for_30_steps(prepared, tmp_path, method):
     """Same seed, same batches: the static-buffer step (uncaptured on the CPU) gives the eager step's losses and
-    weights bit for bit, with every augmentation on (draws from the run's generator, on the device)."""
-    eager, eager_weights, eager_trainer = thirty_steps(prepared, tmp_path / "eager", "false")
-    static, static_weights, static_trainer = thirty_steps(prepared, tmp_path / "static", "true")
+    weights bit for bit, with every augmentation on (draws from the run's generator, on the device); MrKD's
+    snapshots (every 3 steps) and its α schedule change the step's key, never its result."""
+    eager, eager_weights, eager_trainer = thirty_steps(prepared, tmp_path / "eager", "false", *method)
+    static, static_weights, static_trainer = thirty_steps(prepared, tmp_path / "static", "true", *method)
     assert eager_trainer.static_step is None and static_trainer.static_step.inputs is not None
     assert len(eager) == len(static) == 30
     assert eager == static
@@ -53,6 +60,8 @@ def test_step_graph_switch_is_decided_by_the_runtime():
     forced = runtime("train.device=cpu", "train.step_graph=true")
     assert forced.step_graph and not forced.capture  # the same step, uncaptured
     assert not runtime("train.step_graph=false").step_graph
+    both = runtime("train.step_graph=true", "train.compile=true", "train.compile_mode=reduce-overhead")
+    assert both.compile_mode == "default"  # torch.compile adds no CUDA graphs inside a captured step
 
 
 def test_device_learning_rate_follows_the_schedule_in_place():
@@ -72,3 +81,18 @@ def test_device_learning_rate_follows_the_schedule_in_place():
             opt.step()
         reference_schedule.step()
         schedule.step()
+
+
+def test_mrkd_step_key_follows_its_state(prepared, tmp_path):
+    """A new snapshot, the bank filling up and a new α each need a new capture; nothing else does."""
+    trainer = Trainer(config(prepared, tmp_path, "method=mrkd", "mrkd.k=2", "mrkd.alpha_schedule=linear",
+                             "train.step_graph=true"))
+    method = trainer.method
+    start = method.graph_key(0)
+    assert method.graph_key(0) == start and method.graph_key(1) != start  # α rises every epoch
+    method.objective.backup(trainer.model)
+    one = method.graph_key(0)
+    method.objective.backup(trainer.model)
+    full = method.graph_key(0)
+    assert len({start, one, full}) == 3 and full[0] and not one[0]
+    assert not method.objective.bank.runner.graph  # no teacher graph inside a captured step

@@ -59,13 +59,14 @@ class LearnedEnsemble:
     detached teacher logits and takes one optimiser step on the ensembler's cross-entropy to the labels.
 
     grad_sync: averages the ensembler's gradients across processes (data-parallel training). objective: the
-    function computing (g(Z), CE) — ``fcn_objective`` or its compiled form."""
+    function computing (g(Z), CE) — ``fcn_objective`` or its compiled form. capturable: the Adam step may be
+    captured in a CUDA graph (``train.step_graph``)."""
 
     def __init__(self, n_teachers: int, n_classes: int, hidden: int, lr: float, device: torch.device,
-                 fused: bool | None, objective, grad_sync=None) -> None:
+                 fused: bool | None, objective, grad_sync=None, capturable: bool = False) -> None:
         with torch.random.fork_rng(devices=[]):  # the init must not shift the run's global RNG stream
             self.fcn = FCNEnsembler(n_teachers, n_classes, hidden).to(device)
-        self.opt = torch.optim.Adam(self.fcn.parameters(), lr=lr, fused=fused)
+        self.opt = torch.optim.Adam(self.fcn.parameters(), lr=lr, fused=fused, capturable=capturable)
         self.objective, self.grad_sync = objective, grad_sync
 
     def step(self, z: Tensor, y: Tensor, smoothing: float = 0.0) -> tuple[Tensor, Tensor]:

@@ -128,7 +128,7 @@ class MrKD:
                  teacher_dtype: torch.dtype | None = None, channels_last: bool = False,
                  compile: bool = False, cuda_speedups: bool | None = None, label_smoothing: float = 0.0,
                  run_epochs: int | None = None, steps_per_epoch: int | None = None,
-                 external: TeacherSignal | None = None) -> None:
+                 external: TeacherSignal | None = None, capturable: bool = False) -> None:
         """grad_sync: averages the FCN's gradients across processes (data-parallel training), so that every
         rank's ensembler takes the same step. teacher_dtype / channels_last: the teacher copies' precision and
         memory format (the engine passes bfloat16 + channels_last on a GPU under bf16 training). compile:
@@ -139,7 +139,8 @@ class MrKD:
         steps_per_epoch: the run's length (needed by alpha_schedule "linear" and interval_unit "percent").
         external: teachers from outside the trajectory (``kd.*``, with_mrkd "ensembler"): their logits join the
         bank's as the last inputs of the ensembler; until the bank is full the student distils from them alone
-        (their mean)."""
+        (their mean). capturable: the step runs inside a captured CUDA graph (``train.step_graph``): the FCN's
+        Adam keeps its step count on the device."""
         assert n_classes >= 2, n_classes
         if cfg.teacher_input == "cached" and infer_all is None:
             raise InputError("mrkd.teacher_input: 'cached' needs the engine's infer_all function")
@@ -154,6 +155,8 @@ class MrKD:
         self.run_epochs = run_epochs
         self.schedule = _schedule(cfg, run_epochs, steps_per_epoch)
         self.external = external
+        self.capturable = capturable
+        self.backups = 0  # snapshots taken in this process: a new one means a new step-graph capture
         self.ensembler = self._make_ensemble(cfg.k + self.n_external, compile)
         self._cache_all: list[Tensor] = []  # cached mode: N×C per kept backup, aligned with the bank, newest first
         self._cache_stack: Tensor | None = None  # the exposed ones stacked (one gather per batch)
@@ -166,7 +169,7 @@ class MrKD:
         return LearnedEnsemble(n_teachers, self.n_classes, self.cfg.fcn_hidden, self.cfg.fcn_lr, self.device,
                                fused=self.cuda_speedups or None,
                                objective=torch.compile(fcn_objective) if compile else fcn_objective,
-                               grad_sync=self.grad_sync)
+                               grad_sync=self.grad_sync, capturable=self.capturable)
 
     @property
     def n_external(self) -> int:
@@ -306,6 +309,7 @@ class MrKD:
     def backup(self, model: nn.Module) -> None:
         """Push a frozen copy of ``model`` into the bank (and, cached mode, its logits on the train items)."""
         self.bank.push(model)
+        self.backups += 1
         if self.cfg.teacher_input == "cached":
             self._cache_all.insert(0, self._infer(self.bank.teachers()[0]))
             del self._cache_all[self.bank.capacity :]

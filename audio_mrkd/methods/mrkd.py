@@ -11,6 +11,8 @@ combined as ``kd.ensemble`` says, KA if ``kd.ka``; TensorBoard: ``loss/kd_teache
 """
 from __future__ import annotations
 
+import dataclasses
+
 from torch import Tensor
 
 from audio_mrkd import config as config_io
@@ -30,12 +32,14 @@ class MemoryReplay(Method):
         as_term = teachers is not None and cfg.kd.with_mrkd == "term"
         self.teachers = teachers if as_term else None  # the second KD term's teachers
         self.term_ensembler = teacher_ensembler(cfg.kd, teachers.n_teachers, ctx) if as_term else None
-        self.objective = MrKD(cfg.mrkd, ctx.n_classes, ctx.torch_device, infer_all=ctx.infer_train,
+        # inside a captured step the teachers run as plain forwards (a graph cannot replay inside a capture)
+        mrkd_cfg = dataclasses.replace(cfg.mrkd, teacher_graph=False) if runtime.step_graph else cfg.mrkd
+        self.objective = MrKD(mrkd_cfg, ctx.n_classes, ctx.torch_device, infer_all=ctx.infer_train,
                               grad_sync=ctx.average_grads, teacher_dtype=runtime.teacher_dtype,
                               channels_last=runtime.channels_last, compile=runtime.compile,
                               cuda_speedups=runtime.cuda, label_smoothing=cfg.train.label_smoothing,
                               run_epochs=ctx.run_epochs, steps_per_epoch=ctx.steps_per_epoch,
-                              external=None if as_term else teachers)
+                              external=None if as_term else teachers, capturable=runtime.capture)
 
     def loss(self, logits: Tensor, x: Tensor, y: Tensor, index: Tensor, epoch: int,
              with_logs: bool) -> tuple[Tensor, dict[str, float]]:
@@ -60,6 +64,14 @@ class MemoryReplay(Method):
         if "loss/fcn" in term:
             term["loss/fcn_teacher"] = term.pop("loss/fcn")
         return total, logs | term
+
+    def graph_key(self, epoch: int):
+        """Capture-safe once its Python-level state is fixed: whether the bank is full, which snapshots it holds
+        and α this epoch (a new snapshot or α means a new capture). The teacher term (``kd.with_mrkd: term``) with
+        a learned ensembler is left eager."""
+        if self.term_ensembler is not None:
+            return None
+        return (self.objective.active, self.objective.backups, self.objective.alpha_at(epoch))
 
     def after_step(self, global_step: int) -> None:
         if self.objective.schedule.due_after_step(global_step):
