@@ -17,7 +17,7 @@ from audio_mrkd.errors import InputError
 class Runtime:
     accelerator: str          # "cuda" | "cpu"
     precision: str            # Lightning Fabric's precision: "32-true", "bf16-mixed", "16-mixed"
-    channels_last: bool       # NHWC activations (CUDA only)
+    channels_last: bool       # NHWC activations (CUDA and CPU: faster on both, docs/benchmarks.md)
     compile: bool             # torch.compile the student and the per-step tensor work (CUDA only)
     compile_mode: str
     cudnn_benchmark: bool     # cuDNN times its algorithms for the fixed shapes (CUDA only)
@@ -35,7 +35,7 @@ class Runtime:
         # a captured step holds the student's kernels itself: torch.compile must not add CUDA graphs of its own
         compile_mode = "default" if step_graph and tcfg.compile_mode == "reduce-overhead" else tcfg.compile_mode
         return cls(accelerator="cuda" if cuda else "cpu", precision={"32": "32-true"}.get(precision, precision),
-                   channels_last=cuda and tcfg.channels_last, compile=cuda and tcfg.compile,
+                   channels_last=tcfg.channels_last, compile=cuda and tcfg.compile,
                    compile_mode=compile_mode, cudnn_benchmark=cuda and tcfg.cudnn_benchmark,
                    threads=0 if cuda else tcfg.threads, step_graph=step_graph)
 

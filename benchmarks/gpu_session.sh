@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # One batched run on a lent GPU machine (the `device` tool; see docs/benchmarks.md): the CUDA-only tests and the
 # GPU benchmark suites, every log and JSON written under $OUT. Stages (args pick): tests, pipeline, step, resnet,
-# profile, e2e (short real training runs with every GPU switch on).
+# profile, depthwise (cp_mobile's depthwise convolutions in each layout), e2e (short real training runs with every
+# GPU switch on).
 #   bash benchmarks/gpu_session.sh tests pipeline
 set -uo pipefail
 OUT=${OUT:-/tmp/audio_mrkd_gpu}
@@ -28,6 +29,7 @@ for stage in "${stages[@]}"; do
              train.progress=false train.out_dir="$OUT/e2e" 2>&1 | grep -v "Automatic Mixed" | tail -4
          done | tee "$OUT/e2e.log" ;;
     profile) timeout 200 python3 benchmarks/profile_gpu.py 2>&1 | tee "$OUT/profile.log" ;;
+    depthwise) timeout 240 python3 benchmarks/bench_depthwise.py --batch 256 --steps 20 2>&1 | tee "$OUT/depthwise.log" ;;
     resnet) bench 240 --suite resnet --batch 256 --steps 20 --json "$OUT/resnet.json" | tee "$OUT/resnet.log" ;;
   esac
   echo "## stage $stage took $(( $(date +%s) - start )) s" | tee -a "$OUT/stages.txt"
