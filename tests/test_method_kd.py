@@ -338,3 +338,31 @@ def test_every_method_resumes_exactly_from_a_mid_epoch_checkpoint(prepared, teac
     assert state["global_step"] == 6 and state["loader"]["position"] == 2  # inside epoch 2 of 4-step epochs
     resumed = Trainer(config(prepared, tmp_path / "b", *extra), resume_from=trainer.run_dir).fit()
     assert [h["log_loss"] for h in resumed["history"]] == [h["log_loss"] for h in straight["history"]]
+
+
+def test_ablation_trains_a_vanished_teacher_again_when_a_variant_needs_it(prepared, tmp_path):
+    """runs.jsonl carried to a fresh machine without the run folders: the teachers a remaining variant needs are
+    trained again (deterministically: the same teacher), the others are not."""
+    import yaml
+    from audio_mrkd.train.ablation import run_ablation
+    (tmp_path / "recipe.yaml").write_text(yaml.safe_dump({
+        "data": {"name": "tiny", "manifest_dir": str(prepared / "manifests")},
+        "model": {"name": "cp_mobile", "options": {"base_channels": 8, "n_blocks": [1, 1, 1]}},
+        "train": {"epochs": 1, "batch_size": 8}}))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("config: recipe.yaml\nfolds: 2\nseeds: [0]\nreference: ce\nteachers: {config: recipe.yaml, "
+                    "seeds: [5]}\nvariants:\n  ce: [method=ce]\n  kd: [method=kd, kd.teachers=@teachers]\n")
+    out = tmp_path / "abl"
+    run_ablation(spec, out, log=lambda *_: None)
+    lines = (out / "runs.jsonl").read_text().splitlines()
+    first = {(r["variant"], r["fold"]): r for r in map(json.loads, lines)}
+    shutil.rmtree(out / "teacher")  # the teachers' folders are gone …
+    kept = [line for line in lines if not (json.loads(line)["variant"] == "kd" and json.loads(line)["fold"] == 1)]
+    (out / "runs.jsonl").write_text("\n".join(kept) + "\n")  # … and fold 1's kd run is still to do
+    run_ablation(spec, out, log=lambda *_: None)
+    records = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    retrained = [r for r in records[len(kept):] if r["variant"] == "teacher"]
+    assert [r["fold"] for r in retrained] == [1]  # fold 0 needs no teacher any more
+    assert retrained[0]["last_log_loss"] == first[("teacher", 1)]["last_log_loss"]  # the same teacher again
+    assert (out / retrained[0]["run_dir"] / "checkpoints" / "best.pt").is_file()
+    assert [r["variant"] for r in records[len(kept):]] == ["teacher", "kd"]

@@ -110,6 +110,11 @@ def _done(records_path: Path) -> dict[tuple, dict]:
     return {(r["variant"], r["fold"], r["seed"]): r for r in records}
 
 
+def _usable_teacher(record: dict | None, out_dir: Path) -> bool:
+    """A recorded teacher run whose best checkpoint is still there."""
+    return record is not None and (out_dir / record["run_dir"] / "checkpoints" / "best.pt").is_file()
+
+
 def _run_one(task: tuple) -> dict:
     """One (variant, fold, seed) run → its record (executed in a worker process when jobs > 1)."""
     config, overrides, variant, fold, seed, threads, train_fn = task
@@ -150,11 +155,14 @@ def run_ablation(spec_path: str | Path, out_dir: str | Path, overrides: list[str
                 variant, fold, seed, threads, train_fn)
 
     teacher = spec.teachers
-    teacher_tasks = [task(teacher.config, "teacher", [*teacher.overrides, *run_overrides], fold, seed, True)
-                     for fold in folds for seed in teacher.seeds if ("teacher", fold, seed) not in done] \
-        if teacher else []
     todo = [(variant, fold, seed) for seed in spec.seeds for fold in folds for variant in spec.variants
             if (variant, fold, seed) not in done]
+    # a teacher whose checkpoints are gone (runs.jsonl carried to another machine) is trained again, identically
+    # (training is deterministic), when a variant still needs it
+    teacher_tasks = [task(teacher.config, "teacher", [*teacher.overrides, *run_overrides], fold, seed, True)
+                     for fold in folds for seed in teacher.seeds
+                     if not _usable_teacher(done.get(("teacher", fold, seed)), out_dir)
+                     and any(f == fold for _, f, _ in todo)] if teacher else []
 
     # one line per finished run (a bar on a terminal): done/total counts the runs resumed from runs.jsonl; the time
     # left is the mean time of the runs finished in this invocation times the runs still to do
