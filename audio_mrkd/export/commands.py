@@ -43,7 +43,8 @@ class ExportResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def _frontend_config(info: dict, where: str) -> FrontendConfig:
+def run_frontend_config(info: dict, where: str) -> FrontendConfig:
+    """The front-end a run's features were made with (its data.json), or one line naming ``where``."""
     if not isinstance(info.get("features"), dict):
         raise InputError(f"{where}: 'features' (the front-end configuration) missing")
     return config_io.from_dict(FrontendConfig, info["features"], "features")
@@ -126,7 +127,7 @@ def _load_run(run_dir: Path, checkpoint: str):
     if info.get("kind", "audio") != "audio":
         raise InputError(f"{where}: kind '{info.get('kind')}': export supports audio runs only "
                          "(the exported graphs take log-mels or waveforms)")
-    feat_cfg = _frontend_config(info, where)
+    feat_cfg = run_frontend_config(info, where)
     input_shape = list(info.get("input_shape") or [])
     if input_shape != [1, *feat_cfg.shape]:
         raise InputError(f"{where}: input_shape {input_shape} does not match the front-end's [1, {feat_cfg.n_mels}, "

@@ -28,7 +28,7 @@ import torch
 
 from audio_mrkd import fileio
 from audio_mrkd.errors import InputError
-from audio_mrkd.export.commands import _frontend_config
+from audio_mrkd.export.commands import run_frontend_config
 from audio_mrkd.export.complexity import complexity_report
 from audio_mrkd.data.frontend import LogMel
 from audio_mrkd.export.onnx import FEATURES_INPUT, FeatureModel, export_onnx
@@ -77,7 +77,7 @@ def build_package(run_dir: str | Path, label: str, out: str | Path, finetuned: s
     run_dir = Path(run_dir)
     models = _models(run_dir, Path(finetuned) if finetuned else None, checkpoint)
     info = models["general"][1]
-    frontend = _frontend_config(info, str(run_dir / "data.json"))
+    frontend = run_frontend_config(info, str(run_dir / "data.json"))
     complexity = _complexity(models, [1, *frontend.shape], allow_over_limits)
     module = f"{label}_{slot}"
     with fileio.building_dir(Path(out) / label) as tmp:
