@@ -187,10 +187,10 @@ def _norm_tensors(mean, std) -> tuple[Tensor, Tensor]:
     return torch.as_tensor(np.asarray(mean, np.float32)), torch.as_tensor(np.asarray(std, np.float32))
 
 
-def load_teacher_run(run_dir: str | Path, which: str, student_info: dict) -> nn.Module:
+def load_teacher_run(run_dir: str | Path, which: str, student_info: dict, load_run_model) -> nn.Module:
     """A finished run's network (eval mode, CPU) taking the student's normalised inputs; the run must have been
-    trained on the student's dataset (same name, class order and input shape)."""
-    from audio_mrkd.train.checkpoint import load_run_model
+    trained on the student's dataset (same name, class order and input shape). ``load_run_model(run_dir, which)``
+    → (network, data.json, config): the engine's run reader."""
     run_dir = Path(run_dir)
     if not (run_dir / "data.json").is_file():
         raise InputError(f"kd.teachers: {run_dir}: not a run directory of audio-mrkd (no data.json)")
@@ -251,7 +251,7 @@ def build_teacher_signal(kcfg: KDConfig, ctx) -> TeacherSignal:
     if kcfg.teacher_logits:
         table = read_teacher_logits(kcfg.teacher_logits, ctx.train_filenames, ctx.data_info["class_names"])
         return TeacherSignal(table=torch.from_numpy(table)[None].to(ctx.torch_device))
-    models = [load_teacher_run(run, kcfg.checkpoint, ctx.data_info) for run in kcfg.teachers]
+    models = [load_teacher_run(run, kcfg.checkpoint, ctx.data_info, ctx.load_run_model) for run in kcfg.teachers]
     if kcfg.teacher_input == "cached":
         with torch.inference_mode():
             table = torch.stack([ctx.infer_train(m.to(ctx.torch_device)).float() for m in models])

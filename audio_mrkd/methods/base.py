@@ -35,6 +35,7 @@ class TrainContext:
     steps_per_epoch: int = 0                           # … of this many optimiser steps
     data_info: dict | None = None                      # the run's data.json (name, classes, input shape, norm)
     train_filenames: list[str] | None = None           # the train items' file names, in item-index order
+    load_run_model: Callable | None = None             # (run_dir, "best" | "last") → (network, data.json, config)
 
 
 class Method:

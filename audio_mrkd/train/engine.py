@@ -100,6 +100,7 @@ class Trainer:
             run_epochs=cfg.train.epochs, steps_per_epoch=self.steps_per_epoch,
             data_info=data_info(cfg, self.data),
             train_filenames=self.data.train.items["filename"].astype(str).tolist(),
+            load_run_model=ckpt.load_run_model,
             average_grads=self._average_grads if self.fabric.world_size > 1 else None))
         self.epoch, self.global_step, self.best, self.history = 0, 0, None, []
         self._epoch_losses: list[float] = []
