@@ -53,12 +53,15 @@ def test_package_layout_and_complexity(package):
     resources = package / LABEL / "resources" / f"{LABEL}_1"
     assert module.is_file() and (package / "pyproject.toml").is_file()
     assert (package / LABEL / "resources" / "dummy.wav").is_file()
-    for name in ("frontend.pt2", "network.pt2", "general.pt", "device_a.pt", "device_s1.pt", "config.json", "onnx/general.onnx",
+    for name in ("frontend.pt2", "general.pt", "device_a.pt", "device_s1.pt", "config.json", "onnx/general.onnx",
                  "onnx/device_a.onnx"):
         assert (resources / name).is_file(), name
     imports = {line.split()[1].split(".")[0] for line in module.read_text().splitlines()
                if line.startswith(("import ", "from "))}
-    assert imports <= {"__future__", "json", "math", "pathlib", "types", "numpy", "soundfile", "torch", "torchaudio"}
+    assert imports <= {"__future__", "importlib", "json", "math", "pathlib", "types", "numpy", "soundfile", "torch",
+                       "torchaudio"}
+    network = (package / LABEL / "networks" / "cp_mobile.py").read_text()
+    assert "audio_mrkd" not in network and "class CPMobile" in network  # the model's own source, copied
     import torch
     assert all(v.dtype == torch.float16 for v in torch.load(resources / "device_a.pt", weights_only=True).values())
     complexity = json.loads((package / "complexity.json").read_text())
@@ -109,8 +112,11 @@ def test_installed_package_predicts_like_audio_mrkd_predict(finetuned, package, 
             f"sizes = {{d: sum(p.numel() * p.element_size() for p in m.get_model_for_device(model, d).parameters()) "
             f"for d in ['a', 's1', 's4', 'unknown']}}; "
             f"shape = list(m.get_model_for_device(model, 'a')(x).shape); "
+            # the template's MAC count: torchinfo on a float copy of the device network
+            f"import copy, torchinfo; macs = torchinfo.summary(copy.deepcopy(m.get_model_for_device(model, 's1'))"
+            f".float(), input_size=tuple(x.shape), verbose=0).total_mult_adds; "
             f"print(json.dumps({{'classes': classes, 'logits': [l.tolist() for l in logits], 'sizes': sizes, "
-            f"'shape': shape, 'input': list(x.shape), 'audio_mrkd_loaded': 'audio_mrkd' in sys.modules}}))")
+            f"'shape': shape, 'input': list(x.shape), 'macs': macs, 'audio_mrkd_loaded': 'audio_mrkd' in sys.modules}}))")
     done = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
     out = json.loads(done.stdout.strip().splitlines()[-1])
@@ -118,6 +124,7 @@ def test_installed_package_predicts_like_audio_mrkd_predict(finetuned, package, 
     assert out["input"] == [1, 1, 32, 65] and out["shape"] == [1, 3]
     complexity = json.loads((package / "complexity.json").read_text())
     assert all(size == 2 * complexity["general"]["parameters"] for size in out["sizes"].values())  # fp16
+    assert out["macs"] == complexity["device_s1"]["macs"] > 0  # what the template counts is what we report
     probs = np.exp(out["logits"]) / np.exp(out["logits"]).sum(axis=1, keepdims=True)
     report = json.loads((root / "ft" / "metrics.json").read_text())
     runs = {"a": report["device_runs"]["a"], "s1": report["device_runs"]["s1"]}

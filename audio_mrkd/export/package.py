@@ -8,17 +8,21 @@ Layout (the DCASE'25 inference template's)::
     DIR/<Label>/<Label>/__init__.py
     DIR/<Label>/<Label>/<Label>_<slot>.py           load_model, load_inputs, get_model_for_device, predict
     DIR/<Label>/<Label>/resources/dummy.wav         a clip for the template's complexity check
-    DIR/<Label>/<Label>/resources/<Label>_<slot>/   frontend.pt2, network.pt2 (torch.export programs: the
-                                                    log-mel front-end; normalisation + network), general.pt,
+    DIR/<Label>/<Label>/networks/                   the model's source file, copied (real layers: the
+                                                    template counts MACs with torchinfo on them)
+    DIR/<Label>/<Label>/resources/<Label>_<slot>/   frontend.pt2 (a torch.export program of the log-mel
+                                                    front-end), general.pt,
                                                     device_<id>.pt (fp16 state dicts), config.json,
                                                     onnx/<model>.onnx (log-mel input, for inspection)
 
-The slot module (:mod:`audio_mrkd.export.package_template`) imports only torch, torchaudio, soundfile and numpy.
+The slot module (:mod:`audio_mrkd.export.package_template`) imports only torch, torchaudio, soundfile, numpy and
+the package's own ``networks`` (the model's source file, copied, its imports pointed at a small local helper).
 Every model must be within the DCASE limits at fp16 (128 kB of parameters, 30 M MACs per clip), else the build
 is refused unless ``--allow-over-limits``.
 """
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import shutil
@@ -32,6 +36,7 @@ from audio_mrkd.export.commands import run_frontend_config
 from audio_mrkd.export.complexity import complexity_report
 from audio_mrkd.data.frontend import LogMel
 from audio_mrkd.export.onnx import FEATURES_INPUT, FeatureModel, export_onnx
+from audio_mrkd.models import model_constructor
 from audio_mrkd.progress import progress
 from audio_mrkd.train.checkpoint import load_run_model
 from audio_mrkd.versions import versions
@@ -90,12 +95,16 @@ def build_package(run_dir: str | Path, label: str, out: str | Path, finetuned: s
         (tmp / "pyproject.toml").write_text(_pyproject(label))
         fileio.write_json(tmp / "complexity.json", complexity)
         _write_models(resources, models, frontend, log)
+        _copy_network_source(tmp / label / "networks", models["general"][2].model.name)
         fileio.write_json(resources / "config.json", {
             "label": label, "slot": slot, "class_names": list(info["class_names"]),
             "devices": [name.removeprefix("device_") for name in models if name != "general"],
             "train_device_ids": [name.removeprefix("device_") for name in models if name != "general"],
             "sample_rate": frontend.sample_rate, "clip_seconds": frontend.clip_seconds,
             "features": info["features"], "general_run": str(run_dir), "checkpoint": checkpoint,
+            "model": {"module": model_module(models["general"][2].model.name),
+                      "constructor": models["general"][2].model.name, "options": models["general"][2].model.options,
+                      "in_channels": info["input_shape"][0], "normalized": info.get("norm_mean") is not None},
             "built_with": versions()})
     log(f"package: {Path(out) / label} ({len(models)} models: {', '.join(models)}); install with "
         f"`pip install {Path(out) / label}`, then `import {label}.{module}`")
@@ -103,21 +112,62 @@ def build_package(run_dir: str | Path, label: str, out: str | Path, finetuned: s
 
 
 def _write_models(resources: Path, models: dict, frontend, log) -> None:
-    """frontend.pt2 and network.pt2 (torch.export programs, from the general model), one fp16 state dict and one ONNX
-    file per model."""
+    """frontend.pt2 (a torch.export program of the log-mel front-end), one fp16 state dict and one ONNX file per
+    model."""
     batch = torch.export.Dim("batch", max=65536)
     features_example = torch.zeros(2, 1, *frontend.shape)
     for name, (net, info, _) in progress(models.items(), desc="package", unit="model"):
         features = FeatureModel(net, info.get("norm_mean"), info.get("norm_std")).eval()
-        if name == "general":  # the architectures, without their source code
+        if name == "general":  # the front-end as a program: the package needs none of its source
             wave = torch.zeros(2, frontend.n_samples)
             torch.export.save(torch.export.export(LogMel(frontend).eval(), (wave,), dynamic_shapes=({0: batch},)),
                               resources / "frontend.pt2")
-            torch.export.save(torch.export.export(features, (features_example,), dynamic_shapes=({0: batch},)),
-                              resources / "network.pt2")
         torch.save({k: v.half() for k, v in features.state_dict().items()}, resources / f"{name}.pt")
         export_onnx(features, features_example, resources / "onnx" / f"{name}.onnx", FEATURES_INPUT,
                     {"model": name})
+
+
+NETWORK_HELPERS = '''"""The network definition of audio-mrkd, copied at build time, and the helpers it imports (the options were
+checked when the model was trained)."""
+
+
+class InputError(ValueError):
+    pass
+
+
+def register_model(name):
+    return lambda constructor: constructor
+
+
+def check_int(key, value, minimum=1):
+    return value
+
+
+def check_float(key, value, low=0.0, high=float("inf")):
+    return float(value)
+
+
+def check_dropout(key, value):
+    return float(value)
+'''
+
+
+def model_module(name: str) -> str:
+    """The module of audio_mrkd.models that defines the registered model ``name``."""
+    return Path(inspect.getsourcefile(model_constructor(name))).stem
+
+
+def _copy_network_source(folder: Path, name: str) -> None:
+    """The model's own source file (the one definition, not a rewrite), its two imports pointed at a local helper
+    module, so that the package builds the network with real layers (what the template's torchinfo count reads)."""
+    source = Path(inspect.getsourcefile(model_constructor(name))).read_text()
+    source = source.replace("from audio_mrkd.errors import InputError", "from . import InputError")
+    source = source.replace("from audio_mrkd.models import ", "from . import ")
+    if "audio_mrkd" in source:
+        raise InputError(f"model {name!r}: its source imports more of audio_mrkd than a package can carry")
+    folder.mkdir(parents=True)
+    (folder / "__init__.py").write_text(NETWORK_HELPERS)
+    (folder / f"{model_module(name)}.py").write_text(source)
 
 
 def _dummy_clip(path: Path, frontend) -> None:
@@ -141,7 +191,7 @@ requires-python = ">=3.10"
 dependencies = ["torch", "torchaudio", "soundfile", "numpy"]
 
 [tool.setuptools]
-packages = ["{label}", "{label}.resources"]
+packages = ["{label}", "{label}.resources", "{label}.networks"]
 
 [tool.setuptools.package-data]
 "{label}" = ["resources/*.wav", "resources/*/*", "resources/*/onnx/*"]

@@ -1,14 +1,15 @@
 """DCASE 2025 Task 1 submission module (slot file) — written into the package by ``audio-mrkd package``.
 
-Imports only torch, torchaudio, soundfile and numpy: the log-mel front-end and the network are ``torch.export``
-programs (``frontend.pt2``, ``network.pt2``), each model's weights an fp16 state dict (``general.pt``,
-``device_<id>.pt``), the settings ``config.json`` — all in this slot's resource folder. The four functions are the
+Imports only torch, torchaudio, soundfile, numpy and the package's ``networks`` (the model's own source file, copied
+at build time): the log-mel front-end is a ``torch.export`` program (``frontend.pt2``), each model's weights an fp16
+state dict (``general.pt``, ``device_<id>.pt``), the settings ``config.json`` — in this slot's resource folder. The four functions are the
 DCASE'25 inference template's: ``load_inputs`` gives one fp16 log-mel tensor (1×1×F×T) per file and
 ``get_model_for_device`` the fp16 network that takes it, so the template's complexity check counts the network a
 device uses.
 """
 from __future__ import annotations
 
+import importlib
 import json
 import math
 from pathlib import Path
@@ -22,16 +23,32 @@ import torchaudio
 RESOURCES = Path(__file__).resolve().parent / "resources" / Path(__file__).stem
 
 
-def _network(folder: Path, name: str) -> torch.nn.Module:
-    net = torch.export.load(folder / "network.pt2").module()
-    state = torch.load(folder / name, map_location="cpu", weights_only=True)
-    weights = net.state_dict()
-    for key, value in state.items():
-        if key not in weights:
-            raise KeyError(f"{folder / name}: weight {key!r} does not belong to network.pt2")
-        weights[key] = value
-    net.load_state_dict(weights)
-    return net.half()  # stored and run at fp16, as the complexity limits count parameters
+class _Network(torch.nn.Module):
+    """Per-mel-bin normalisation with the run's statistics, then the network (the state dict's layout)."""
+
+    def __init__(self, net: torch.nn.Module, n_mels: int, normalized: bool):
+        super().__init__()
+        self.net = net
+        self.normalized = normalized
+        if normalized:
+            self.normalize = torch.nn.Module()
+            self.normalize.register_buffer("mean", torch.zeros(1, 1, n_mels, 1))
+            self.normalize.register_buffer("inv_std", torch.ones(1, 1, n_mels, 1))
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        if self.normalized:
+            features = (features - self.normalize.mean) * self.normalize.inv_std
+        return self.net(features)
+
+
+def _network(folder: Path, name: str, config: dict) -> torch.nn.Module:
+    """The model's network (built from the package's copy of its source) with the fp16 weights of ``name``."""
+    spec = config["model"]
+    module = importlib.import_module(f"{__package__}.networks.{spec['module']}")
+    net = getattr(module, spec["constructor"])(len(config["class_names"]), spec["in_channels"], **spec["options"])
+    model = _Network(net, config["features"]["n_mels"], spec["normalized"])
+    model.load_state_dict(torch.load(folder / name, map_location="cpu", weights_only=True))
+    return model.half().eval()  # stored and run at fp16, as the complexity limits count parameters
 
 
 class Submission(torch.nn.Module):
@@ -42,8 +59,9 @@ class Submission(torch.nn.Module):
         settings = json.loads((folder / "config.json").read_text())
         self.config = SimpleNamespace(**settings)
         self.frontend = torch.export.load(folder / "frontend.pt2").module()
-        self.general = _network(folder, "general.pt")
-        self.devices = torch.nn.ModuleDict({d: _network(folder, f"device_{d}.pt") for d in settings["devices"]})
+        self.general = _network(folder, "general.pt", settings)
+        self.devices = torch.nn.ModuleDict({d: _network(folder, f"device_{d}.pt", settings)
+                                            for d in settings["devices"]})
 
     def model_for(self, device_id: str) -> torch.nn.Module:
         return self.devices[device_id] if device_id in self.devices else self.general
@@ -54,7 +72,7 @@ class Submission(torch.nn.Module):
 
 def load_model(model_file_path: str | None = None) -> Submission:
     """``model_file_path``: another folder of this slot's layout (default: the packaged one)."""
-    return Submission(Path(model_file_path) if model_file_path else RESOURCES)  # exported: inference only
+    return Submission(Path(model_file_path) if model_file_path else RESOURCES)
 
 
 def _waveform(path: str, sample_rate: int, clip_seconds: float) -> torch.Tensor:

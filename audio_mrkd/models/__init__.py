@@ -35,12 +35,16 @@ def available_models() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def model_constructor(name: str) -> Constructor:
+    """The constructor registered as ``name`` (one line naming the known ones otherwise)."""
+    if name not in _REGISTRY:
+        raise InputError(f"model.name: unknown model '{name}' (known: {', '.join(available_models())})")
+    return _REGISTRY[name]
+
+
 def build_model(name: str, n_classes: int, in_channels: int = 1, **kwargs) -> nn.Module:
     """Build the registered model ``name``; bad names, options or sizes raise ``InputError``."""
-    if name not in _REGISTRY:
-        known = ", ".join(available_models())
-        raise InputError(f"model.name: unknown model '{name}' (known: {known})")
-    constructor = _REGISTRY[name]
+    constructor = model_constructor(name)
     _check_options(name, constructor, kwargs)
     check_int("model.n_classes", n_classes)
     check_int("model.in_channels", in_channels)
@@ -49,9 +53,7 @@ def build_model(name: str, n_classes: int, in_channels: int = 1, **kwargs) -> nn
 
 def model_options(name: str) -> dict[str, object]:
     """The keyword options of model ``name`` and their defaults."""
-    if name not in _REGISTRY:
-        raise InputError(f"model.name: unknown model '{name}' (known: {', '.join(available_models())})")
-    params = list(inspect.signature(_REGISTRY[name]).parameters.values())[2:]
+    params = list(inspect.signature(model_constructor(name)).parameters.values())[2:]
     return {p.name: p.default for p in params}
 
 
