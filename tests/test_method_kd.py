@@ -204,7 +204,7 @@ def test_teacher_logits_command_round_trips(prepared, teachers, tmp_path, capsys
 # ---- bad teacher input: one line, exit 2 -----------------------------------------------------------------------
 def _csv(tmp_path, text: str):
     path = tmp_path / "bad.csv"
-    path.write_text(text)
+    path.write_bytes(text.encode("utf-8", "surrogateescape"))
     return path
 
 
@@ -216,6 +216,7 @@ BAD_FILES = {
     "no filename column": ("clip,metro,park,street\n", "the first column must be 'filename'"),
     "not a number": (None, "is 'high', not a number"),
     "duplicate": (None, "appears twice"),
+    "binary": ("filename,metro,park,street\n\udcff\udcfe,1,2,3\n", "not a UTF-8 CSV file"),
 }
 
 

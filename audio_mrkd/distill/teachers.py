@@ -100,20 +100,10 @@ def read_teacher_logits(path: str | Path, filenames: list[str], class_names: lis
     path = Path(path)
     if not path.is_file():
         raise InputError(f"kd.teacher_logits: {path}: file not found")
-    table: dict[str, np.ndarray] = {}
-    with path.open(newline="") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        order = _class_columns(path, header, class_names)
-        for line, row in enumerate(reader, start=2):
-            if not row:
-                continue
-            if len(row) != len(header):
-                raise InputError(f"{path}: line {line} ({row[0]!r}): {len(row)} fields, the header has {len(header)}")
-            values = _finite_row(path, line, row, header)
-            if row[0] in table:
-                raise InputError(f"{path}: line {line}: clip {row[0]!r} appears twice")
-            table[row[0]] = values[order]
+    try:
+        table = _read_rows(path, class_names)
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise InputError(f"{path}: not a UTF-8 CSV file ({str(exc).splitlines()[0]})") from None
     out = np.empty((len(filenames), len(class_names)), dtype=np.float32)
     missing = []
     for i, name in enumerate(filenames):
@@ -126,6 +116,25 @@ def read_teacher_logits(path: str | Path, filenames: list[str], class_names: lis
         raise InputError(f"{path}: no row for clip {missing[0]!r} ({len(missing)} of the {len(filenames)} "
                          f"train clips have none)")
     return out
+
+
+def _read_rows(path: Path, class_names: list[str]) -> dict[str, np.ndarray]:
+    """clip name → its logits in the dataset's class order, every row checked."""
+    table: dict[str, np.ndarray] = {}
+    with path.open(newline="", encoding="utf-8") as handle:
+        reader = csv.reader(handle)
+        header = next(reader, None)
+        order = _class_columns(path, header, class_names)
+        for line, row in enumerate(reader, start=2):
+            if not row:
+                continue
+            if len(row) != len(header):
+                raise InputError(f"{path}: line {line} ({row[0]!r}): {len(row)} fields, the header has {len(header)}")
+            values = _finite_row(path, line, row, header)
+            if row[0] in table:
+                raise InputError(f"{path}: line {line}: clip {row[0]!r} appears twice")
+            table[row[0]] = values[order]
+    return table
 
 
 def _class_columns(path: Path, header: list[str] | None, class_names: list[str]) -> list[int]:
