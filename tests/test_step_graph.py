@@ -48,9 +48,16 @@ def test_static_step_equals_the_eager_step_for_30_steps(prepared, tmp_path, meth
     assert all(torch.equal(eager_weights[k], static_weights[k]) for k in eager_weights)
 
 
+def test_pskd_with_its_store_sized_up_front_takes_part(prepared, tmp_path):
+    eager, eager_weights, _ = thirty_steps(prepared, tmp_path / "eager", "false", "method=pskd")
+    static, static_weights, trainer = thirty_steps(prepared, tmp_path / "static", "true", "method=pskd")
+    assert trainer.static_step.inputs is not None and eager == static
+    assert all(torch.equal(eager_weights[k], static_weights[k]) for k in eager_weights)
+
+
 def test_a_method_that_is_not_capture_safe_takes_the_eager_path(prepared, tmp_path):
-    losses, _, trainer = thirty_steps(prepared, tmp_path, "true", "method=pskd")
-    assert trainer.static_step.inputs is None and len(losses) == 30  # never used: pskd reads item indices back
+    losses, _, trainer = thirty_steps(prepared, tmp_path, "true", "method=ema")
+    assert trainer.static_step.inputs is None and len(losses) == 30  # never used: ema declares no graph key
 
 
 def test_step_graph_switch_is_decided_by_the_runtime():

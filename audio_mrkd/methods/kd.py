@@ -40,6 +40,11 @@ class TeacherDistillation(Method):
         total, kd, adjusted = distill_objective(z_s, ce, z_t, y_hard, kcfg.alpha, kcfg.tau, kcfg.ka)
         return total, (teacher_logs(z, z_t, y_hard, adjusted, ce, kd, l_fcn) if with_logs else {})
 
+    def graph_key(self, epoch: int):
+        """Capture-safe with the teachers' mean (a gather or the teachers' forwards); the learned ensembler's own
+        optimiser step stays eager."""
+        return () if self.ensembler is None else None
+
     def state_dict(self) -> dict:
         return teachers_state(self.teachers, self.ensembler)
 

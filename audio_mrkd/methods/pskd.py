@@ -55,6 +55,11 @@ class ProgressiveSelfKD(Method):
         self.device = ctx.torch_device if ctx is not None else torch.device("cpu")
         self.predictions: Tensor | None = None  # N×C float32: the last softmax per item
         self.seen: Tensor | None = None         # N bool: the item has a stored prediction
+        info = getattr(ctx, "data_info", None)
+        self.n_items = int(info["n_train"]) if info else 0
+        self.n_classes = getattr(ctx, "n_classes", 0)
+        if self.n_items:  # the whole store up front: no item index is read back to size it
+            self._ensure(self.n_items, self.n_classes)
 
     def alpha(self, epoch: int) -> float:
         """α_t after ``epoch`` completed epochs."""
@@ -75,7 +80,8 @@ class ProgressiveSelfKD(Method):
         logits = logits.float()
         n_classes = logits.shape[1]
         index = index.to(self.device, torch.long)
-        self._ensure(int(index.max().item()) + 1, n_classes)
+        if not self.n_items:  # built without the run's size (unit tests): grow as larger indices arrive
+            self._ensure(int(index.max().item()) + 1, n_classes)
         onehot = F.one_hot(y, n_classes).float() if y.dim() == 1 else y.float()
         seen = self.seen[index]
         prev = torch.where(seen[:, None], self.predictions[index], onehot)
@@ -95,6 +101,10 @@ class ProgressiveSelfKD(Method):
         self.seen[index] = True
         return loss, logs
 
+    def graph_key(self, epoch: int):
+        """Capture-safe when the store is sized up front; α changes every epoch (one capture per epoch)."""
+        return (self.alpha(epoch),) if self.n_items else None
+
     def state_dict(self) -> dict:
         if self.predictions is None:
             return {}
@@ -103,6 +113,8 @@ class ProgressiveSelfKD(Method):
     def load_state_dict(self, state: dict) -> None:
         if not state:
             self.predictions = self.seen = None
+            if self.n_items:
+                self._ensure(self.n_items, self.n_classes)
             return
         self.predictions = state["predictions"].to(self.device, torch.float32).clone()
         self.seen = state["seen"].to(self.device, torch.bool).clone()
