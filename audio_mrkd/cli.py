@@ -188,7 +188,7 @@ def _add_data_parsers(sub) -> None:
 
 
 def _add_training_parsers(sub) -> None:
-    p = sub.add_parser("train", help="train CE or MrKD (one run per seed); --resume continues a run")
+    p = sub.add_parser("train", help="train a model with any method (ce, mrkd, kd, pskd, dlb, ema), one run per seed; --resume continues a run")
     p.add_argument("--config", help="experiment YAML (configs/experiments/*.yaml)")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue this run from its last checkpoint")
     p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.epochs=3 mrkd.k=2 seeds=[0,1,2]")
