@@ -186,34 +186,21 @@ def missing_data_dir(w):
 
 
 # ---- train --------------------------------------------------------------------------------------------------------
-@case
-def config_key_typo(w):
-    return Case(["train", *train_args(w), "train.epohcs=2"], ("train.epohcs", "unknown config key"))
+def train_override_case(name: str, overrides: list[str], needles: tuple[str, ...]) -> None:
+    """A case that trains with bad dotted overrides."""
+    CASES[name] = lambda w: Case(["train", *train_args(w), *overrides], needles)
 
 
-@case
-def config_wrong_type(w):
-    return Case(["train", *train_args(w), "train.epochs=many"], ("train.epochs", "expected an integer"))
-
-
-@case
-def config_out_of_range(w):
-    return Case(["train", *train_args(w), "train.lr=-0.1"], ("train.lr", "-0.1"))
-
-
-@case
-def config_bad_choice(w):
-    return Case(["train", *train_args(w), "train.schedule=sawtooth"], ("train.schedule", "'sawtooth'"))
-
-
-@case
-def mrkd_k_zero(w):
-    return Case(["train", *train_args(w), "method=mrkd", "mrkd.k=0"], ("mrkd.k", "integer >= 1"))
-
-
-@case
-def unknown_method(w):
-    return Case(["train", *train_args(w), "method=magic"], ("method", "'magic'"))
+for _name, _overrides, _needles in [
+    ("config_key_typo", ["train.epohcs=2"], ("train.epohcs", "unknown config key")),
+    ("config_wrong_type", ["train.epochs=many"], ("train.epochs", "expected an integer")),
+    ("config_out_of_range", ["train.lr=-0.1"], ("train.lr", "-0.1")),
+    ("config_bad_choice", ["train.schedule=sawtooth"], ("train.schedule", "'sawtooth'")),
+    ("mrkd_k_zero", ["method=mrkd", "mrkd.k=0"], ("mrkd.k", "integer >= 1")),
+    ("unknown_method", ["method=magic"], ("method", "'magic'")),
+    ("unprepared_dataset", ["data.name=never_prepared"], ("never_prepared",)),
+]:
+    train_override_case(_name, _overrides, _needles)
 
 
 @case
@@ -226,11 +213,6 @@ def yaml_syntax_error(w):
 @case
 def missing_config_file(w):
     return Case(["train", "--config", str(w / "none.yaml")], ("none.yaml", "not found"))
-
-
-@case
-def unprepared_dataset(w):
-    return Case(["train", *train_args(w), "data.name=never_prepared"], ("never_prepared",))
 
 
 @case
