@@ -107,11 +107,17 @@ def run_bundle(info: dict, cfg) -> DataBundle:
     if list(bundle.class_names) != list(info["class_names"]):
         raise InputError(f"data.json: the run's classes {info['class_names']} differ from those of its dataset now "
                          f"({bundle.class_names}); was it prepared again?")
-    if info.get("norm_mean") is not None:
-        for part in (bundle.train, bundle.eval):
-            part.norm_mean = np.asarray(info["norm_mean"], dtype=np.float32)
-            part.norm_std = np.asarray(info["norm_std"], dtype=np.float32)
+    for part in (bundle.train, bundle.eval):
+        with_run_norm(part, info)
     return bundle
+
+
+def with_run_norm(split: FeatureSplit, info: dict) -> FeatureSplit:
+    """``split`` normalised with a run's own train statistics (its data.json), not the manifest's."""
+    if info.get("norm_mean") is not None:
+        split.norm_mean = np.asarray(info["norm_mean"], dtype=np.float32)
+        split.norm_std = np.asarray(info["norm_std"], dtype=np.float32)
+    return split
 
 
 def evaluated_name(dcfg: DataConfig) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from audio_mrkd import fileio
@@ -12,7 +11,8 @@ from audio_mrkd.errors import InputError
 from audio_mrkd.data.dataset import BatchLoader, FeatureSplit, load_split
 from audio_mrkd.data.dcase import DEVICE_GROUPS
 from audio_mrkd.train.checkpoint import load_run_model
-from audio_mrkd.train.data import evaluated_name, run_bundle
+from audio_mrkd.progress import progress
+from audio_mrkd.train.data import evaluated_name, run_bundle, with_run_norm
 from audio_mrkd.train.metrics import classification_metrics, with_counts
 
 #: Up to this many classes, ``evaluate`` prints one line per class (always in ``eval-<split>-<which>.json``).
@@ -36,10 +36,15 @@ def run_split(info: dict, cfg, split: str) -> FeatureSplit:
             data = functools.reduce(concat_splits, [splits[name] for name in parts])
         else:
             data = splits[split]
-    if info["norm_mean"] is not None:  # the run's own train statistics, not the manifest's
-        data.norm_mean = np.asarray(info["norm_mean"], dtype=np.float32)
-        data.norm_std = np.asarray(info["norm_std"], dtype=np.float32)
-    return data
+    return with_run_norm(data, info)
+
+
+def run_logits(model: torch.nn.Module, split: FeatureSplit, bar_desc: str | None = None) -> torch.Tensor:
+    """A run's network on every item of ``split`` (normalised as the split says), on the CPU → N×C float32."""
+    loader = BatchLoader(split, 256, "cpu", normalize=split.norm_mean is not None)
+    batches = progress(loader, desc=bar_desc, unit="batch") if bar_desc else loader
+    with torch.inference_mode():
+        return torch.cat([model(b.x).float() for b in batches])
 
 
 def evaluate_run(run_dir: str | Path, split: str | None = None, which: str = "best", log=print) -> dict:
@@ -53,9 +58,7 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, which: str = "be
         split, data = evaluated_name(dcfg), run_bundle(info, cfg).eval
     else:
         tag, data = split, run_split(info, cfg, split)
-    loader = BatchLoader(data, 256, "cpu", normalize=info["norm_mean"] is not None)
-    with torch.inference_mode():
-        probs = torch.cat([torch.softmax(model(b.x), 1) for b in loader]).numpy()
+    probs = torch.softmax(run_logits(model, data), 1).numpy()
     metrics = classification_metrics(probs, data.labels, data.class_names, data.recording_devices, data.device_names,
                                      DEVICE_GROUPS if info["kind"] == "audio" else None)
     fileio.write_json(run_dir / f"eval-{tag}-{which}.json", metrics)

@@ -16,12 +16,12 @@ import torch
 
 from audio_mrkd import config as config_io
 from audio_mrkd import fileio
-from audio_mrkd.data.dataset import BatchLoader
 from audio_mrkd.data.dcase import DEVICE_GROUPS
 from audio_mrkd.errors import InputError
 from audio_mrkd.experiment import ExperimentConfig
 from audio_mrkd.train.checkpoint import checkpoint_path, load_run_model, read_data_info, read_run_config
-from audio_mrkd.train.data import run_bundle
+from audio_mrkd.train.data import run_bundle, with_run_norm
+from audio_mrkd.train.evaluate import run_logits
 from audio_mrkd.train.metrics import classification_metrics
 
 FINETUNE_DEFAULTS = ["train.epochs=50", "train.lr=0.0005", "train.warmup_steps=200", "augment.mixstyle_p=0",
@@ -65,9 +65,7 @@ def finetune(run_dir: str | Path, devices: list[str], out: str | Path | None = N
 
 
 def _probs(model: torch.nn.Module, split) -> np.ndarray:
-    loader = BatchLoader(split, 256, "cpu", normalize=split.norm_mean is not None)
-    with torch.inference_mode():
-        return torch.cat([torch.softmax(model(b.x), 1) for b in loader]).numpy()
+    return torch.softmax(run_logits(model, split), 1).numpy()
 
 
 def routed_evaluation(run_dir: Path, device_runs: dict[str, Path]) -> dict:
@@ -81,7 +79,7 @@ def routed_evaluation(run_dir: Path, device_runs: dict[str, Path]) -> dict:
         rows = np.flatnonzero(names == device)
         if len(rows):
             model, device_info, _ = load_run_model(device_dir, CHECKPOINT)
-            routed[rows] = _probs(model, _with_norm(split.subset(rows), device_info))
+            routed[rows] = _probs(model, with_run_norm(split.subset(rows), device_info))
     seen = np.isin(names, list(device_runs))
 
     def scores(probs: np.ndarray) -> dict:
@@ -99,14 +97,6 @@ def routed_evaluation(run_dir: Path, device_runs: dict[str, Path]) -> dict:
     gain["per_device"] = {d: ours["per_device"][d] - base["per_device"][d] for d in ours["per_device"]}
     return {"general_run": str(run_dir), "device_runs": {d: str(p) for d, p in device_runs.items()},
             "checkpoint": CHECKPOINT, "n_items": int(len(split)), "routed": ours, "general": base, "gain": gain}
-
-
-def _with_norm(split, info: dict):
-    """``split`` normalised with a device run's own statistics (data.json)."""
-    if info.get("norm_mean") is not None:
-        split.norm_mean = np.asarray(info["norm_mean"], dtype=np.float32)
-        split.norm_std = np.asarray(info["norm_std"], dtype=np.float32)
-    return split
 
 
 def summary_lines(report: dict) -> str:

@@ -9,14 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from audio_mrkd.data.dataset import BatchLoader
 from audio_mrkd.distill.teachers import write_teacher_logits
 from audio_mrkd.errors import InputError
-from audio_mrkd.progress import progress
 from audio_mrkd.train.checkpoint import load_run_model
-from audio_mrkd.train.evaluate import run_split
+from audio_mrkd.train.evaluate import run_logits, run_split
 
 SAME_DATA_KEYS = ("kind", "name", "class_names", "input_shape")
 
@@ -33,10 +30,7 @@ def ensemble_logits(run_dirs: list[str | Path], which: str = "best",
                 raise InputError(f"{run_dir}: {key} {info.get(key)!r} differs from {first[0]}'s "
                                  f"{first[1].get(key)!r}: an ensemble's teachers share one dataset")
         data = run_split(info, cfg, split)
-        loader = BatchLoader(data, 256, "cpu", normalize=info["norm_mean"] is not None)
-        with torch.inference_mode():
-            logits = torch.cat([model(b.x).float() for b in progress(loader, desc=Path(run_dir).name,
-                                                                      unit="batch")]).numpy().astype(np.float64)
+        logits = run_logits(model, data, bar_desc=Path(run_dir).name).numpy().astype(np.float64)
         names = data.items["filename"].astype(str).tolist()
         total = logits if total is None else total + logits
     return names, list(first[1]["class_names"]), (total / len(run_dirs)).astype(np.float32)
