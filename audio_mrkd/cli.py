@@ -104,7 +104,8 @@ def cmd_teacher_logits(args: argparse.Namespace) -> int:
 
 def cmd_ablate(args: argparse.Namespace) -> int:
     from audio_mrkd.train.ablation import run_ablation
-    print(run_ablation(args.spec, args.out, args.overrides, jobs=args.jobs, run_overrides=args.run))
+    print(run_ablation(args.spec, args.out, args.overrides, jobs=args.jobs, run_overrides=args.run,
+                       reuse=args.reuse, only=args.variants))
     return 0
 
 
@@ -236,6 +237,11 @@ def _add_training_parsers(sub) -> None:
     p.add_argument("--jobs", type=int, default=1, help="parallel runs (one CPU thread each), default 1")
     p.add_argument("--run", action="append", default=[], metavar="KEY=VALUE",
                    help="override for every run, e.g. --run data.root=PATH (repeatable)")
+    p.add_argument("--variants", nargs="+", metavar="NAME",
+                   help="run only these variants (the reference always), e.g. the chosen ones on the reported split")
+    p.add_argument("--reuse", action="append", default=[], metavar="DIR",
+                   help="take the runs another study (its --out folder) already made with the same recipe, fold "
+                        "and seed instead of training them again (repeatable)")
     p.add_argument("overrides", nargs="*", help="spec overrides, e.g. seeds=[0] folds=3")
     p.set_defaults(func=cmd_ablate)
 

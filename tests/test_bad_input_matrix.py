@@ -391,6 +391,35 @@ def ablation_record_log_damaged(w):
     return Case(["ablate", str(spec), "--out", str(w / "abl")], ("runs.jsonl", "line 2", "not a JSON record"))
 
 
+@case
+def ablation_record_made_with_another_recipe(w):
+    spec = w / "spec.yaml"
+    spec.write_text(f"config: {ROOT / 'configs/experiments/dcase_ce.yaml'}\nreference: ce\nfolds: 0\n"
+                    "variants:\n  ce: [method=ce]\n")
+    (w / "abl").mkdir()
+    (w / "abl" / "runs.jsonl").write_text('{"variant": "ce", "fold": 0, "seed": 0, "recipe": "0123456789abcdef"}\n')
+    return Case(["ablate", str(spec), "--out", str(w / "abl")], ("runs.jsonl", "line 1", "ce, fold 0, seed 0",
+                                                                  "another recipe"))
+
+
+@case
+def ablation_reuse_folder_without_records(w):
+    spec = w / "spec.yaml"
+    spec.write_text(f"config: {ROOT / 'configs/experiments/dcase_ce.yaml'}\nreference: ce\nfolds: 0\n"
+                    "variants:\n  ce: [method=ce]\n")
+    return Case(["ablate", str(spec), "--out", str(w / "abl"), "--reuse", str(w / "runs")],
+                ("--reuse", str(w / "runs"), "no runs.jsonl"))
+
+
+@case
+def ablation_unknown_variant_chosen(w):
+    spec = w / "spec.yaml"
+    spec.write_text(f"config: {ROOT / 'configs/experiments/dcase_ce.yaml'}\nreference: ce\nfolds: 0\n"
+                    "variants:\n  ce: [method=ce]\n  mrkd: [method=mrkd]\n")
+    return Case(["ablate", str(spec), "--out", str(w / "abl"), "--variants", "mrdk"],
+                ("--variants", "'mrdk'", "ce, mrkd"))
+
+
 # ---- the test -------------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> Path:

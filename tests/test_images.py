@@ -261,6 +261,23 @@ def test_holdout_is_stratified_deterministic_and_keeps_test_apart(tmp_path):
     assert not np.array_equal(other.rows, evaluate.rows)
 
 
+def test_eval_split_test_trains_as_the_selection_runs_and_scores_the_official_test_split(tmp_path):
+    """The chosen variants, reported once: the same training items and statistics as with the held-back
+    selection split, evaluated on the official test split."""
+    from audio_mrkd.experiment import load_experiment
+    from audio_mrkd.train.data import load_data
+    _, written = write_cifar10(tmp_path, n_per_batch=40, n_test=10)
+    data = ["data.kind=cifar10", f"data.root={tmp_path}", "data.holdout=50"]
+    selection = load_data(load_experiment(None, data).data)
+    reported = load_data(load_experiment(None, [*data, "data.eval_split=test"]).data)
+    np.testing.assert_array_equal(reported.train.rows, selection.train.rows)
+    np.testing.assert_array_equal(reported.train.norm_mean, selection.train.norm_mean)
+    assert len(selection.eval) == 50 and len(reported.eval) == 10
+    np.testing.assert_array_equal(reported.eval.features, written["test"][0])
+    expect_error(lambda: load_data(load_experiment(None, [*data, "data.eval_split=valid"]).data),
+                 "data.eval_split", "'valid'", "cifar10")
+
+
 @pytest.mark.parametrize("kw,fragments", [
     ({"kind": "svhn"}, ("data.kind", "svhn")),
     ({"kind": "cifar10", "coarse_labels": True}, ("coarse_labels", "cifar10")),

@@ -46,10 +46,9 @@ from audio_mrkd import fileio, plots
 from audio_mrkd.errors import InputError
 from audio_mrkd.experiment import load_experiment
 from audio_mrkd.progress import progress
+from audio_mrkd.train import ablation_records
+from audio_mrkd.train.ablation_records import TEACHERS
 from audio_mrkd.train.metrics import mean_std
-
-
-TEACHERS = "@teachers"  # in a variant's overrides: the run directories of its fold's teachers
 
 
 @dataclass
@@ -97,19 +96,6 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> tuple[Abl
     return spec, config
 
 
-def _done(records_path: Path) -> dict[tuple, dict]:
-    if not records_path.is_file():
-        return {}
-    records = []
-    for number, line in enumerate(fileio.read_lines(records_path), start=1):
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            raise InputError(f"{records_path}: line {number} is not a JSON record; remove it to re-run that run") \
-                from None
-    return {(r["variant"], r["fold"], r["seed"]): r for r in records}
-
-
 def _usable_teacher(record: dict | None, out_dir: Path) -> bool:
     """A recorded teacher run whose best checkpoint is still there."""
     return record is not None and (out_dir / record["run_dir"] / "checkpoints" / "best.pt").is_file()
@@ -117,7 +103,7 @@ def _usable_teacher(record: dict | None, out_dir: Path) -> bool:
 
 def _run_one(task: tuple) -> dict:
     """One (variant, fold, seed) run → its record (executed in a worker process when jobs > 1)."""
-    config, overrides, variant, fold, seed, threads, train_fn = task
+    config, overrides, variant, fold, seed, threads, train_fn, recipe = task
     if threads:
         torch.set_num_threads(threads)
     from audio_mrkd.train.engine import train_run
@@ -130,44 +116,68 @@ def _run_one(task: tuple) -> dict:
     return {"variant": variant, "fold": fold, "seed": seed,
             **{f"{w}_{m}": metrics[w][m] for w in ("last", "best") for m in ("accuracy", "macro_accuracy", "log_loss")},
             "best_epoch": metrics["best"]["epoch"], "n_eval": metrics["last"]["n_items"],
-            "run_dir": str(run_dir) if run_dir is not None else None}
+            "run_dir": str(run_dir) if run_dir is not None else None, "recipe": recipe}
 
 
 def run_ablation(spec_path: str | Path, out_dir: str | Path, overrides: list[str] | None = None,
-                 train_fn=None, jobs: int = 1, run_overrides: list[str] | None = None, log=print) -> str:
+                 train_fn=None, jobs: int = 1, run_overrides: list[str] | None = None, log=print,
+                 reuse: list[str | Path] | None = None, only: list[str] | None = None) -> str:
     """Run every missing (variant, fold, seed) — in ``jobs`` processes of one thread each when jobs > 1 —, with a
-    progress line per finished run on stderr (``log`` says how many runs were already in ``runs.jsonl``),
+    progress line per finished run on stderr (``log`` says how many runs were already in ``runs.jsonl``, and how many
+    were taken from the studies in ``reuse``: same recipe, fold and seed, see :mod:`ablation_records`),
     then write ``ablation.md`` / ``ablation.json`` / ``ablation.png`` (forest plot of the paired differences and
     learning curves; a failure to draw it is a warning, never a lost study) in ``out_dir``. Teacher runs (the
-    spec's ``teachers``) come first, so that every variant finds its fold's teachers."""
+    spec's ``teachers``) come first, so that every variant finds its fold's teachers. ``only``: run just these
+    variants (and the reference), e.g. the ones a selection study chose, once on the reported split."""
     spec, config = load_spec(spec_path, overrides)
+    if only:
+        _keep_variants(spec, only, spec_path)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records_path = out_dir / "runs.jsonl"
-    done = _done(records_path)
     threads, run_overrides = (1 if jobs > 1 else 0), list(run_overrides or [])
-    folds = range(max(spec.folds, 1))
+    folds, teacher = range(max(spec.folds, 1)), spec.teachers
 
-    def task(config_path, variant: str, variant_overrides: list[str], fold: int, seed: int, keep: bool) -> tuple:
+    def given(variant: str, fold: int, seed: int) -> tuple[str | Path, list[str]]:
+        """The run's config and overrides (``@teachers`` not yet replaced)."""
         cv = [f"data.cv_folds={spec.folds}", f"data.cv_fold={fold}"] if spec.folds else []
-        return (config_path, [*variant_overrides, f"seed={seed}", *cv, f"train.out_dir={out_dir / variant}",
-                              f"train.save_checkpoints={str(keep).lower()}", "train.progress=false"],
-                variant, fold, seed, threads, train_fn)
+        if variant == "teacher":
+            return teacher.config, [*teacher.overrides, *run_overrides, f"seed={seed}", *cv]
+        return config, [*spec.overrides, *run_overrides, *spec.variants[variant], f"seed={seed}", *cv]
 
-    teacher = spec.teachers
-    todo = [(variant, fold, seed) for seed in spec.seeds for fold in folds for variant in spec.variants
-            if (variant, fold, seed) not in done]
+    keys = [("teacher", fold, seed) for fold in folds for seed in teacher.seeds] if teacher else []
+    keys += [(variant, fold, seed) for seed in spec.seeds for fold in folds for variant in spec.variants]
+    recipes = {key: ablation_records.load_recipe(*given(*key)) for key in keys}
+    records = ablation_records.read_records(records_path)
+    ablation_records.check_recipes(records_path, records, recipes)
+    done = {(r["variant"], r["fold"], r["seed"]): r for _, r in records}
+    if reuse:
+        _take_reused(reuse, {key: recipes[key] for key in keys if key not in done and key[0] != "teacher"
+                             and not any(TEACHERS in o for o in spec.variants[key[0]])}, records_path, done, log)
+
+    def task(key: tuple, keep: bool) -> tuple:
+        variant, fold, seed = key
+        config_path, run = given(*key)
+        run = [*with_teachers(run, fold), f"train.out_dir={out_dir / variant}",
+               f"train.save_checkpoints={str(keep).lower()}", "train.progress=false"]
+        return config_path, run, variant, fold, seed, threads, train_fn, recipes[key]
+
+    def with_teachers(overrides: list[str], fold: int) -> list[str]:
+        """``@teachers`` → the fold's teacher run directories, as a list."""
+        if not any(TEACHERS in o for o in overrides):
+            return overrides
+        dirs = json.dumps([str(out_dir / done[("teacher", fold, s)]["run_dir"]) for s in teacher.seeds])
+        return [o.replace(TEACHERS, dirs) for o in overrides]
+
+    todo = [key for key in keys if key[0] != "teacher" and key not in done]
     # a teacher whose checkpoints are gone (runs.jsonl carried to another machine) is trained again, identically
     # (training is deterministic), when a variant still needs it
-    teacher_tasks = [task(teacher.config, "teacher", [*teacher.overrides, *run_overrides], fold, seed, True)
-                     for fold in folds for seed in teacher.seeds
-                     if not _usable_teacher(done.get(("teacher", fold, seed)), out_dir)
-                     and any(f == fold for _, f, _ in todo)] if teacher else []
+    teacher_todo = [key for key in keys if key[0] == "teacher" and not _usable_teacher(done.get(key), out_dir)
+                    and any(f == key[1] for _, f, _ in todo)]
 
     # one line per finished run (a bar on a terminal): done/total counts the runs resumed from runs.jsonl; the time
     # left is the mean time of the runs finished in this invocation times the runs still to do
-    total = len(spec.seeds) * len(folds) * len(spec.variants) + (len(teacher.seeds) * len(folds) if teacher else 0)
-    missing = len(teacher_tasks) + len(todo)
+    total, missing = len(keys), len(teacher_todo) + len(todo)
     if total > missing:
         log(f"ablation: {total - missing} of {total} runs already in {records_path}")
     bar = progress(total=total, initial=total - missing, desc="ablation", unit="runs")
@@ -179,21 +189,30 @@ def run_ablation(spec_path: str | Path, out_dir: str | Path, overrides: list[str
                         last_macro_acc=f"{rec['last_macro_accuracy']:.4f}")
         bar.update(1)
 
-    def with_teachers(overrides: list[str], fold: int) -> list[str]:
-        """``@teachers`` → the fold's teacher run directories, as a list."""
-        if not any(TEACHERS in o for o in overrides):
-            return overrides
-        dirs = json.dumps([str(out_dir / done[("teacher", fold, s)]["run_dir"]) for s in teacher.seeds])
-        return [o.replace(TEACHERS, dirs) for o in overrides]
-
     try:
-        _execute(teacher_tasks, jobs, record)
-        _execute([task(config, variant, [*spec.overrides, *run_overrides,
-                                         *with_teachers(spec.variants[variant], fold)], fold, seed, False)
-                  for variant, fold, seed in todo], jobs, record)
+        _execute([task(key, True) for key in teacher_todo], jobs, record)
+        _execute([task(key, False) for key in todo], jobs, record)
     finally:
         bar.close()
     return _write_results(out_dir, list(done.values()), spec)
+
+
+def _keep_variants(spec: AblationSpec, only: list[str], spec_path: str | Path) -> None:
+    unknown = [name for name in only if name not in spec.variants]
+    if unknown:
+        raise InputError(f"--variants: '{unknown[0]}' is not a variant of {spec_path} ({', '.join(spec.variants)})")
+    spec.variants = {name: o for name, o in spec.variants.items() if name in only or name == spec.reference}
+
+
+def _take_reused(sources: list[str | Path], wanted: dict[tuple, str], records_path: Path, done: dict, log) -> None:
+    """Append to this study's records the wanted runs that another study already made with the same recipe."""
+    found = ablation_records.reusable([Path(s) for s in sources], wanted, records_path.parent)
+    for key, rec in found.items():
+        fileio.append_line(records_path, json.dumps(rec))
+        done[key] = rec
+    if found:
+        log(f"ablation: {len(found)} runs taken from {', '.join(sorted({r['reused_from'] for r in found.values()}))} "
+            f"(same recipe, fold and seed)")
 
 
 def _execute(tasks: list[tuple], jobs: int, record) -> None:

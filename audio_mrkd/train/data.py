@@ -141,4 +141,9 @@ def _load(cfg: DataConfig) -> DataBundle:
     from audio_mrkd.data.images import load_image_splits
     # the held-back selection split is the same for every seed, so runs stay paired
     splits = load_image_splits(cfg.kind, cfg.root, holdout=cfg.holdout, seed=0, coarse_labels=cfg.coarse_labels)
-    return DataBundle(splits["train"], splits["evaluate"], "image", {})
+    if cfg.eval_split not in ("evaluate", "test"):
+        raise InputError(f"data.eval_split: {cfg.eval_split!r} is not an evaluated split of {cfg.kind} "
+                         f"(evaluate: the held-back items, or the official test split without data.holdout; test: "
+                         f"the official test split)")
+    # eval_split=test with a holdout: trained exactly as the selection runs, scored once on the official test split
+    return DataBundle(splits["train"], splits[cfg.eval_split], "image", {})

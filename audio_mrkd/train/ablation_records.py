@@ -1,0 +1,118 @@
+"""An ablation's records (``runs.jsonl``): reading them, the recipe each run was made with, and reusing runs.
+
+Every record carries ``recipe``: a digest of the run's resolved configuration without the keys that only say where
+things live or how the run reports (paths, run names, progress, checkpoint keeping). On resume a record whose
+recipe differs from what the spec now gives (the spec or its recipe YAML was edited) is refused in one line rather
+than silently mixed into the table. A run whose recipe another study already ran (same config, overrides, fold and
+seed: training is deterministic) can be taken from that study's records (``ablate --reuse DIR``) instead of being
+trained again. Records written before ``recipe`` existed get theirs from the run folder's ``config.yaml`` when it is
+still there, and are accepted as they are when it is not.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from audio_mrkd import config as config_io
+from audio_mrkd import fileio
+from audio_mrkd.errors import InputError
+from audio_mrkd.experiment import ExperimentConfig, load_experiment
+
+TEACHERS = "@teachers"  # in a variant's overrides: the run directories of its fold's teachers
+
+# keys that never change a run's numbers: where data and outputs live, how the run is named and reported
+_NOT_RECIPE = {"name": None, "data": ("root", "manifest_dir"),
+               "train": ("out_dir", "run_name", "progress", "save_checkpoints", "checkpoint_every", "log_every")}
+
+
+def recipe_digest(cfg: ExperimentConfig, teachers_placeholder: bool = False) -> str:
+    """What decides a run's numbers, as a short digest. ``teachers_placeholder``: ``kd.teachers`` came from
+    ``@teachers`` (the fold's teacher runs, whose own records carry their recipe), so their paths do not count."""
+    data = config_io.to_dict(cfg)
+    for section, keys in _NOT_RECIPE.items():
+        if keys is None:
+            data.pop(section, None)
+        else:
+            for key in keys:
+                data[section].pop(key, None)
+    if teachers_placeholder:
+        data["kd"]["teachers"] = TEACHERS
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def load_recipe(config: str | Path, overrides: list[str]) -> str:
+    """The recipe of a run given as (config, overrides), ``@teachers`` left as a placeholder."""
+    placeholder = any(TEACHERS in o for o in overrides)
+    cfg = load_experiment(config, [o.replace(TEACHERS, json.dumps([TEACHERS])) for o in overrides])
+    return recipe_digest(cfg, placeholder)
+
+
+def _recorded_recipe(record: dict, out_dir: Path) -> str | None:
+    """The record's recipe, or (older records) the one of its run folder's config.yaml; None when neither is known."""
+    if record.get("recipe"):
+        return record["recipe"]
+    if not record.get("run_dir"):
+        return None
+    saved = out_dir / record["run_dir"] / "config.yaml"
+    try:
+        cfg = load_experiment(saved) if saved.is_file() else None
+    except InputError:  # written by a version with other keys: unknown
+        return None
+    teachers = record.get("variant") != "teacher" and bool(cfg and cfg.kd.teachers)
+    return recipe_digest(cfg, teachers) if cfg is not None else None
+
+
+def read_records(path: Path, repair: bool = True) -> list[tuple[int, dict]]:
+    """(line number, record) for every complete line of ``path``; ``repair=False`` reads another study's file
+    without touching it (it may be growing)."""
+    if not path.is_file():
+        return []
+    lines = fileio.read_lines(path) if repair else path.read_text(encoding="utf-8").split("\n")[:-1]
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append((number, json.loads(line)))
+        except ValueError:
+            raise InputError(f"{path}: line {number} is not a JSON record; remove it to re-run that run") from None
+    return records
+
+
+def check_recipes(path: Path, records: list[tuple[int, dict]], expected: dict[tuple, str]) -> None:
+    """Refuse a record made with another recipe than the spec now gives for its (variant, fold, seed)."""
+    for number, record in records:
+        key = (record["variant"], record["fold"], record["seed"])
+        recorded = _recorded_recipe(record, path.parent)
+        if key in expected and recorded is not None and recorded != expected[key]:
+            raise InputError(f"{path}: line {number} ({key[0]}, fold {key[1]}, seed {key[2]}) was run with another "
+                             f"recipe than the spec now gives (its config or overrides changed): use another --out, "
+                             f"or remove that line to run it again")
+
+
+def reusable(sources: list[Path], wanted: dict[tuple, str], out_dir: Path) -> dict[tuple, dict]:
+    """Records of other studies (folders holding a ``runs.jsonl``) that ran exactly a wanted recipe, as records of
+    this study: the key's variant name, ``run_dir`` relative to ``out_dir``, ``reused_from`` naming the source.
+    Teacher runs, and variants taught by ``@teachers``, are never taken from elsewhere (the caller leaves them out
+    of ``wanted``)."""
+    by_recipe: dict[str, tuple[Path, dict]] = {}
+    for source in sources:
+        records_path = Path(source) / "runs.jsonl"
+        if not records_path.is_file():
+            raise InputError(f"--reuse {source}: no runs.jsonl there")
+        for _, record in read_records(records_path, repair=False):
+            recipe = _recorded_recipe(record, Path(source))
+            if recipe is not None and record.get("variant") != "teacher":
+                by_recipe.setdefault(recipe, (Path(source), record))
+    found = {}
+    for key, recipe in wanted.items():
+        if recipe in by_recipe:
+            source, record = by_recipe[recipe]
+            run_dir = record.get("run_dir")
+            if run_dir is not None:
+                run_dir = os.path.relpath((source / run_dir).resolve(), out_dir.resolve())
+            found[key] = record | {"variant": key[0], "run_dir": run_dir, "recipe": recipe,
+                                   "reused_from": str(source)}
+    return found

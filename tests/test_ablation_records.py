@@ -1,0 +1,116 @@
+"""An ablation's records know the recipe each run was made with: an edited spec is refused on resume rather than
+mixed into the table, and a run another study already made with the same recipe is taken from it (``--reuse``)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from audio_mrkd.errors import InputError
+from audio_mrkd.train.ablation import run_ablation
+from audio_mrkd.train.ablation_records import load_recipe
+from audio_mrkd.train.engine import train_run
+
+SILENT = lambda *_: None  # noqa: E731
+RECIPE = "data: {kind: synthetic, synthetic_items: 32}\nmodel: {name: dcase_cnn}\ntrain: {epochs: 1, batch_size: 16}\n"
+
+
+def study(root: Path, name: str, variants: dict[str, str], recipe: str = RECIPE) -> Path:
+    (root / f"{name}_recipe.yaml").write_text(recipe)
+    spec = root / f"{name}.yaml"
+    spec.write_text(f"config: {name}_recipe.yaml\nfolds: 0\nseeds: [0]\nreference: ce\nvariants:\n"
+                    + "".join(f"  {v}: [{o}]\n" for v, o in variants.items()))
+    return spec
+
+
+def records(out: Path) -> dict[str, dict]:
+    return {r["variant"]: r for r in map(json.loads, (out / "runs.jsonl").read_text().splitlines())}
+
+
+def counting(trained: list):
+    def train(cfg):
+        trained.append(cfg.method)
+        return train_run(cfg)
+    return train
+
+
+def test_resume_refuses_a_run_whose_recipe_changed_and_ignores_what_does_not_count(tmp_path):
+    spec = study(tmp_path, "a", {"ce": "method=ce"})
+    run_ablation(spec, tmp_path / "abl", log=SILENT)
+    assert len(records(tmp_path / "abl")["ce"]["recipe"]) == 16
+    trained = []
+    (tmp_path / "a_recipe.yaml").write_text(RECIPE.replace("batch_size: 16}", "batch_size: 16, log_every: 3}"))
+    run_ablation(spec, tmp_path / "abl", log=SILENT, train_fn=counting(trained), run_overrides=["train.progress=true"])
+    assert trained == []  # how often the run logs is not part of its recipe: the record stands
+    (tmp_path / "a_recipe.yaml").write_text(RECIPE.replace("batch_size: 16", "batch_size: 8"))
+    with pytest.raises(InputError, match=r"runs.jsonl: line 1 \(ce, fold 0, seed 0\) was run with another recipe"):
+        run_ablation(spec, tmp_path / "abl", log=SILENT)
+
+
+def test_records_without_a_recipe_are_checked_against_their_run_folder(tmp_path):
+    """Records written before ``recipe`` existed: the run folder's config.yaml tells it; without it, accepted."""
+    spec = study(tmp_path, "a", {"ce": "method=ce"})
+    out = tmp_path / "abl"
+    run_ablation(spec, out, log=SILENT)
+    old = records(out)["ce"]
+    del old["recipe"]
+    (out / "runs.jsonl").write_text(json.dumps(old) + "\n")
+    trained = []
+    run_ablation(spec, out, log=SILENT, train_fn=counting(trained))
+    assert trained == []
+    (tmp_path / "a_recipe.yaml").write_text(RECIPE.replace("epochs: 1", "epochs: 2"))
+    with pytest.raises(InputError, match="another recipe"):
+        run_ablation(spec, out, log=SILENT)
+    (out / "runs.jsonl").write_text(json.dumps(old | {"run_dir": "ce/gone"}) + "\n")
+    run_ablation(spec, out, log=SILENT, train_fn=counting(trained))  # nothing left to tell: the record stands
+    assert trained == []
+
+
+def test_reuse_takes_the_runs_another_study_made_with_the_same_recipe(tmp_path):
+    first = study(tmp_path, "a", {"ce": "method=ce", "mrkd": "method=mrkd, mrkd.k=1"})
+    run_ablation(first, tmp_path / "a", log=SILENT)
+    # the same recipe under another file and another variant name is the same run; label smoothing is not
+    second = study(tmp_path, "b", {"ce": "method=ce", "ls": "method=ce, train.label_smoothing=0.1",
+                                   "self": "method=mrkd, mrkd.k=1"})
+    trained, logged = [], []
+    run_ablation(second, tmp_path / "b", log=logged.append, train_fn=counting(trained), reuse=[tmp_path / "a"])
+    assert trained == ["ce"]  # only "ls" was trained (its method is ce)
+    assert logged[0] == f"ablation: 2 runs taken from {tmp_path / 'a'} (same recipe, fold and seed)"
+    a, b = records(tmp_path / "a"), records(tmp_path / "b")
+    for mine, theirs in (("ce", "ce"), ("self", "mrkd")):
+        assert b[mine]["last_macro_accuracy"] == a[theirs]["last_macro_accuracy"]
+        assert b[mine]["reused_from"] == str(tmp_path / "a")
+        assert (tmp_path / "b" / b[mine]["run_dir"]).resolve() == (tmp_path / "a" / a[theirs]["run_dir"]).resolve()
+    assert "reused_from" not in b["ls"]
+    summary = json.loads((tmp_path / "b" / "ablation.json").read_text())
+    assert set(summary) == {"ce", "ls", "self"}
+    # what reuse stands on: the same recipe trained again gives the same numbers
+    run_ablation(second, tmp_path / "c", log=SILENT)
+    c = records(tmp_path / "c")
+    assert [c[v]["last_log_loss"] for v in ("ce", "self")] == [b[v]["last_log_loss"] for v in ("ce", "self")]
+    # resumed afterwards: the reused records carry their recipe and stand
+    run_ablation(second, tmp_path / "b", log=SILENT, train_fn=counting(trained))
+    assert trained == ["ce"]
+
+
+def test_teacher_runs_do_not_count_by_their_paths():
+    """A variant taught by ``@teachers``: its recipe is the same whichever folders the fold's teachers are in."""
+    base = ["data.kind=synthetic", "method=kd"]
+    placeholder = load_recipe(None, [*base, "kd.teachers=@teachers"])
+    assert placeholder == load_recipe(None, [*base, "kd.teachers=@teachers", "train.out_dir=/elsewhere"])
+    assert placeholder != load_recipe(None, [*base, "kd.teachers=@teachers", "kd.alpha=0.9"])
+    assert placeholder != load_recipe(None, ["data.kind=synthetic", "method=kd", "kd.teachers=[/some/run]"])
+
+
+def test_variants_runs_only_the_chosen_ones_and_the_reference(tmp_path, capsys):
+    """The chosen variants once on the reported split: ``--variants`` with a ``--run`` override of the split."""
+    from audio_mrkd.cli import main
+    spec = study(tmp_path, "a", {"ce": "method=ce", "ls": "method=ce, train.label_smoothing=0.1",
+                                 "mrkd": "method=mrkd, mrkd.k=1"})
+    out = tmp_path / "chosen"
+    assert main(["ablate", str(spec), "--out", str(out), "--variants", "mrkd", "--run", "data.synthetic_items=48"]) == 0
+    assert set(records(out)) == {"ce", "mrkd"}
+    assert all(r["n_eval"] == 24 for r in records(out).values())  # the --run override reached every run (the recipe's 32 items evaluate 16)
+    assert main(["ablate", str(spec), "--out", str(out), "--variants", "best"]) == 2
+    assert "--variants: 'best' is not a variant of" in capsys.readouterr().err
