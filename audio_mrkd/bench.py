@@ -49,8 +49,9 @@ def _sync() -> None:
         torch.cuda.synchronize()
 
 
-def _trainer(overrides: list[str], shape=AUDIO_SHAPE, items: int = 256) -> Trainer:
-    cfg = load_experiment(None, [
+def _trainer(overrides: list[str], shape=AUDIO_SHAPE, items: int = 256, config: str | None = None) -> Trainer:
+    """A Trainer of ``config`` (default: the built-in defaults) on synthetic items of ``shape``."""
+    cfg = load_experiment(config, [
         f"train.device={_DEVICE['name']}", "data.kind=synthetic", f"data.synthetic_items={items}",
         "train.progress=false", "train.log_every=1000000",
         "train.out_dir=/tmp/audio_mrkd_bench", "train.save_checkpoints=false", *overrides])
@@ -58,14 +59,13 @@ def _trainer(overrides: list[str], shape=AUDIO_SHAPE, items: int = 256) -> Train
     return Trainer(cfg, DataBundle(train, held, "synthetic", {}))
 
 
-def teacher_runs(n: int, model_options: str, shape=AUDIO_SHAPE, items: int = 256) -> list[str]:
-    """``n`` finished one-epoch CE runs (seeds 0…n−1) of ``cp_mobile`` with ``model_options`` on the benchmarks'
-    synthetic data: teachers whose cost (not accuracy) the ``kd`` rows measure."""
+def teacher_runs(n: int, teacher: list[str], shape=AUDIO_SHAPE, items: int = 256, config: str | None = None) -> list[str]:
+    """``n`` finished one-epoch CE runs (seeds 0…n−1) of the recipe with the ``teacher`` overrides (a wider or deeper
+    model) on the benchmarks' synthetic data: teachers whose cost (not accuracy) the ``kd`` rows measure."""
     dirs = []
     for seed in range(n):
-        trainer = _trainer(["method=ce", "train.epochs=1", "train.save_checkpoints=true", f"seed={seed}",
-                            f"model.options={model_options}", "train.out_dir=/tmp/audio_mrkd_bench/teachers"],
-                           shape, items)
+        trainer = _trainer(["method=ce", "train.epochs=1", "train.save_checkpoints=true", f"seed={seed}", *teacher,
+                            "train.out_dir=/tmp/audio_mrkd_bench/teachers"], shape, items, config)
         trainer.fit()
         dirs.append(str(trainer.run_dir))
     return dirs
@@ -104,9 +104,9 @@ def _ms_per_call(fn, steps: int, warmup: int = 3, blocks: int = 3) -> float:
 
 
 def measure_trainer(overrides: list[str], batch: int, steps: int, shape=AUDIO_SHAPE,
-                    teachers_alone: bool = False) -> dict:
+                    teachers_alone: bool = False, config: str | None = None) -> dict:
     """ms per training step through ``Trainer._step`` (and the K teacher forwards alone, if asked)."""
-    trainer = _trainer([f"train.batch_size={batch}", *overrides], shape, items=max(8 * batch, 256))
+    trainer = _trainer([f"train.batch_size={batch}", *overrides], shape, items=max(8 * batch, 256), config=config)
     out = {"backup_ms": _fill_bank(trainer)}
     batches = _cycle(trainer.train_loader)
     out["step_ms"] = _ms_per_call(lambda: trainer._step(next(batches)), steps, warmup=max(3, steps // 4))

@@ -1,12 +1,18 @@
 """Training-step cost of every registered method against CE, measured side by side in one run.
 
-    python benchmarks/bench_methods.py [--batch 32] [--steps 10] [--shape 1 64 65]
+    python benchmarks/bench_methods.py [--batch 32] [--steps 10] [--shape 1 64 65] [--config RECIPE.yaml]
+        [--teacher KEY=VALUE ...] [KEY=VALUE ...]
 
-The real ``Trainer._step`` on synthetic log-mels of the given shape (default: the demo's 64-mel front-end),
-``cp_mobile``, fp32, on this machine's CPU (or CUDA when present); MrKD's bank is filled before timing, the EMA
-teacher is active from the first step (``warmup_steps=0``); ``kd`` distils three teachers twice as wide
-(``base_channels`` 64, one-epoch runs made first: their cost, not their accuracy, is measured). Prints ms/step and
-the ratio to CE; DLB trains on 1.5 × the batch per step, so its samples/s column counts the loader's new items only.
+The real ``Trainer._step`` on synthetic items of the given shape (default: the demo's 64-mel log-mels), with the
+recipe's model, optimiser, augmentation and precision (default: the built-in defaults, ``cp_mobile`` in fp32) plus
+the trailing overrides, on this machine's CPU (or CUDA when present); MrKD's bank is filled before timing, the EMA
+teacher is active from the first step (``warmup_steps=0``); ``kd`` distils three teachers made by the ``--teacher``
+overrides (default: ``cp_mobile`` twice as wide; one-epoch runs made first: their cost, not their accuracy, is
+measured). Prints ms/step and the ratio to CE; DLB trains on 1.5 × the batch per step, so its samples/s column counts
+the loader's new items only. The Fashion-MNIST study's recipe (docs/results.md):
+
+    OMP_NUM_THREADS=1 python benchmarks/bench_methods.py --config configs/experiments/fmnist_cpu_recipe.yaml \
+        --shape 3 32 32 --batch 128 --teacher model.name=resnet56 -- train.precision=bf16-mixed
 """
 from __future__ import annotations
 
@@ -29,16 +35,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=32, help="loader batch size")
     parser.add_argument("--steps", type=int, default=10, help="steps per timed block (median of 3 blocks)")
-    parser.add_argument("--shape", type=int, nargs=3, default=[1, 64, 65], help="item shape C F T")
+    parser.add_argument("--shape", type=int, nargs=3, default=[1, 64, 65], help="item shape C F T (or C H W)")
+    parser.add_argument("--config", help="recipe YAML (model, optimiser, augmentation, precision); default: built-in")
+    parser.add_argument("--teacher", nargs="+", default=["model.options={base_channels: 64}"], metavar="KEY=VALUE",
+                        help="overrides that make kd's teachers from the recipe (default: cp_mobile twice as wide)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides for every row")
     args = parser.parse_args()
-    teachers = "kd.teachers=" + json.dumps(teacher_runs(3, "{base_channels: 64}", tuple(args.shape)))
+    shape = tuple(args.shape)
+    teachers = "kd.teachers=" + json.dumps(teacher_runs(3, [*args.teacher, *args.overrides], shape, config=args.config))
     variants = VARIANTS | {
-        "kd (3 teachers ×2 wide, cached)": ["method=kd", teachers],
-        "kd (3 teachers ×2 wide, same batch)": ["method=kd", teachers, "kd.teacher_input=same"],
+        "kd (3 teachers, cached)": ["method=kd", teachers],
+        "kd (3 teachers, same batch)": ["method=kd", teachers, "kd.teacher_input=same"],
         "mrkd (K 4, same) + 3 cached teachers": ["method=mrkd", teachers],
     }
-    rows = {name: measure_trainer(["augment.mixup_alpha=0", *overrides], args.batch, args.steps,
-                                  shape=tuple(args.shape))["step_ms"]
+    rows = {name: measure_trainer(["augment.mixup_alpha=0", *args.overrides, *overrides], args.batch, args.steps,
+                                  shape=shape, config=args.config)["step_ms"]
             for name, overrides in variants.items()}
     print(f"| method | ms/step (batch {args.batch}) | / CE | new items/s |")
     print("|---|---|---|---|")
