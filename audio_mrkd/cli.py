@@ -231,6 +231,18 @@ def _add_training_parsers(sub) -> None:
     p.add_argument("--split", default="all", help="items to score: all (default) or one split, e.g. train")
     p.set_defaults(func=cmd_teacher_logits)
 
+    _add_ablate_parser(sub)
+
+    p = sub.add_parser("demo", help="the whole demo on real audio: Drums-5, prepare, CE vs MrKD over 3 seeds, table")
+    p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
+    p.add_argument("--cache-dir", default=None, help=CACHE_HELP)
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs per run (default: the demo config's, three times as many on a GPU)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one CE and one MrKD run per seed")
+    p.set_defaults(func=cmd_demo)
+
+
+def _add_ablate_parser(sub) -> None:
     p = sub.add_parser("ablate", help="variants x grouped CV folds x seeds, paired against a reference")
     p.add_argument("spec", help="ablation YAML (configs/ablations/*.yaml)")
     p.add_argument("--out", required=True, help="output folder (runs.jsonl, ablation.md, ablation.json)")
@@ -244,14 +256,6 @@ def _add_training_parsers(sub) -> None:
                         "and seed instead of training them again (repeatable)")
     p.add_argument("overrides", nargs="*", help="spec overrides, e.g. seeds=[0] folds=3")
     p.set_defaults(func=cmd_ablate)
-
-    p = sub.add_parser("demo", help="the whole demo on real audio: Drums-5, prepare, CE vs MrKD over 3 seeds, table")
-    p.add_argument("--out", default="runs/demo", help="run folder (default runs/demo)")
-    p.add_argument("--cache-dir", default=None, help=CACHE_HELP)
-    p.add_argument("--epochs", type=int, default=None,
-                   help="epochs per run (default: the demo config's, three times as many on a GPU)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one CE and one MrKD run per seed")
-    p.set_defaults(func=cmd_demo)
 
 
 def _add_bench_parser(sub) -> None:

@@ -119,6 +119,46 @@ def _run_one(task: tuple) -> dict:
             "run_dir": str(run_dir) if run_dir is not None else None, "recipe": recipe}
 
 
+@dataclass
+class _Grid:
+    """The runs of a spec — (variant, fold, seed) keys, teachers first — and what each is given."""
+
+    spec: AblationSpec
+    config: Path
+    out_dir: Path
+    run_overrides: list[str]
+    threads: int
+    train_fn: object
+
+    def keys(self) -> list[tuple]:
+        spec, folds = self.spec, range(max(self.spec.folds, 1))
+        keys = [("teacher", fold, seed) for fold in folds for seed in spec.teachers.seeds] if spec.teachers else []
+        return keys + [(variant, fold, seed) for seed in spec.seeds for fold in folds for variant in spec.variants]
+
+    def given(self, variant: str, fold: int, seed: int) -> tuple[str | Path, list[str]]:
+        """The run's config and overrides (``@teachers`` not yet replaced)."""
+        spec = self.spec
+        cv = [f"data.cv_folds={spec.folds}", f"data.cv_fold={fold}"] if spec.folds else []
+        if variant == "teacher":
+            return spec.teachers.config, [*spec.teachers.overrides, *self.run_overrides, f"seed={seed}", *cv]
+        return self.config, [*spec.overrides, *self.run_overrides, *spec.variants[variant], f"seed={seed}", *cv]
+
+    def taught(self, variant: str) -> bool:
+        return variant != "teacher" and any(TEACHERS in o for o in self.spec.variants[variant])
+
+    def task(self, key: tuple, recipe: str, done: dict, keep: bool) -> tuple:
+        """What :func:`_run_one` needs; ``@teachers`` → the fold's teacher run directories, as a list."""
+        variant, fold, seed = key
+        config, run = self.given(*key)
+        if self.taught(variant):
+            dirs = json.dumps([str(self.out_dir / done[("teacher", fold, s)]["run_dir"])
+                               for s in self.spec.teachers.seeds])
+            run = [o.replace(TEACHERS, dirs) for o in run]
+        run += [f"train.out_dir={self.out_dir / variant}", f"train.save_checkpoints={str(keep).lower()}",
+                "train.progress=false"]
+        return config, run, variant, fold, seed, self.threads, self.train_fn, recipe
+
+
 def run_ablation(spec_path: str | Path, out_dir: str | Path, overrides: list[str] | None = None,
                  train_fn=None, jobs: int = 1, run_overrides: list[str] | None = None, log=print,
                  reuse: list[str | Path] | None = None, only: list[str] | None = None) -> str:
@@ -135,39 +175,15 @@ def run_ablation(spec_path: str | Path, out_dir: str | Path, overrides: list[str
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records_path = out_dir / "runs.jsonl"
-    threads, run_overrides = (1 if jobs > 1 else 0), list(run_overrides or [])
-    folds, teacher = range(max(spec.folds, 1)), spec.teachers
-
-    def given(variant: str, fold: int, seed: int) -> tuple[str | Path, list[str]]:
-        """The run's config and overrides (``@teachers`` not yet replaced)."""
-        cv = [f"data.cv_folds={spec.folds}", f"data.cv_fold={fold}"] if spec.folds else []
-        if variant == "teacher":
-            return teacher.config, [*teacher.overrides, *run_overrides, f"seed={seed}", *cv]
-        return config, [*spec.overrides, *run_overrides, *spec.variants[variant], f"seed={seed}", *cv]
-
-    keys = [("teacher", fold, seed) for fold in folds for seed in teacher.seeds] if teacher else []
-    keys += [(variant, fold, seed) for seed in spec.seeds for fold in folds for variant in spec.variants]
-    recipes = {key: ablation_records.load_recipe(*given(*key)) for key in keys}
+    grid = _Grid(spec, config, out_dir, list(run_overrides or []), 1 if jobs > 1 else 0, train_fn)
+    keys = grid.keys()
+    recipes = {key: ablation_records.load_recipe(*grid.given(*key)) for key in keys}
     records = ablation_records.read_records(records_path)
     ablation_records.check_recipes(records_path, records, recipes)
     done = {(r["variant"], r["fold"], r["seed"]): r for _, r in records}
     if reuse:
         _take_reused(reuse, {key: recipes[key] for key in keys if key not in done and key[0] != "teacher"
-                             and not any(TEACHERS in o for o in spec.variants[key[0]])}, records_path, done, log)
-
-    def task(key: tuple, keep: bool) -> tuple:
-        variant, fold, seed = key
-        config_path, run = given(*key)
-        run = [*with_teachers(run, fold), f"train.out_dir={out_dir / variant}",
-               f"train.save_checkpoints={str(keep).lower()}", "train.progress=false"]
-        return config_path, run, variant, fold, seed, threads, train_fn, recipes[key]
-
-    def with_teachers(overrides: list[str], fold: int) -> list[str]:
-        """``@teachers`` → the fold's teacher run directories, as a list."""
-        if not any(TEACHERS in o for o in overrides):
-            return overrides
-        dirs = json.dumps([str(out_dir / done[("teacher", fold, s)]["run_dir"]) for s in teacher.seeds])
-        return [o.replace(TEACHERS, dirs) for o in overrides]
+                             and not grid.taught(key[0])}, records_path, done, log)
 
     todo = [key for key in keys if key[0] != "teacher" and key not in done]
     # a teacher whose checkpoints are gone (runs.jsonl carried to another machine) is trained again, identically
@@ -190,8 +206,8 @@ def run_ablation(spec_path: str | Path, out_dir: str | Path, overrides: list[str
         bar.update(1)
 
     try:
-        _execute([task(key, True) for key in teacher_todo], jobs, record)
-        _execute([task(key, False) for key in todo], jobs, record)
+        _execute([grid.task(key, recipes[key], done, True) for key in teacher_todo], jobs, record)
+        _execute([grid.task(key, recipes[key], done, False) for key in todo], jobs, record)
     finally:
         bar.close()
     return _write_results(out_dir, list(done.values()), spec)
