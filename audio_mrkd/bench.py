@@ -119,6 +119,18 @@ def measure_trainer(overrides: list[str], batch: int, steps: int, shape=AUDIO_SH
     return out
 
 
+def ratio_table(rows: dict[str, float], first: str, batch: int, reference: str, label: str,
+                items_per_s: bool = False) -> str:
+    """A markdown table of ms/step per row, each as a ratio to the ``reference`` row (``label`` in the header)
+    measured in the same run."""
+    head = f"| {first} | ms/step (batch {batch}) | / {label} |" + (" new items/s |" if items_per_s else "")
+    lines = [head, "|---" * head.count(" |") + "|"]
+    for name, ms in rows.items():
+        lines.append(f"| {name} | {ms:.1f} | {ms / rows[reference]:.2f} |"
+                     + (f" {1000 * batch / ms:.0f} |" if items_per_s else ""))
+    return "\n".join(lines)
+
+
 class Dcase24BaselineStep:
     """The DCASE'24 Task 1 baseline's training step, as that repository does it: a batch of 44.1 kHz waveforms →
     resample to 32 kHz → mel spectrogram (n_fft 4096, window 3072, hop 500, 256 bands) → log(x + 1e-5) →

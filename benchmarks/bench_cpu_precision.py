@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import argparse
 
-from audio_mrkd.bench import measure_trainer
+from audio_mrkd.bench import measure_trainer, ratio_table
 
 
 def main() -> None:
@@ -24,10 +24,7 @@ def main() -> None:
     rows = {precision: measure_trainer([f"train.precision={precision}", *args.overrides], args.batch, args.steps,
                                        shape=tuple(args.shape), config=args.config)["step_ms"]
             for precision in ("32", "bf16-mixed")}
-    print(f"| precision | ms/step (batch {args.batch}) | / fp32 |")
-    print("|---|---|---|")
-    for precision, ms in rows.items():
-        print(f"| {precision} | {ms:.1f} | {ms / rows['32']:.2f} |")
+    print(ratio_table(rows, "precision", args.batch, "32", "fp32"))
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from audio_mrkd.bench import measure_trainer, teacher_runs
+from audio_mrkd.bench import measure_trainer, ratio_table, teacher_runs
 
 VARIANTS = {
     "ce": ["method=ce"],
@@ -51,10 +51,7 @@ def main() -> None:
     rows = {name: measure_trainer(["augment.mixup_alpha=0", *args.overrides, *overrides], args.batch, args.steps,
                                   shape=shape, config=args.config)["step_ms"]
             for name, overrides in variants.items()}
-    print(f"| method | ms/step (batch {args.batch}) | / CE | new items/s |")
-    print("|---|---|---|---|")
-    for name, ms in rows.items():
-        print(f"| {name} | {ms:.1f} | {ms / rows['ce']:.2f} | {1000 * args.batch / ms:.0f} |")
+    print(ratio_table(rows, "method", args.batch, "ce", "CE", items_per_s=True))
 
 
 if __name__ == "__main__":

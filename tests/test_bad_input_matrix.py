@@ -373,50 +373,44 @@ def wrong_size_cinic_png(w):
 
 
 # ---- ablate -------------------------------------------------------------------------------------------------------
+def ablation(w: Path, reference: str = "ce", variants: str = "  ce: [method=ce]\n",
+             records: str | None = None, *extra: str) -> list[str]:
+    """``ablate`` on a spec over dcase_ce.yaml (no CV), with ``records`` as its runs.jsonl when given."""
+    spec = w / "spec.yaml"
+    spec.write_text(f"config: {ROOT / 'configs/experiments/dcase_ce.yaml'}\nreference: {reference}\nfolds: 0\n"
+                    f"variants:\n{variants}")
+    if records is not None:
+        (w / "abl").mkdir()
+        (w / "abl" / "runs.jsonl").write_text(records)
+    return ["ablate", str(spec), "--out", str(w / "abl"), *extra]
+
+
 @case
 def ablation_unknown_reference(w):
-    spec = w / "spec.yaml"
-    spec.write_text(f"config: {ROOT / 'configs/experiments/dcase_ce.yaml'}\nreference: nope\n"
-                    "variants:\n  ce: [method=ce]\n")
-    return Case(["ablate", str(spec), "--out", str(w / "abl")], ("reference", "'nope'"))
+    return Case(ablation(w, "nope"), ("reference", "'nope'"))
 
 
 @case
 def ablation_record_log_damaged(w):
-    spec = w / "spec.yaml"
-    spec.write_text(f"config: {ROOT / 'configs/experiments/dcase_ce.yaml'}\nreference: ce\nfolds: 0\n"
-                    "variants:\n  ce: [method=ce]\n")
-    (w / "abl").mkdir()
-    (w / "abl" / "runs.jsonl").write_text('{"variant": "ce", "fold": 0, "seed": 0}\nnot json\n{"x": 1}\n')
-    return Case(["ablate", str(spec), "--out", str(w / "abl")], ("runs.jsonl", "line 2", "not a JSON record"))
+    records = '{"variant": "ce", "fold": 0, "seed": 0}\nnot json\n{"x": 1}\n'
+    return Case(ablation(w, records=records), ("runs.jsonl", "line 2", "not a JSON record"))
 
 
 @case
 def ablation_record_made_with_another_recipe(w):
-    spec = w / "spec.yaml"
-    spec.write_text(f"config: {ROOT / 'configs/experiments/dcase_ce.yaml'}\nreference: ce\nfolds: 0\n"
-                    "variants:\n  ce: [method=ce]\n")
-    (w / "abl").mkdir()
-    (w / "abl" / "runs.jsonl").write_text('{"variant": "ce", "fold": 0, "seed": 0, "recipe": "0123456789abcdef"}\n')
-    return Case(["ablate", str(spec), "--out", str(w / "abl")], ("runs.jsonl", "line 1", "ce, fold 0, seed 0",
-                                                                  "another recipe"))
+    records = '{"variant": "ce", "fold": 0, "seed": 0, "recipe": "0123456789abcdef"}\n'
+    return Case(ablation(w, records=records), ("runs.jsonl", "line 1", "ce, fold 0, seed 0", "another recipe"))
 
 
 @case
 def ablation_reuse_folder_without_records(w):
-    spec = w / "spec.yaml"
-    spec.write_text(f"config: {ROOT / 'configs/experiments/dcase_ce.yaml'}\nreference: ce\nfolds: 0\n"
-                    "variants:\n  ce: [method=ce]\n")
-    return Case(["ablate", str(spec), "--out", str(w / "abl"), "--reuse", str(w / "runs")],
+    return Case(ablation(w, "ce", "  ce: [method=ce]\n", None, "--reuse", str(w / "runs")),
                 ("--reuse", str(w / "runs"), "no runs.jsonl"))
 
 
 @case
 def ablation_unknown_variant_chosen(w):
-    spec = w / "spec.yaml"
-    spec.write_text(f"config: {ROOT / 'configs/experiments/dcase_ce.yaml'}\nreference: ce\nfolds: 0\n"
-                    "variants:\n  ce: [method=ce]\n  mrkd: [method=mrkd]\n")
-    return Case(["ablate", str(spec), "--out", str(w / "abl"), "--variants", "mrdk"],
+    return Case(ablation(w, "ce", "  ce: [method=ce]\n  mrkd: [method=mrkd]\n", None, "--variants", "mrdk"),
                 ("--variants", "'mrdk'", "ce, mrkd"))
 
 
