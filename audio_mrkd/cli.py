@@ -105,7 +105,7 @@ def cmd_teacher_logits(args: argparse.Namespace) -> int:
 def cmd_ablate(args: argparse.Namespace) -> int:
     from audio_mrkd.train.ablation import run_ablation
     print(run_ablation(args.spec, args.out, args.overrides, jobs=args.jobs, run_overrides=args.run,
-                       reuse=args.reuse, only=args.variants))
+                       reuse=args.reuse, only=args.variants, train=not args.summary))
     return 0
 
 
@@ -251,6 +251,8 @@ def _add_ablate_parser(sub) -> None:
                    help="override for every run, e.g. --run data.root=PATH (repeatable)")
     p.add_argument("--variants", nargs="+", metavar="NAME",
                    help="run only these variants (the reference always), e.g. the chosen ones on the reported split")
+    p.add_argument("--summary", action="store_true",
+                   help="train nothing: the table and picture of the runs recorded so far (a study under way)")
     p.add_argument("--reuse", action="append", default=[], metavar="DIR",
                    help="take the runs another study (its --out folder) already made with the same recipe, fold "
                         "and seed instead of training them again (repeatable)")

@@ -114,3 +114,21 @@ def test_variants_runs_only_the_chosen_ones_and_the_reference(tmp_path, capsys):
     assert all(r["n_eval"] == 24 for r in records(out).values())  # the --run override reached every run (the recipe's 32 items evaluate 16)
     assert main(["ablate", str(spec), "--out", str(out), "--variants", "best"]) == 2
     assert "--variants: 'best' is not a variant of" in capsys.readouterr().err
+
+
+def test_summary_tables_a_study_under_way_without_training(tmp_path, capsys):
+    from audio_mrkd.cli import main
+    spec = study(tmp_path, "a", {"ce": "method=ce", "ls": "method=ce, train.label_smoothing=0.1"})
+    out = tmp_path / "abl"
+    spec.write_text(spec.read_text().replace("seeds: [0]", "seeds: [0, 1]"))
+    assert main(["ablate", str(spec), "--out", str(out), "seeds=[0]"]) == 0  # seed 0 only: a study half done
+    capsys.readouterr()
+    before = (out / "runs.jsonl").read_text()
+    assert main(["ablate", str(spec), "--out", str(out), "--summary"]) == 0
+    printed = capsys.readouterr().out
+    assert f"2 of 4 runs recorded in {out / 'runs.jsonl'}; nothing trained" in printed
+    assert (out / "runs.jsonl").read_text() == before and "| ls |" in printed
+    summary = json.loads((out / "ablation.json").read_text())
+    a = records(out)
+    assert summary["ls"]["delta_last_macro_accuracy"]["mean"] == pytest.approx(
+        a["ls"]["last_macro_accuracy"] - a["ce"]["last_macro_accuracy"])

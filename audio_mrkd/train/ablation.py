@@ -161,14 +161,15 @@ class _Grid:
 
 def run_ablation(spec_path: str | Path, out_dir: str | Path, overrides: list[str] | None = None,
                  train_fn=None, jobs: int = 1, run_overrides: list[str] | None = None, log=print,
-                 reuse: list[str | Path] | None = None, only: list[str] | None = None) -> str:
+                 reuse: list[str | Path] | None = None, only: list[str] | None = None, train: bool = True) -> str:
     """Run every missing (variant, fold, seed) — in ``jobs`` processes of one thread each when jobs > 1 —, with a
     progress line per finished run on stderr (``log`` says how many runs were already in ``runs.jsonl``, and how many
     were taken from the studies in ``reuse``: same recipe, fold and seed, see :mod:`ablation_records`),
     then write ``ablation.md`` / ``ablation.json`` / ``ablation.png`` (forest plot of the paired differences and
     learning curves; a failure to draw it is a warning, never a lost study) in ``out_dir``. Teacher runs (the
     spec's ``teachers``) come first, so that every variant finds its fold's teachers. ``only``: run just these
-    variants (and the reference), e.g. the ones a selection study chose, once on the reported split."""
+    variants (and the reference), e.g. the ones a selection study chose, once on the reported split.
+    ``train=False``: no run is trained; the table of the runs recorded so far (a study still under way)."""
     spec, config = load_spec(spec_path, overrides)
     if only:
         _keep_variants(spec, only, spec_path)
@@ -181,6 +182,9 @@ def run_ablation(spec_path: str | Path, out_dir: str | Path, overrides: list[str
     records = ablation_records.read_records(records_path)
     ablation_records.check_recipes(records_path, records, recipes)
     done = {(r["variant"], r["fold"], r["seed"]): r for _, r in records}
+    if not train:
+        log(f"ablation: {len(set(done) & set(keys))} of {len(keys)} runs recorded in {records_path}; nothing trained")
+        return _write_results(out_dir, list(done.values()), spec)
     if reuse:
         _take_reused(reuse, {key: recipes[key] for key in keys if key not in done and key[0] != "teacher"
                              and not grid.taught(key[0])}, records_path, done, log)
