@@ -132,3 +132,21 @@ def test_summary_tables_a_study_under_way_without_training(tmp_path, capsys):
     a = records(out)
     assert summary["ls"]["delta_last_macro_accuracy"]["mean"] == pytest.approx(
         a["ls"]["last_macro_accuracy"] - a["ce"]["last_macro_accuracy"])
+
+
+def _slow_first(cfg):
+    """A run that takes long for seed 0 and no time for seed 1 (numbers made up: only the order is tested)."""
+    import time
+    time.sleep(4 if cfg.seed == 0 else 0)
+    last = {"accuracy": 0.5, "macro_accuracy": 0.5, "log_loss": 1.0, "n_items": 8, "epoch": 1}
+    return None, {"last": last, "best": last}
+
+
+def test_parallel_runs_are_recorded_as_each_finishes(tmp_path):
+    """With --jobs 2, a short run that ends beside a long one is in runs.jsonl before the long one ends (an
+    interruption then loses only the runs still going)."""
+    spec = study(tmp_path, "a", {"ce": "method=ce"})
+    spec.write_text(spec.read_text().replace("seeds: [0]", "seeds: [0, 1]"))
+    run_ablation(spec, tmp_path / "abl", log=SILENT, jobs=2, train_fn=_slow_first)
+    seeds = [json.loads(line)["seed"] for line in (tmp_path / "abl" / "runs.jsonl").read_text().splitlines()]
+    assert seeds == [1, 0]

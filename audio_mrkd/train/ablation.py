@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -236,11 +236,12 @@ def _take_reused(sources: list[str | Path], wanted: dict[tuple, str], records_pa
 
 
 def _execute(tasks: list[tuple], jobs: int, record) -> None:
-    """Run the tasks (in ``jobs`` processes when there are several), recording each result as it arrives."""
+    """Run the tasks (in ``jobs`` processes when there are several), recording each result as soon as its run
+    finishes (not in submission order: a short run finished beside a long one is on disk before the long one ends)."""
     if jobs > 1 and len(tasks) > 1:
         with ProcessPoolExecutor(jobs, mp_context=mp.get_context("fork")) as pool:
-            for rec in pool.map(_run_one, tasks):
-                record(rec)
+            for done in as_completed([pool.submit(_run_one, task) for task in tasks]):
+                record(done.result())
     else:
         for one in tasks:
             record(_run_one(one))
