@@ -1,11 +1,13 @@
 """Every device-dependent choice of a training run, decided once from the config: :class:`Runtime`.
 
-The torch device (CUDA when present or asked for, else the CPU), the precision, and the CUDA-only speed-ups
-(channels_last, torch.compile, cuDNN autotuning, fused optimiser kernels, bf16 teacher copies) are resolved
-here; the engine and the training methods read the result instead of asking ``torch.cuda`` themselves.
+The torch device (CUDA when present or asked for, else the CPU), the precision (and with it the dtype of the
+inference-only forwards: teacher copies and the EMA teacher follow bf16 training on either device), and the
+CUDA-only speed-ups (torch.compile, cuDNN autotuning, fused optimiser kernels, CUDA graphs) are resolved here; the
+engine and the training methods read the result instead of asking ``torch.cuda`` themselves.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -55,8 +57,17 @@ class Runtime:
 
     @property
     def teacher_dtype(self) -> torch.dtype | None:
-        """The dtype of inference-only copies (MrKD's teachers): bf16 under bf16 training, else unchanged."""
-        return torch.bfloat16 if self.cuda and self.precision.startswith("bf16") else None
+        """The dtype of inference-only copies (MrKD's and kd's teachers): bf16 under bf16 training, on CUDA and on
+        the CPU alike (a teacher left in float32 outside the training step's autocast ran at fp32 speed, 3x a bf16
+        forward on an AMX CPU), else unchanged."""
+        return torch.bfloat16 if self.precision.startswith("bf16") else None
+
+    def autocast(self):
+        """The training step's autocast, for inference forwards of float32 weights (the EMA teacher)."""
+        if not self.precision.endswith("-mixed"):
+            return nullcontext()
+        dtype = torch.bfloat16 if self.precision.startswith("bf16") else torch.float16
+        return torch.autocast(device_type=self.accelerator, dtype=dtype)
 
     def apply(self) -> None:
         """Set the process-wide switches this runtime implies (CPU threads, cuDNN autotuning)."""

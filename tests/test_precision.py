@@ -28,6 +28,33 @@ def test_bf16_autocast_matches_fp32_within_tolerance(tmp_path):
     assert fp32[-1]["accuracy"] > 0.9 and bf16[-1]["accuracy"] > 0.9
 
 
+@pytest.mark.parametrize("precision", ["bf16-mixed", "32"])
+def test_inference_forwards_follow_the_training_precision_on_the_cpu(precision, tmp_path):
+    """Under bf16 training the teachers run in bf16 on the CPU too (MrKD's copies in bf16, the EMA teacher under
+    the step's autocast): left in float32 outside the step's autocast they cost an fp32 forward each. In fp32
+    training nothing changes."""
+    bf16 = precision == "bf16-mixed"
+    trainers = {method: Trainer(load_experiment(None, [
+        "data.kind=synthetic", "model.name=resnet20", f"method={method}", "mrkd.k=1", f"train.precision={precision}",
+        "train.batch_size=16", "train.progress=false", "train.save_checkpoints=false", f"train.out_dir={tmp_path}"]))
+        for method in ("mrkd", "ema")}
+    trainer = trainers["mrkd"]
+    trainer.method.objective.backup(trainer.model)
+    bank = trainer.method.objective.bank
+    x = next(iter(trainer.train_loader)).x
+    assert {p.dtype for t in bank._fast for p in t.parameters()} == {torch.bfloat16 if bf16 else torch.float32}
+    with torch.inference_mode():
+        reference = bank.teachers()[0](x.float()).float()  # the float32 backup itself
+    assert bank.logits(x)[0].float() == pytest.approx(reference, abs=0.1 if bf16 else 1e-4)
+
+    ema = trainers["ema"].method
+    seen = []
+    ema.teacher.register_forward_hook(
+        lambda *_: seen.append((torch.is_autocast_enabled("cpu"), torch.get_autocast_dtype("cpu"))))
+    ema.teacher_logits(x)
+    assert seen == [(True, torch.bfloat16)] if bf16 else not seen[0][0]
+
+
 def test_bench_command_reports_side_by_side_ratios():
     rows = run_bench(ks=[1], model="dcase_cnn", batch=16, steps=2, device="cpu", log=lambda *_: None)["step"]
     assert [r["variant"] for r in rows] == ["CE", "MrKD K=1 same", "MrKD K=1 cached"]

@@ -23,7 +23,7 @@ Choices:
   start keeps a share dⁿ after n updates: 0.999¹⁰⁰ ≈ 0.90).
 * The teacher sees the same (augmented, possibly mixed-up) input as the student; under mixup ``y`` is soft and
   the accuracies in the logs are measured against its argmax.
-* Under mixed precision on CUDA the teacher's forward runs under the same autocast dtype; its weights stay in the
+* Under mixed precision (CUDA or CPU) the teacher's forward runs under the same autocast dtype; its weights stay in the
   student's dtype (float32) so the average accumulates exactly. The teacher is not compiled.
 * Data parallel: the student's weights are identical in every process but its BatchNorm statistics are not;
   before each update every process takes rank 0's statistics (``ctx.sync_buffers``), so the teachers stay equal
@@ -108,11 +108,7 @@ class MeanTeacher(Method):
         return self.steps >= self.options.warmup_steps
 
     def _autocast(self):
-        runtime = self.ctx.runtime
-        if runtime is None or not runtime.cuda or not runtime.precision.endswith("-mixed"):
-            return nullcontext()
-        dtype = torch.bfloat16 if runtime.precision.startswith("bf16") else torch.float16
-        return torch.autocast(device_type="cuda", dtype=dtype)
+        return nullcontext() if self.ctx.runtime is None else self.ctx.runtime.autocast()
 
     @torch.no_grad()
     def teacher_logits(self, x: Tensor) -> Tensor:
