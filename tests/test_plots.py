@@ -171,3 +171,4 @@ mrkd: {k: 1}
     assert (tmp_path / "demo" / "results.md").read_text() == text + "\n" and printed[-1] == "\n" + text
     assert "| CE cp_mobile | 2 |" in text and "| MrKD cp_mobile | 2 |" in text
     assert "| CE + LS 0.1 cp_mobile | 2 |" in text  # the label-smoothing baseline beside them
+    assert demo.EVIDENCE in text.splitlines()  # and the one sentence saying what the studies found
