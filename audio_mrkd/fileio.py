@@ -58,12 +58,13 @@ def append_line(path: str | Path, line: str) -> None:
         os.fsync(handle.fileno())
 
 
-def read_lines(path: str | Path) -> list[str]:
+def read_lines(path: str | Path, repair: bool = True) -> list[str]:
     """The complete lines of a record log. A last line cut short by a crash (no newline) is dropped from the file
-    too (rewritten atomically), so that the next :func:`append_line` starts on a line of its own."""
+    too (rewritten atomically), so that the next :func:`append_line` starts on a line of its own; ``repair=False``
+    leaves the file as it is (another process's log, which may be growing)."""
     text = Path(path).read_text(encoding="utf-8")
     lines = [line for line in text.split("\n")[:-1] if line.strip()]
-    if text and not text.endswith("\n"):
+    if repair and text and not text.endswith("\n"):
         write_text(path, "".join(line + "\n" for line in lines))
     return lines
 

@@ -69,11 +69,8 @@ def read_records(path: Path, repair: bool = True) -> list[tuple[int, dict]]:
     without touching it (it may be growing)."""
     if not path.is_file():
         return []
-    lines = fileio.read_lines(path) if repair else path.read_text(encoding="utf-8").split("\n")[:-1]
     records = []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
+    for number, line in enumerate(fileio.read_lines(path, repair), start=1):
         try:
             records.append((number, json.loads(line)))
         except ValueError:
