@@ -3,6 +3,7 @@ mixed into the table, and a run another study already made with the same recipe 
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -150,3 +151,23 @@ def test_parallel_runs_are_recorded_as_each_finishes(tmp_path):
     run_ablation(spec, tmp_path / "abl", log=SILENT, jobs=2, train_fn=_slow_first)
     seeds = [json.loads(line)["seed"] for line in (tmp_path / "abl" / "runs.jsonl").read_text().splitlines()]
     assert seeds == [1, 0]
+
+
+def test_a_cut_off_run_of_another_recipe_is_moved_aside_not_continued(tmp_path):
+    """The folder of an unfinished run is continued only when its recipe is the one the spec gives now; otherwise it
+    is moved aside untouched and the run starts over (its checkpoint is never loaded into the new recipe)."""
+    spec = study(tmp_path, "a", {"ce": "method=ce"})
+    run_ablation(spec, tmp_path / "first", log=SILENT)
+    assert records(tmp_path / "first")["ce"]["run_dir"] == "ce/ce-fold0-seed0"  # named by its key
+    assert not (tmp_path / "first" / "ce" / "ce-fold0-seed0" / "checkpoints").exists()  # not kept once finished
+    cut_off = tmp_path / "abl" / "ce" / "ce-fold0-seed0"
+    shutil.copytree(tmp_path / "first" / "ce" / "ce-fold0-seed0", cut_off)
+    (cut_off / "checkpoints").mkdir()
+    (cut_off / "checkpoints" / "last.pt").write_bytes(b"not a checkpoint of this recipe")
+    (tmp_path / "a_recipe.yaml").write_text(RECIPE.replace("epochs: 1", "epochs: 2"))
+    said = []
+    run_ablation(spec, tmp_path / "abl", log=said.append)
+    assert any("moved to ce-fold0-seed0.unfinished, the run starts over" in line for line in said), said
+    aside = tmp_path / "abl" / "ce" / "ce-fold0-seed0.unfinished" / "checkpoints" / "last.pt"
+    assert aside.read_bytes() == b"not a checkpoint of this recipe"
+    assert json.loads((cut_off / "metrics.json").read_text())["epochs_done"] == 2

@@ -111,3 +111,25 @@ def test_ablation_killed_while_writing_a_record_continues(tiny, tmp_path):
     assert again.returncode == 0, again.stderr
     records = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
     assert sorted((r["variant"], r["seed"]) for r in records) == [("ce", 0), ("ce", 1), ("ls", 0), ("ls", 1)]
+
+
+def test_ablation_killed_inside_a_run_continues_that_run(tiny, tmp_path):
+    """kill -9 in the middle of a run's second epoch: the next invocation continues that run from its last
+    checkpoint, and the study ends with exactly the records and curves of an undisturbed one."""
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(f"config: {ROOT / 'configs/experiments/dcase_mrkd.yaml'}\nfolds: 0\nseeds: [0]\n"
+                    "reference: ce\nvariants:\n  ce: [method=ce]\n  mrkd: [method=mrkd, mrkd.k=2]\n"
+                    f"overrides: [data.name=tiny, 'data.manifest_dir={tiny / 'manifests'}', model.name=cp_mobile, "
+                    "'model.options={base_channels: 8, n_blocks: [1, 1, 1]}', train.epochs=3, train.batch_size=8]\n")
+    assert cli("ablate", str(spec), "--out", str(tmp_path / "undisturbed")).returncode == 0
+    killed = cli("ablate", str(spec), "--out", str(tmp_path / "abl"), kill_at="step:7")  # ce, epoch 2 of 3
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert (tmp_path / "abl" / "ce" / "ce-fold0-seed0" / "checkpoints" / "last.pt").is_file()
+    again = cli("ablate", str(spec), "--out", str(tmp_path / "abl"))
+    assert again.returncode == 0, again.stderr
+    assert "ce-fold0-seed0 continues from its last checkpoint" in again.stdout
+    assert ((tmp_path / "abl" / "runs.jsonl").read_text().splitlines()
+            == (tmp_path / "undisturbed" / "runs.jsonl").read_text().splitlines())
+    for run in ("ce/ce-fold0-seed0", "mrkd/mrkd-fold0-seed0"):
+        assert comparable(tmp_path / "abl" / run) == comparable(tmp_path / "undisturbed" / run)
+        assert not (tmp_path / "abl" / run / "checkpoints").exists()

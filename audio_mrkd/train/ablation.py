@@ -23,7 +23,9 @@ training part only, before the variants; a variant names its fold's teachers wit
       kd: [method=kd, kd.teachers=@teachers]
 
 Every (variant, fold, seed) run is appended to ``runs.jsonl`` as it finishes, so an interrupted ablation
-continues where it stopped; each finished run prints a line (a bar on a terminal) —
+continues where it stopped, and a run cut off half-way continues from its last epoch checkpoint (its folder,
+``<variant>/<variant>-fold<f>-seed<s>``, is named by its key; the checkpoints of a finished run are kept for teachers
+only); each finished run prints a line (a bar on a terminal) —
 ``ablation: 5/12 runs (42%), 3:10 elapsed, ~4:26 left, variant=mean, fold=1, seed=0, last_macro_acc=0.7125`` —
 counting the runs already in ``runs.jsonl``. The table gives mean ± std over folds × seeds of the last- and
 best-epoch metrics and the paired difference to the reference (same fold, same seed), with its standard error and
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +50,7 @@ from audio_mrkd.errors import InputError
 from audio_mrkd.experiment import load_experiment
 from audio_mrkd.progress import progress
 from audio_mrkd.train import ablation_records
+from audio_mrkd.train import checkpoint as ckpt
 from audio_mrkd.train.ablation_records import TEACHERS
 from audio_mrkd.train.metrics import mean_std
 
@@ -102,8 +106,9 @@ def _usable_teacher(record: dict | None, out_dir: Path) -> bool:
 
 
 def _run_one(task: tuple) -> dict:
-    """One (variant, fold, seed) run → its record (executed in a worker process when jobs > 1)."""
-    config, overrides, variant, fold, seed, threads, train_fn, recipe = task
+    """One (variant, fold, seed) run → its record (executed in a worker process when jobs > 1). Checkpoints are
+    written while it trains (an interrupted run continues from its last one) and kept afterwards only if ``keep``."""
+    config, overrides, variant, fold, seed, threads, train_fn, recipe, keep = task
     if threads:
         torch.set_num_threads(threads)
     from audio_mrkd.train.engine import train_run
@@ -111,6 +116,8 @@ def _run_one(task: tuple) -> dict:
     run_dir, metrics = (train_fn or train_run)(cfg)
     if run_dir is not None:  # relative to the ablation folder (cfg.out_dir is <out>/<variant>): it can be moved
         run_dir = Path(run_dir).resolve()
+        if not keep:
+            shutil.rmtree(ckpt.checkpoint_path(run_dir).parent, ignore_errors=True)
         if run_dir.is_relative_to(Path(cfg.out_dir).resolve().parent):
             run_dir = run_dir.relative_to(Path(cfg.out_dir).resolve().parent)
     return {"variant": variant, "fold": fold, "seed": seed,
@@ -143,6 +150,11 @@ class _Grid:
             return spec.teachers.config, [*spec.teachers.overrides, *self.run_overrides, f"seed={seed}", *cv]
         return self.config, [*spec.overrides, *self.run_overrides, *spec.variants[variant], f"seed={seed}", *cv]
 
+    def run_dir(self, key: tuple) -> Path:
+        """The run's folder, named by its key (``train.run_name``), so that a run cut off half-way is found again."""
+        variant, fold, seed = key
+        return self.out_dir / variant / f"{variant}-fold{fold}-seed{seed}"
+
     def taught(self, variant: str) -> bool:
         return variant != "teacher" and any(TEACHERS in o for o in self.spec.variants[variant])
 
@@ -154,9 +166,28 @@ class _Grid:
             dirs = json.dumps([str(self.out_dir / done[("teacher", fold, s)]["run_dir"])
                                for s in self.spec.teachers.seeds])
             run = [o.replace(TEACHERS, dirs) for o in run]
-        run += [f"train.out_dir={self.out_dir / variant}", f"train.save_checkpoints={str(keep).lower()}",
+        run_dir = self.run_dir(key)
+        run += [f"train.out_dir={run_dir.parent}", f"train.run_name={run_dir.name}", "train.save_checkpoints=true",
                 "train.progress=false"]
-        return config, run, variant, fold, seed, self.threads, self.train_fn, recipe
+        return config, run, variant, fold, seed, self.threads, self.train_fn, recipe, keep
+
+    def settle_unfinished(self, keys: list[tuple], recipes: dict[tuple, str], log) -> None:
+        """A run cut off by an earlier invocation continues from its last checkpoint when its recipe is the one the
+        spec gives now; any other folder in its place is moved aside (nothing is deleted) and the run starts over."""
+        for key in keys:
+            run_dir = self.run_dir(key)
+            if not run_dir.exists():
+                continue
+            if (ckpt.checkpoint_path(run_dir, "last").is_file()
+                    and ablation_records.run_dir_recipe(run_dir, self.taught(key[0])) == recipes[key]):
+                log(f"ablation: {run_dir} continues from its last checkpoint")
+                continue
+            aside, n = run_dir.with_name(f"{run_dir.name}.unfinished"), 1
+            while aside.exists():
+                aside, n = run_dir.with_name(f"{run_dir.name}.unfinished-{n}"), n + 1
+            run_dir.rename(aside)
+            log(f"ablation: {run_dir} held an unfinished run with another recipe or nothing to continue from; "
+                f"moved to {aside.name}, the run starts over")
 
 
 def run_ablation(spec_path: str | Path, out_dir: str | Path, overrides: list[str] | None = None,
@@ -209,6 +240,7 @@ def run_ablation(spec_path: str | Path, out_dir: str | Path, overrides: list[str
                         last_macro_acc=f"{rec['last_macro_accuracy']:.4f}")
         bar.update(1)
 
+    grid.settle_unfinished(teacher_todo + todo, recipes, log)
     try:
         _execute([grid.task(key, recipes[key], done, True) for key in teacher_todo], jobs, record)
         _execute([grid.task(key, recipes[key], done, False) for key in todo], jobs, record)

@@ -55,13 +55,18 @@ def _recorded_recipe(record: dict, out_dir: Path) -> str | None:
         return record["recipe"]
     if not record.get("run_dir"):
         return None
-    saved = out_dir / record["run_dir"] / "config.yaml"
+    return run_dir_recipe(out_dir / record["run_dir"], record.get("variant") != "teacher")
+
+
+def run_dir_recipe(run_dir: Path, taught: bool) -> str | None:
+    """The recipe of the run whose resolved config is ``run_dir/config.yaml`` (``taught``: its ``kd.teachers`` came
+    from ``@teachers`` and count as the placeholder); None when there is none or this version cannot read it."""
+    saved = run_dir / "config.yaml"
     try:
         cfg = load_experiment(saved) if saved.is_file() else None
     except InputError:  # written by a version with other keys: unknown
         return None
-    teachers = record.get("variant") != "teacher" and bool(cfg and cfg.kd.teachers)
-    return recipe_digest(cfg, teachers) if cfg is not None else None
+    return recipe_digest(cfg, taught and bool(cfg.kd.teachers)) if cfg is not None else None
 
 
 def read_records(path: Path, repair: bool = True) -> list[tuple[int, dict]]:
