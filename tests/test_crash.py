@@ -76,10 +76,16 @@ def test_training_killed_then_resumed_equals_undisturbed(tiny, undisturbed, tmp_
     assert not [p.name for p in (run_dir / "checkpoints").iterdir() if p.name.endswith(".tmp")]
 
 
-def entry_files(cache_dir: Path) -> dict[str, bytes]:
+def entry_files(cache_dir: Path) -> dict[str, bytes | dict]:
+    """Every file of the one cache entry; cache.json as a dict without ``versions``, the provenance of the run
+    that wrote it (its ``git_commit`` changes with a commit or an edit made while the suite runs)."""
     entries = [p for p in (cache_dir / "tiny").iterdir() if p.is_dir()]
     assert len(entries) == 1, entries
-    return {p.name: p.read_bytes() for p in entries[0].iterdir()}
+    files: dict[str, bytes | dict] = {p.name: p.read_bytes() for p in entries[0].iterdir()}
+    info = json.loads(files.pop(cache.INFO))
+    assert set(info["versions"]) >= {"torch", "git_commit"}
+    files[cache.INFO] = {k: v for k, v in info.items() if k != "versions"}
+    return files
 
 
 @pytest.mark.parametrize("kill_at", ["extract:1", "publish:1"], ids=["mid_extraction", "final_rename"])
