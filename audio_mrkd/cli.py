@@ -227,7 +227,9 @@ def _add_training_parsers(sub) -> None:
                                               "as a file kd.teacher_logits reads")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished runs on one dataset (the ensemble)")
     p.add_argument("--out", required=True, help="the CSV to write (filename + one column per class)")
-    p.add_argument("--checkpoint", default="best", choices=["best", "last"], help="which checkpoint of each run")
+    p.add_argument("--checkpoint", default="last", choices=["best", "last"],
+                   help="which checkpoint of each run (default last: a best epoch was chosen on the run's evaluated "
+                        "split, which a student scored on that split would then see through its teacher)")
     p.add_argument("--split", default="all", help="items to score: all (default) or one split, e.g. train")
     p.set_defaults(func=cmd_teacher_logits)
 

@@ -98,7 +98,7 @@ class TrainConfig:
     # A process count, not a torch device and not a DCASE recording device.
     devices: int = 1
     num_nodes: int = 1             # machines (launch with torchrun or the Fabric CLI on each)
-    precision: Literal["auto", "32", "bf16-mixed", "16-mixed"] = "auto"   # auto: bf16-mixed on CUDA, 32 on CPU
+    precision: Literal["auto", "32", "64", "bf16-mixed", "16-mixed"] = "auto"  # auto: bf16-mixed on CUDA, 32 on CPU
     channels_last: bool = True     # NHWC activations (measured faster on CUDA and on the CPU)
     compile: bool = False          # CUDA only: torch.compile the student
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"   # reduce-overhead: CUDA graphs

@@ -36,7 +36,7 @@ class Runtime:
         step_graph = tcfg.step_graph is True or (tcfg.step_graph == "auto" and cuda)
         # a captured step holds the student's kernels itself: torch.compile must not add CUDA graphs of its own
         compile_mode = "default" if step_graph and tcfg.compile_mode == "reduce-overhead" else tcfg.compile_mode
-        return cls(accelerator="cuda" if cuda else "cpu", precision={"32": "32-true"}.get(precision, precision),
+        return cls(accelerator="cuda" if cuda else "cpu", precision={"32": "32-true", "64": "64-true"}.get(precision, precision),
                    channels_last=tcfg.channels_last, compile=cuda and tcfg.compile,
                    compile_mode=compile_mode, cudnn_benchmark=cuda and tcfg.cudnn_benchmark,
                    threads=0 if cuda else tcfg.threads, step_graph=step_graph)
@@ -49,6 +49,12 @@ class Runtime:
     def capture(self) -> bool:
         """Capture the static step as a CUDA graph (elsewhere it runs as the same function, uncaptured)."""
         return self.step_graph and self.cuda
+
+    @property
+    def input_dtype(self) -> torch.dtype:
+        """The dtype of the batches the network sees: float64 under ``train.precision=64`` (a reference mode whose
+        rounding is ~1e-16, used to compare training across CPUs), else float32."""
+        return torch.float64 if self.precision == "64-true" else torch.float32
 
     @property
     def fused_optimizer(self) -> bool | None:

@@ -46,10 +46,15 @@ def test_mixup_soft_targets():
     torch.manual_seed(3)
     x = torch.randn(6, 1, 4, 4)
     y = torch.tensor([0, 1, 2, 0, 1, 2])
-    mixed, soft = augment.mixup(x, y, 3, alpha=0.4)
+    mixed, soft, mixing = augment.mixup(x, y, 3, alpha=0.4)
     assert soft.shape == (6, 3) and torch.allclose(soft.sum(1), torch.ones(6))
     lam = soft[torch.arange(6), y].min()  # own label keeps at least lam (more if the partner shares it)
     assert 0 <= lam <= 1
+    # the mixing travels with the batch: it rebuilds both the inputs and the soft targets exactly
+    assert torch.equal(mixing.labels, y) and sorted(mixing.perm.tolist()) == list(range(6))
+    assert torch.allclose(mixed, mixing.lam * x + (1 - mixing.lam) * x[mixing.perm])
+    onehot = torch.nn.functional.one_hot(y, 3).float()
+    assert torch.allclose(soft, mixing.rows(onehot))
 
 
 def test_random_crop_and_flip():
@@ -69,8 +74,8 @@ def test_random_crop_and_flip():
 
 def test_augment_batch_all_off_is_identity():
     x, y = torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 0, 1])
-    out_x, out_y = augment.augment_batch(x, y, AugmentConfig(), 2)
-    assert torch.equal(out_x, x) and torch.equal(out_y, y)
+    out_x, out_y, mixing = augment.augment_batch(x, y, AugmentConfig(), 2)
+    assert torch.equal(out_x, x) and torch.equal(out_y, y) and mixing is None
 
 
 def test_metrics_against_hand_computation():

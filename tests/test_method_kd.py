@@ -367,3 +367,43 @@ def test_ablation_trains_a_vanished_teacher_again_when_a_variant_needs_it(prepar
     assert retrained[0]["last_log_loss"] == first[("teacher", 1)]["last_log_loss"]  # the same teacher again
     assert (out / retrained[0]["run_dir"] / "checkpoints" / "best.pt").is_file()
     assert [r["variant"] for r in records[len(kept):]] == ["teacher", "kd"]
+
+
+# ---- a teacher's best epoch chosen on the student's split -----------------------------------------------------
+def test_teachers_are_distilled_at_their_last_epoch_by_default(prepared, teachers, tmp_path, capsys, monkeypatch):
+    from audio_mrkd.train.checkpoint import load_run_model as original
+    loaded = []
+
+    def load_run_model(run_dir, which):
+        loaded.append(which)
+        return original(run_dir, which)
+    monkeypatch.setattr("audio_mrkd.train.engine.ckpt.load_run_model", load_run_model)
+    Trainer(config(prepared, tmp_path, "method=kd", f"kd.teachers=[{teachers[0]},{teachers[1]}]"))
+    assert loaded == ["last", "last"] and "kd.checkpoint" not in capsys.readouterr().err
+    Trainer(config(prepared, tmp_path, "method=kd", f"kd.teachers=[{teachers[0]},{teachers[1]}]",
+                   "kd.checkpoint=best"))
+    assert loaded[2:] == ["best", "best"]
+    err = capsys.readouterr().err
+    warnings = [line for line in err.splitlines() if line.startswith("kd.checkpoint: warning")]
+    assert len(warnings) == 1 and "2 of the 2 teacher run(s)" in warnings[0], err
+
+
+def test_best_teachers_scored_on_another_split_are_no_leak(prepared, teachers, tmp_path, capsys):
+    """The student scored on a fold of its own (data.cv_fold): the teachers chose their best epoch elsewhere."""
+    Trainer(config(prepared, tmp_path, "method=kd", f"kd.teachers=[{teachers[0]}]", "kd.checkpoint=best",
+                   "data.cv_folds=2", "data.cv_fold=0"))
+    assert "kd.checkpoint: warning" not in capsys.readouterr().err
+
+
+def test_ablation_warns_of_a_variant_distilling_best_teachers(prepared, tmp_path):
+    from audio_mrkd.train.ablation import run_ablation
+    (tmp_path / "recipe.yaml").write_text(f"data: {{name: tiny, manifest_dir: {prepared / 'manifests'}}}\n")
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("config: recipe.yaml\nfolds: 2\nseeds: [0]\nreference: ce\n"
+                    "teachers: {config: recipe.yaml, seeds: [5]}\nvariants:\n  ce: [method=ce]\n"
+                    "  kd: [method=kd, kd.teachers=@teachers]\n"
+                    "  kd_best: [method=kd, kd.teachers=@teachers, kd.checkpoint=best]\n")
+    lines = []
+    run_ablation(spec, tmp_path / "abl", log=lines.append, train=False)  # plans and warns, trains nothing
+    warnings = [line for line in lines if "warning" in line]
+    assert len(warnings) == 1 and "variant kd_best distils its teachers at kd.checkpoint=best" in warnings[0]

@@ -26,7 +26,7 @@ class CountingSmoothing(Method):
         super().__init__(cfg, ctx)
         self.counts = {"steps": 0, "epochs": 0}
 
-    def loss(self, logits, x, y, index, epoch, with_logs):
+    def loss(self, logits, x, y, index, epoch, with_logs, mixing=None):
         loss = torch.nn.functional.cross_entropy(logits.float(), y if y.dim() == 1 else y.float(),
                                                  label_smoothing=self.options.smoothing)
         return loss, ({"loss/ce": soft_cross_entropy(logits, y).item(), "loss/smoothed": loss.item()}

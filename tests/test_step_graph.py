@@ -18,8 +18,8 @@ def thirty_steps(prepared, tmp_path, step_graph: str, *extra) -> tuple[list[floa
     losses = []
     loss_fn = trainer.method.loss
 
-    def recording(logits, *args):
-        loss, logs = loss_fn(logits, *args)
+    def recording(logits, *args, **kwargs):
+        loss, logs = loss_fn(logits, *args, **kwargs)
         losses.append(loss.detach().clone())
         return loss, logs
     trainer.method.loss = recording

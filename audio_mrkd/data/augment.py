@@ -4,13 +4,17 @@ Every random draw comes from ``generator`` (a ``torch.Generator`` on the batch's
 and stays on the device: nothing is read back to the host, no Python branch depends on a draw and every shape is
 static, so a step that augments can be captured and replayed as one CUDA graph (``train.step_graph``). The engine
 passes its own generator (seeded by the run's seed, saved in checkpoints), so runs are reproducible and resumable.
-Mixup returns soft targets (B×classes).
+Mixup returns soft targets (B×classes) and its pairing and weight (:class:`Mixing`), which the engine hands to the
+training method: a method whose teacher gives one item's view (cached teacher logits, stored predictions) mixes
+that view with the same pairing and weight as the label.
 """
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
+from torch import Tensor
 
 from audio_mrkd.experiment import AugmentConfig
 
@@ -88,13 +92,27 @@ def freq_mixstyle(x: torch.Tensor, p: float, alpha: float, eps: float = 1e-6,
     return torch.where(apply, (x - mu) / sig * sig_mix + mu_mix, x)
 
 
+class Mixing(NamedTuple):
+    """How a mixup batch was made: row r is ``lam·x[r] + (1 − lam)·x[perm[r]]``; ``labels`` are the rows' own
+    (unmixed) class indices. All three stay on the device (no host sync, capture-safe)."""
+
+    perm: Tensor    # B long: each row's partner
+    lam: Tensor     # 0-dim float: the weight of the row's own item
+    labels: Tensor  # B long: the rows' own labels
+
+    def rows(self, values: Tensor) -> Tensor:
+        """Per-item values (…×B×C, e.g. probabilities) mixed like the inputs: λ·v[r] + (1 − λ)·v[perm[r]]."""
+        lam = self.lam.to(values.dtype)
+        return lam * values + (1 - lam) * values[..., self.perm, :]
+
+
 def mixup(x: torch.Tensor, y: torch.Tensor, n_classes: int, alpha: float,
-          generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mixup with one Beta(alpha, alpha) weight per batch → (mixed x, soft targets B×n_classes)."""
+          generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, Mixing]:
+    """Mixup with one Beta(alpha, alpha) weight per batch → (mixed x, soft targets B×n_classes, the mixing)."""
     lam = beta(alpha, (), x, generator)
     perm = torch.randperm(x.shape[0], device=x.device, generator=generator)
     onehot = torch.nn.functional.one_hot(y, n_classes).float()
-    return lam * x + (1 - lam) * x[perm], lam * onehot + (1 - lam) * onehot[perm]
+    return lam * x + (1 - lam) * x[perm], lam * onehot + (1 - lam) * onehot[perm], Mixing(perm, lam, y)
 
 
 def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -118,8 +136,9 @@ def random_hflip(x: torch.Tensor, generator: torch.Generator | None = None) -> t
 
 
 def augment_batch(x: torch.Tensor, y: torch.Tensor, cfg: AugmentConfig, n_classes: int,
-                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Apply the configured augmentations; returns (x, y) where y may become soft targets (mixup)."""
+                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, Mixing | None]:
+    """Apply the configured augmentations; returns (x, y, mixing): under mixup y becomes soft targets and
+    ``mixing`` says how the rows were paired (else None)."""
     x = time_roll(x, cfg.roll, generator) if cfg.roll > 0 else x
     x = freq_mixstyle(x, cfg.mixstyle_p, cfg.mixstyle_alpha, generator=generator)
     x = spec_mask(x, cfg.freq_mask, axis=2, generator=generator)
@@ -127,5 +146,5 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor, cfg: AugmentConfig, n_classe
     x = random_crop(x, cfg.crop_padding, generator)
     x = random_hflip(x, generator) if cfg.hflip else x
     if cfg.mixup_alpha > 0:
-        x, y = mixup(x, y, n_classes, cfg.mixup_alpha, generator)
-    return x, y
+        return mixup(x, y, n_classes, cfg.mixup_alpha, generator)
+    return x, y, None

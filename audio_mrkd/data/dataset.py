@@ -148,10 +148,10 @@ class BatchLoader:
 
     def __init__(self, split: FeatureSplit, batch_size: int, torch_device: torch.device | str = "cpu",
                  shuffle: bool = False, drop_last: bool = False, seed: int = 0, resident: bool = True,
-                 normalize: bool = True, rank: int = 0, world_size: int = 1):
+                 normalize: bool = True, rank: int = 0, world_size: int = 1, dtype: torch.dtype = torch.float32):
         if batch_size % world_size:
             raise InputError(f"train.batch_size: {batch_size} is not divisible by the {world_size} processes")
-        self.split, self.batch_size = split, batch_size
+        self.split, self.batch_size, self.dtype = split, batch_size, dtype
         self.rank, self.world_size = rank, world_size
         self.torch_device = torch.device(torch_device)
         self.shuffle, self.drop_last = shuffle, drop_last
@@ -173,7 +173,8 @@ class BatchLoader:
         return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
 
     def features_at(self, index: torch.Tensor) -> torch.Tensor:
-        """float32 (normalised) features of the items at ``index``, on the loader's torch device."""
+        """The (normalised) features of the items at ``index``, on the loader's torch device: normalised in float32,
+        then in the loader's dtype (float64 for ``train.precision=64``)."""
         if self.resident:
             x = self.features[index.to(self.torch_device)]
         else:
@@ -182,7 +183,7 @@ class BatchLoader:
         x = x.float()
         if self.normalize:
             x = (x - self.mean) * self.inv_std
-        return x
+        return x if self.dtype == torch.float32 else x.to(self.dtype)
 
     def __iter__(self) -> Iterator[Batch]:
         n = len(self.split)

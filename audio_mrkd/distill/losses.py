@@ -29,6 +29,16 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, tau: float) -> Tenso
     return kl * (tau * tau)
 
 
+def mix_teacher_logits(z: Tensor, mixing, tau: float) -> Tensor:
+    """One item's teacher logits (…×B×C) for the rows of a mixup batch: logits whose softmax at temperature τ is
+    ``λ·softmax(z[r]/τ) + (1 − λ)·softmax(z[perm[r]]/τ)`` — the teacher's probabilities mixed with the label's
+    pairing and weight (``mixing``: :class:`audio_mrkd.data.augment.Mixing`). Computed in log space,
+    τ·log(mixture), so Knowledge Adjustment, an ensembler and the KD loss take them as ordinary logits."""
+    log_p = F.log_softmax(z.float() / tau, dim=-1)
+    lam = mixing.lam.float()
+    return tau * torch.logaddexp(lam.log() + log_p, torch.log1p(-lam) + log_p[..., mixing.perm, :])
+
+
 def hard_labels(y: Tensor, student_logits: Tensor) -> Tensor:
     """Class indices from y: B integer labels, or B×C soft targets (mixup) → the class of largest weight."""
     b, c = student_logits.shape

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from audio_mrkd.distill.adjust import knowledge_adjust
 from audio_mrkd import config as config_io
 from audio_mrkd.distill.ensemble import LearnedEnsemble, Mode, combine_teachers, fcn_objective
-from audio_mrkd.distill.losses import distill_objective, hard_labels
+from audio_mrkd.distill.losses import distill_objective, hard_labels, mix_teacher_logits
 from audio_mrkd.distill.teachers import TeacherSignal
 from audio_mrkd.distill.snapshots import BackupSchedule, SnapshotBank, Spacing, Unit
 from audio_mrkd.errors import InputError
@@ -199,20 +199,22 @@ class MrKD:
 
     # ---- the loss -------------------------------------------------------------------------------------------
     def loss(self, student_logits: Tensor, x: Tensor | None, y: Tensor, index: Tensor | None = None,
-             epoch: int = 0, with_logs: bool = True) -> tuple[Tensor, dict[str, float]]:
+             epoch: int = 0, with_logs: bool = True, mixing=None) -> tuple[Tensor, dict[str, float]]:
         """Total student loss and float logs. Inactive: plain CE. Active: (1 − α)·CE + α·KD toward KA(g(Z)).
 
         y: B class indices, or B×C soft targets (mixup: CE on the soft targets; FCN, KA and accuracies use the
         class of largest weight). index: item indices of the batch (cached mode). epoch: completed epochs,
         used by the alpha ramp. One optimiser step of the FCN is taken here (on detached teacher logits).
         with_logs=False returns no logs and never waits for the device (no host sync inside the step).
+        mixing: how a mixup batch was made (:class:`audio_mrkd.data.augment.Mixing`); teachers that give one item's
+        view (cached) are then mixed like the label (see :meth:`_teacher_logits`).
         """
         assert student_logits.dim() == 2 and student_logits.shape[1] == self.n_classes, student_logits.shape
         y_hard = hard_labels(y, student_logits)
         z_s = student_logits.float()
         ce = F.cross_entropy(z_s, y if y.dim() == 1 else y.float(), label_smoothing=self.label_smoothing)
         if not self.active and self.external is not None:
-            return self._external_only_loss(z_s, ce, x, y_hard, index, epoch, with_logs)
+            return self._external_only_loss(z_s, ce, x, y_hard, index, epoch, with_logs, mixing)
         if not self.active:
             return ce, ({"loss/ce": ce.item(), "loss/kd": 0.0, "loss/fcn": 0.0, "mrkd/active": 0.0,
                          "mrkd/alpha": 0.0, "mrkd/teacher_time": 0.0} if with_logs else {})
@@ -221,31 +223,46 @@ class MrKD:
         if with_logs and z_s.is_cuda:
             torch.cuda.synchronize(z_s.device)  # time the teachers alone
         start = time.perf_counter()
-        z = self._teacher_logits(x, index, z_s.shape[0])
+        z, per_item = self._teacher_logits(x, index, z_s.shape[0], mixing)
         if with_logs and z.is_cuda:
             torch.cuda.synchronize(z.device)
         teacher_time = time.perf_counter() - start
         with torch.autocast(device_type=z_s.device.type, enabled=False):
-            total, logs = self._active_loss(z_s, ce, z, y_hard, epoch)
+            total, logs = self._active_loss(z_s, ce, z, y_hard, epoch, mixing if per_item else None)
         return total, (self._logs(*logs, teacher_time) if with_logs else {})
 
     def _external_only_loss(self, z_s: Tensor, ce: Tensor, x: Tensor | None, y: Tensor, index: Tensor | None,
-                            epoch: int, with_logs: bool) -> tuple[Tensor, dict[str, float]]:
-        """Before the bank is full: (1 − α)·CE + α·KD toward the external teachers' mean."""
-        z = self.external.logits(x, index)
+                            epoch: int, with_logs: bool, mixing) -> tuple[Tensor, dict[str, float]]:
+        """Before the bank is full: (1 − α)·CE + α·KD toward the external teachers' mean (mixed like the label
+        when cached under mixup)."""
+        z_t = self.external.logits(x, index).mean(dim=0)
+        if mixing is not None and self.external.cached:
+            z_t = mix_teacher_logits(z_t, mixing, self.cfg.tau)
         alpha = self.alpha_at(epoch)
-        total, kd, adjusted = distill_objective(z_s, ce, z.mean(dim=0), y, alpha, self.cfg.tau, self.cfg.ka)
+        total, kd, adjusted = distill_objective(z_s, ce, z_t, y, alpha, self.cfg.tau, self.cfg.ka)
         if not with_logs:
             return total, {}
-        values = torch.stack([ce.detach(), kd.detach(), adjusted.float().mean(), _accuracy(z.mean(dim=0), y)])
+        values = torch.stack([ce.detach(), kd.detach(), adjusted.float().mean(), _accuracy(z_t, y)])
         names = ["loss/ce", "loss/kd", "mrkd/ka_rate", "mrkd/ensemble_acc"]
         return total, dict(zip(names, values.tolist())) | {"loss/fcn": 0.0, "mrkd/active": 0.0,
                                                            "mrkd/alpha": float(alpha), "mrkd/teacher_time": 0.0}
 
-    def _teacher_logits(self, x: Tensor | None, index: Tensor | None, batch: int) -> Tensor:
-        """(K + external)×B×C float32 teacher logits as an ordinary (non-inference, detached) tensor."""
+    def _teacher_logits(self, x: Tensor | None, index: Tensor | None, batch: int, mixing) -> tuple[Tensor, bool]:
+        """(K + external)×B×C float32 teacher logits as an ordinary (non-inference, detached) tensor, and whether
+        every one of them is one item's view (cached), to be mixed like the label after the ensembler. Under
+        mixup, when one source is cached and the other sees the mixed batch, the cached one is mixed first."""
         z = self._bank_logits(x, index, batch)
-        return z if self.external is None else torch.cat([z, self.external.logits(x, index)])
+        per_item = self.cfg.teacher_input == "cached"
+        if self.external is None:
+            return z, per_item
+        external = self.external.logits(x, index)
+        if mixing is not None and per_item != self.external.cached:
+            if per_item:
+                z = mix_teacher_logits(z, mixing, self.cfg.tau)
+            else:
+                external = mix_teacher_logits(external, mixing, self.cfg.tau)
+            per_item = False
+        return torch.cat([z, external]), per_item
 
     def _bank_logits(self, x: Tensor | None, index: Tensor | None, batch: int) -> Tensor:
         """K×B×C float32 logits of the snapshot bank."""
@@ -260,13 +277,19 @@ class MrKD:
             z = self._cache_stack[:, index.to(self._cache_stack.device, torch.long)]
         return z
 
-    def _active_loss(self, z_s: Tensor, ce: Tensor, z: Tensor, y: Tensor, epoch: int) -> tuple[Tensor, tuple]:
-        """The total loss and the tensors the logs are computed from (see _logs)."""
+    def _active_loss(self, z_s: Tensor, ce: Tensor, z: Tensor, y: Tensor, epoch: int,
+                     mixing) -> tuple[Tensor, tuple]:
+        """The total loss and the tensors the logs are computed from (see _logs). ``mixing``: the teachers are one
+        item's view each: the ensembler (and per-teacher KA) work on the rows' own items and labels, then the
+        teachers and their combination are mixed like the label."""
         raw = z
+        own = y if mixing is None else mixing.labels
         if self.cfg.ka_per_teacher:
             k, b, c = z.shape
-            z = knowledge_adjust(z.reshape(k * b, c), y.repeat(k))[0].reshape(k, b, c)
-        z_t, l_fcn = self._ensemble_step(z, y)
+            z = knowledge_adjust(z.reshape(k * b, c), own.repeat(k))[0].reshape(k, b, c)
+        z_t, l_fcn = self._ensemble_step(z, own)
+        if mixing is not None:
+            raw, z_t = mix_teacher_logits(raw, mixing, self.cfg.tau), mix_teacher_logits(z_t, mixing, self.cfg.tau)
         alpha = self.alpha_at(epoch)
         total, kd, adjusted = self._distill(z_s, ce, z_t, y, alpha, self.cfg.tau, self.cfg.ka)
         return total, (raw, y, z_t, adjusted, ce, kd, l_fcn, alpha)

@@ -11,13 +11,15 @@ Two sources (the ``kd.*`` keys, read by ``method: kd`` and by ``method: mrkd`` w
   clip (see README, "Distillation from a teacher"). Always cached.
 
 Cached logits follow the items through shuffles and resumes: they are indexed by the items' positions in the
-train split (``Batch.index``). Under mixup a cached teacher gives the logits of the batch row's own item.
+train split (``Batch.index``). A cached teacher gives one item's view: under mixup the methods mix it with the
+label's pairing and weight (:func:`audio_mrkd.distill.losses.mix_teacher_logits`).
 """
 from __future__ import annotations
 
 import csv
 import hashlib
 import math
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -36,7 +38,8 @@ class KDConfig:
     """The ``kd.*`` keys: a teacher stronger than the student and how it is distilled.
 
     teachers / teacher_logits: the teacher source (one of the two). checkpoint: which checkpoint of a teacher
-    run ("best" | "last"). teacher_input: "cached" | "same" (see the module). ensemble: several teachers
+    run ("last" | "best"; "best" is the epoch chosen on the teacher's evaluated split, which leaks that split into
+    a student scored on it: a warning says so). teacher_input: "cached" | "same" (see the module). ensemble: several teachers
     combined by their "mean" or by a learned "fcn" ensembler (MrKD's, with its own Adam: fcn_hidden, fcn_lr).
     alpha / tau: the student loss is (1 − α)·CE + α·τ²·KL(teacher ‖ student) at temperature τ. ka: Knowledge
     Adjustment of the teacher signal (off: Hinton's KD). with_mrkd: how ``method: mrkd`` uses the teacher,
@@ -46,7 +49,7 @@ class KDConfig:
 
     teachers: list[str] = field(default_factory=list)
     teacher_logits: str = ""
-    checkpoint: Literal["best", "last"] = "best"
+    checkpoint: Literal["best", "last"] = "last"
     teacher_input: Literal["cached", "same"] = "cached"
     ensemble: Literal["mean", "fcn"] = "mean"
     alpha: float = 0.5
@@ -196,10 +199,10 @@ def _norm_tensors(mean, std) -> tuple[Tensor, Tensor]:
     return torch.as_tensor(np.asarray(mean, np.float32)), torch.as_tensor(np.asarray(std, np.float32))
 
 
-def load_teacher_run(run_dir: str | Path, which: str, student_info: dict, load_run_model) -> nn.Module:
-    """A finished run's network (eval mode, CPU) taking the student's normalised inputs; the run must have been
-    trained on the student's dataset (same name, class order and input shape). ``load_run_model(run_dir, which)``
-    → (network, data.json, config): the engine's run reader."""
+def load_teacher_run(run_dir: str | Path, which: str, student_info: dict, load_run_model) -> tuple[nn.Module, dict]:
+    """A finished run's network (eval mode, CPU) taking the student's normalised inputs, and the run's data.json; the
+    run must have been trained on the student's dataset (same name, class order and input shape).
+    ``load_run_model(run_dir, which)`` → (network, data.json, config): the engine's run reader."""
     run_dir = Path(run_dir)
     if not (run_dir / "data.json").is_file():
         raise InputError(f"kd.teachers: {run_dir}: not a run directory of audio-mrkd (no data.json)")
@@ -211,8 +214,28 @@ def load_teacher_run(run_dir: str | Path, which: str, student_info: dict, load_r
     student_norm = (student_info.get("norm_mean"), student_info.get("norm_std"))
     teacher_norm = (info.get("norm_mean"), info.get("norm_std"))
     if _same_norm(student_norm, teacher_norm):
-        return model
-    return Renormalized(model, student_norm, teacher_norm).eval()
+        return model, info
+    return Renormalized(model, student_norm, teacher_norm).eval(), info
+
+
+# what decides which items a run is scored on (and so chooses its best epoch on)
+_SELECTION_KEYS = ("kind", "name", "root", "train_split", "eval_split", "cv_folds", "cv_fold", "cv_pool", "holdout")
+
+
+def scored_on_the_same_split(teacher_info: dict, student_info: dict) -> bool:
+    """True when a teacher run (its data.json) was evaluated — and chose its ``best`` epoch — on the student's split."""
+    return all(teacher_info.get(key) == student_info.get(key) for key in _SELECTION_KEYS)
+
+
+def warn_if_best_leaks(kcfg: KDConfig, teacher_infos: list[dict], student_info: dict, log) -> None:
+    """One warning line when ``kd.checkpoint: best`` distils an epoch chosen on the split the student is scored on."""
+    if kcfg.checkpoint != "best":
+        return
+    leaking = [run for run, info in zip(kcfg.teachers, teacher_infos) if scored_on_the_same_split(info, student_info)]
+    if leaking:
+        log(f"kd.checkpoint: warning: 'best' distils the epoch {len(leaking)} of the {len(kcfg.teachers)} teacher "
+            f"run(s) (e.g. {leaking[0]}) chose on the split this run is scored on, so that split leaks into the "
+            f"student through its teacher; kd.checkpoint=last does not")
 
 
 def _same_norm(a: tuple, b: tuple) -> bool:
@@ -230,6 +253,11 @@ class TeacherSignal:
                  dtype: torch.dtype | None = None) -> None:
         assert (table is None) != (models is None), "a table or models"
         self.table, self.models, self.dtype = table, models, dtype
+
+    @property
+    def cached(self) -> bool:
+        """The logits are one item's each (a table), not the teachers run on the (possibly mixed) batch."""
+        return self.table is not None
 
     @property
     def n_teachers(self) -> int:
@@ -260,7 +288,10 @@ def build_teacher_signal(kcfg: KDConfig, ctx) -> TeacherSignal:
     if kcfg.teacher_logits:
         table = read_teacher_logits(kcfg.teacher_logits, ctx.train_filenames, ctx.data_info["class_names"])
         return TeacherSignal(table=torch.from_numpy(table)[None].to(ctx.torch_device))
-    models = [load_teacher_run(run, kcfg.checkpoint, ctx.data_info, ctx.load_run_model) for run in kcfg.teachers]
+    loaded = [load_teacher_run(run, kcfg.checkpoint, ctx.data_info, ctx.load_run_model) for run in kcfg.teachers]
+    models = [model for model, _ in loaded]
+    warn_if_best_leaks(kcfg, [info for _, info in loaded], ctx.data_info,
+                       lambda line: print(line, file=sys.stderr, flush=True))
     if kcfg.teacher_input == "cached":
         with torch.inference_mode():
             table = torch.stack([ctx.infer_train(m.to(ctx.torch_device)).float() for m in models])

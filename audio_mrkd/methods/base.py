@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from audio_mrkd import config as config_io
+from audio_mrkd.data.augment import Mixing
 from audio_mrkd.errors import InputError
 from audio_mrkd.runtime import Runtime
 
@@ -56,9 +57,11 @@ class Method:
         return batch
 
     def loss(self, logits: Tensor, x: Tensor, y: Tensor, index: Tensor, epoch: int,
-             with_logs: bool) -> tuple[Tensor, dict[str, float]]:
+             with_logs: bool, mixing: Mixing | None = None) -> tuple[Tensor, dict[str, float]]:
         """The loss to back-propagate for a batch and (when ``with_logs``) its float logs. ``y``: class indices
-        or soft targets (mixup); ``index``: the items' positions in the train split; ``epoch``: completed epochs.
+        or soft targets (mixup); ``index``: the items' positions in the train split; ``epoch``: completed epochs;
+        ``mixing``: under mixup, how the rows were paired and weighted (a teacher that gives one item's view — a
+        cached logit, a stored prediction — must be mixed the same way as the label).
         A log named ``…_time`` is seconds spent inside the step: the engine reports it as ``…_time_share``."""
         loss = soft_cross_entropy(logits, y, self.cfg.train.label_smoothing)
         return loss, ({"loss/ce": loss.item()} if with_logs else {})

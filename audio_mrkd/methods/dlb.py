@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from audio_mrkd.data.augment import Mixing
 from audio_mrkd.data.dataset import Batch
 from audio_mrkd.distill.losses import kd_loss
 from audio_mrkd.errors import InputError
@@ -70,7 +71,7 @@ class LastBatchDistillation(Method):
 
     # ---- the loss -------------------------------------------------------------------------------------------
     def loss(self, logits: Tensor, x: Tensor, y: Tensor, index: Tensor, epoch: int,
-             with_logs: bool) -> tuple[Tensor, dict[str, float]]:
+             with_logs: bool, mixing: Mixing | None = None) -> tuple[Tensor, dict[str, float]]:
         pending, self._pending = self._pending, None
         if pending is None:
             raise AssertionError("dlb: loss() without before_batch() for this batch")

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from audio_mrkd.data.augment import Mixing
 from audio_mrkd.distill.losses import kd_loss
 from audio_mrkd.errors import InputError
 from audio_mrkd.methods.base import Method, TrainContext, modules_digest, soft_cross_entropy
@@ -116,7 +117,7 @@ class MeanTeacher(Method):
             return self.teacher(x).float()
 
     def loss(self, logits: Tensor, x: Tensor, y: Tensor, index: Tensor, epoch: int,
-             with_logs: bool) -> tuple[Tensor, dict[str, float]]:
+             with_logs: bool, mixing: Mixing | None = None) -> tuple[Tensor, dict[str, float]]:
         logits = logits.float()
         ce = soft_cross_entropy(logits, y, self.cfg.train.label_smoothing)
         active = self.active

@@ -16,8 +16,9 @@ import torch
 from torch import Tensor
 
 from audio_mrkd import config as config_io
+from audio_mrkd.data.augment import Mixing
 from audio_mrkd.distill.ensemble import LearnedEnsemble, fcn_objective
-from audio_mrkd.distill.losses import distill_objective, hard_labels
+from audio_mrkd.distill.losses import distill_objective, hard_labels, mix_teacher_logits
 from audio_mrkd.distill.teachers import TeacherSignal, build_teacher_signal
 from audio_mrkd.errors import InputError
 from audio_mrkd.methods.base import Method, TrainContext, soft_cross_entropy
@@ -30,13 +31,12 @@ class TeacherDistillation(Method):
         self.ensembler = teacher_ensembler(cfg.kd, self.teachers.n_teachers, ctx)
 
     def loss(self, logits: Tensor, x: Tensor, y: Tensor, index: Tensor, epoch: int,
-             with_logs: bool) -> tuple[Tensor, dict[str, float]]:
+             with_logs: bool, mixing: Mixing | None = None) -> tuple[Tensor, dict[str, float]]:
         kcfg = self.cfg.kd
         z_s = logits.float()
         y_hard = hard_labels(y, z_s)
         ce = soft_cross_entropy(z_s, y, self.cfg.train.label_smoothing)
-        z = self.teachers.logits(x, index)
-        z_t, l_fcn = combine(z, y_hard, self.ensembler)
+        z, z_t, l_fcn = teacher_view(self.teachers, self.ensembler, x, index, y_hard, mixing, kcfg.tau)
         total, kd, adjusted = distill_objective(z_s, ce, z_t, y_hard, kcfg.alpha, kcfg.tau, kcfg.ka)
         return total, (teacher_logs(z, z_t, y_hard, adjusted, ce, kd, l_fcn) if with_logs else {})
 
@@ -84,6 +84,19 @@ def combine(z: Tensor, y: Tensor, ensembler: LearnedEnsemble | None) -> tuple[Te
     if ensembler is None:
         return z.mean(dim=0), None
     return ensembler.step(z, y)
+
+
+def teacher_view(teachers: TeacherSignal, ensembler: LearnedEnsemble | None, x: Tensor, index: Tensor,
+                 y_hard: Tensor, mixing: Mixing | None, tau: float) -> tuple[Tensor, Tensor, Tensor | None]:
+    """Each teacher's logits for the batch's rows (T×B×C), their combination (B×C) and the ensembler's CE. Cached
+    teachers give one item's view: under mixup the ensembler learns on the rows' own items and labels, then every
+    teacher and the combination are mixed like the label (:func:`mix_teacher_logits` at ``tau``)."""
+    z = teachers.logits(x, index)
+    per_item = mixing is not None and teachers.cached
+    z_t, l_fcn = combine(z, mixing.labels if per_item else y_hard, ensembler)
+    if per_item:
+        z, z_t = mix_teacher_logits(z, mixing, tau), mix_teacher_logits(z_t, mixing, tau)
+    return z, z_t, l_fcn
 
 
 def teacher_logs(z: Tensor, z_t: Tensor, y: Tensor, adjusted: Tensor, ce: Tensor, kd: Tensor,

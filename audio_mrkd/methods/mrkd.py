@@ -16,12 +16,13 @@ import dataclasses
 from torch import Tensor
 
 from audio_mrkd import config as config_io
+from audio_mrkd.data.augment import Mixing
 from audio_mrkd.distill.losses import distill_objective, hard_labels
 from audio_mrkd.distill.mrkd import MrKD
 from audio_mrkd.distill.teachers import build_teacher_signal
 from audio_mrkd.methods.base import Method, TrainContext, modules_digest
-from audio_mrkd.methods.kd import (combine, kd_hparams, load_teachers_state, teacher_ensembler, teacher_logs,
-                                   teachers_state)
+from audio_mrkd.methods.kd import (kd_hparams, load_teachers_state, teacher_ensembler, teacher_logs,
+                                   teacher_view, teachers_state)
 
 
 class MemoryReplay(Method):
@@ -42,19 +43,19 @@ class MemoryReplay(Method):
                               external=None if as_term else teachers, capturable=runtime.capture)
 
     def loss(self, logits: Tensor, x: Tensor, y: Tensor, index: Tensor, epoch: int,
-             with_logs: bool) -> tuple[Tensor, dict[str, float]]:
-        total, logs = self.objective.loss(logits.float(), x, y, index=index, epoch=epoch, with_logs=with_logs)
+             with_logs: bool, mixing: Mixing | None = None) -> tuple[Tensor, dict[str, float]]:
+        total, logs = self.objective.loss(logits.float(), x, y, index=index, epoch=epoch, with_logs=with_logs,
+                                          mixing=mixing)
         if self.teachers is None:
             return total, logs
-        return self._with_teacher_term(total, logs, logits.float(), x, y, index, with_logs)
+        return self._with_teacher_term(total, logs, logits.float(), x, y, index, with_logs, mixing)
 
     def _with_teacher_term(self, total: Tensor, logs: dict, z_s: Tensor, x: Tensor, y: Tensor, index: Tensor,
-                           with_logs: bool) -> tuple[Tensor, dict[str, float]]:
+                           with_logs: bool, mixing: Mixing | None) -> tuple[Tensor, dict[str, float]]:
         """(1 − kd.alpha)·L_MrKD + kd.alpha·KD(z_s ‖ teacher)."""
         kcfg = self.cfg.kd
         y_hard = hard_labels(y, z_s)
-        z = self.teachers.logits(x, index)
-        z_t, l_fcn = combine(z, y_hard, self.term_ensembler)
+        z, z_t, l_fcn = teacher_view(self.teachers, self.term_ensembler, x, index, y_hard, mixing, kcfg.tau)
         total, kd, adjusted = distill_objective(z_s, total, z_t, y_hard, kcfg.alpha, kcfg.tau, kcfg.ka)
         if not with_logs:
             return total, logs

@@ -16,8 +16,11 @@ Choices:
 * ``train.label_smoothing`` is NOT applied on top of the PS-KD target (the target is already soft; the paper's
   method has no label smoothing). ``loss/ce`` is plain cross-entropy to ``y`` (unsmoothed, no gradient), for
   comparison with the other methods.
-* Mixup: ``y`` is then the item's soft mixed label; the stored prediction is the one on the item's *mixed* input
-  (the item as it was presented), and the target mixes the item's own (soft) label with it.
+* Mixup: the stored predictions are one item's each, so the row made of items i and j (weights λ, 1 − λ) gets
+  ``p_prev = λ·p_prev(i) + (1 − λ)·p_prev(j)`` — mixed with the label's pairing and weight — and the target
+  mixes the row's soft label with it. The prediction on a mixed row is stored for the item that has the larger
+  weight in it (i when λ ≥ 0.5, else j; with one λ per batch each item owns exactly one row): an item last seen
+  inside a mix keeps the model's view of the mix it dominated.
 * Per-item predictions live in one process (an N×C float32 tensor on the training device, indexed by the items'
   positions in the train split, grown as larger positions arrive); data-parallel training is refused because
   the predictions of items seen by other processes would be missing.
@@ -33,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from audio_mrkd.data.augment import Mixing
 from audio_mrkd.errors import InputError
 from audio_mrkd.methods.base import Method, TrainContext, soft_cross_entropy
 
@@ -76,15 +80,14 @@ class ProgressiveSelfKD(Method):
             self.seen = torch.cat([self.seen, self.seen.new_zeros(extra)])
 
     def loss(self, logits: Tensor, x: Tensor, y: Tensor, index: Tensor, epoch: int,
-             with_logs: bool) -> tuple[Tensor, dict[str, float]]:
+             with_logs: bool, mixing: Mixing | None = None) -> tuple[Tensor, dict[str, float]]:
         logits = logits.float()
         n_classes = logits.shape[1]
         index = index.to(self.device, torch.long)
         if not self.n_items:  # built without the run's size (unit tests): grow as larger indices arrive
             self._ensure(int(index.max().item()) + 1, n_classes)
         onehot = F.one_hot(y, n_classes).float() if y.dim() == 1 else y.float()
-        seen = self.seen[index]
-        prev = torch.where(seen[:, None], self.predictions[index], onehot)
+        seen, prev = self._previous(index, onehot, mixing)
         alpha = self.alpha(epoch)
         target = (1.0 - alpha) * onehot + alpha * prev
         loss = soft_cross_entropy(logits, target)
@@ -97,9 +100,21 @@ class ProgressiveSelfKD(Method):
             if n_seen:  # no items seen before (the first epoch): nothing to agree with, no log
                 agree = (prev.argmax(dim=1) == labels) & seen
                 logs["pskd/prev_agreement"] = agree.sum().item() / n_seen
-        self.predictions[index] = torch.softmax(logits.detach(), dim=1)
-        self.seen[index] = True
+        owner = index if mixing is None else torch.where(mixing.lam >= 0.5, index, index[mixing.perm])
+        self.predictions[owner] = torch.softmax(logits.detach(), dim=1)
+        self.seen[owner] = True
         return loss, logs
+
+    def _previous(self, index: Tensor, onehot: Tensor, mixing: Mixing | None) -> tuple[Tensor, Tensor]:
+        """(rows whose items all have a stored prediction, each row's previous prediction): an item never seen
+        counts as its label; under mixup the two items' predictions are mixed like the label."""
+        if mixing is None:
+            seen = self.seen[index]
+            return seen, torch.where(seen[:, None], self.predictions[index], onehot)
+        own = F.one_hot(mixing.labels, onehot.shape[1]).float()
+        seen = self.seen[index]
+        prev = torch.where(seen[:, None], self.predictions[index], own)
+        return seen & seen[mixing.perm], mixing.rows(prev)
 
     def graph_key(self, epoch: int):
         """Capture-safe when the store is sized up front; α changes every epoch (one capture per epoch)."""

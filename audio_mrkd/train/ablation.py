@@ -210,6 +210,7 @@ def run_ablation(spec_path: str | Path, out_dir: str | Path, overrides: list[str
     grid = _Grid(spec, config, out_dir, list(run_overrides or []), 1 if jobs > 1 else 0, train_fn)
     keys = grid.keys()
     recipes = {key: ablation_records.load_recipe(*grid.given(*key)) for key in keys}
+    _warn_leaking_teachers(grid, log)
     records = ablation_records.read_records(records_path)
     ablation_records.check_recipes(records_path, records, recipes)
     done = {(r["variant"], r["fold"], r["seed"]): r for _, r in records}
@@ -247,6 +248,16 @@ def run_ablation(spec_path: str | Path, out_dir: str | Path, overrides: list[str
     finally:
         bar.close()
     return _write_results(out_dir, list(done.values()), spec)
+
+
+def _warn_leaking_teachers(grid: _Grid, log) -> None:
+    """One line per variant that distils its fold's teachers at their ``best`` epoch: each teacher chose it on the
+    clips its fold holds out, which are the clips the student is scored on."""
+    for variant in grid.spec.variants:
+        if grid.taught(variant) and ablation_records.load_given(*grid.given(variant, 0, grid.spec.seeds[0])) \
+                .kd.checkpoint == "best":
+            log(f"ablation: warning: variant {variant} distils its teachers at kd.checkpoint=best, the epoch each "
+                f"chose on the clips its fold holds out, which the student is scored on (kd.checkpoint=last does not)")
 
 
 def _keep_variants(spec: AblationSpec, only: list[str], spec_path: str | Path) -> None:

@@ -42,11 +42,14 @@ def recipe_digest(cfg: ExperimentConfig, teachers_placeholder: bool = False) -> 
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def load_given(config: str | Path, overrides: list[str]) -> ExperimentConfig:
+    """The resolved config of a run given as (config, overrides), ``@teachers`` left as a placeholder."""
+    return load_experiment(config, [o.replace(TEACHERS, json.dumps([TEACHERS])) for o in overrides])
+
+
 def load_recipe(config: str | Path, overrides: list[str]) -> str:
     """The recipe of a run given as (config, overrides), ``@teachers`` left as a placeholder."""
-    placeholder = any(TEACHERS in o for o in overrides)
-    cfg = load_experiment(config, [o.replace(TEACHERS, json.dumps([TEACHERS])) for o in overrides])
-    return recipe_digest(cfg, placeholder)
+    return recipe_digest(load_given(config, overrides), any(TEACHERS in o for o in overrides))
 
 
 def _recorded_recipe(record: dict, out_dir: Path) -> str | None:

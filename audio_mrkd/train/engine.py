@@ -20,7 +20,7 @@ from lightning_fabric import Fabric
 from torch.utils.tensorboard import SummaryWriter
 
 from audio_mrkd import faults, fileio
-from audio_mrkd.data.augment import augment_batch
+from audio_mrkd.data.augment import Mixing, augment_batch
 from audio_mrkd.data.dataset import BatchLoader
 from audio_mrkd.experiment import ExperimentConfig, TrainConfig
 from audio_mrkd.methods import TrainContext, build_method
@@ -136,10 +136,11 @@ class Trainer:
         self.train_loader = BatchLoader(self.data.train, cfg.train.batch_size, device, shuffle=True,
                                         drop_last=len(self.data.train) > cfg.train.batch_size, seed=cfg.seed,
                                         resident=cfg.data.resident, normalize=cfg.data.normalize,
-                                        rank=rank, world_size=world)
+                                        rank=rank, world_size=world, dtype=self.runtime.input_dtype)
         self.eval_shards = np.array_split(np.arange(len(self.data.eval)), world)
         self.eval_loader = BatchLoader(self.data.eval.subset(self.eval_shards[rank]), cfg.train.batch_size, device,
-                                       resident=cfg.data.resident, normalize=cfg.data.normalize)
+                                       resident=cfg.data.resident, normalize=cfg.data.normalize,
+                                       dtype=self.runtime.input_dtype)
         self.steps_per_epoch = len(self.train_loader)
         self._infer_loader = None
 
@@ -221,7 +222,8 @@ class Trainer:
         """A snapshot's logits on every un-augmented training item (MrKD cached-teacher mode)."""
         if self._infer_loader is None:  # built once; shares the training loader's resident copy
             self._infer_loader = BatchLoader(self.data.train, max(self.cfg.train.batch_size, 512), self.fabric.device,
-                                             resident=False, normalize=self.cfg.data.normalize)
+                                             resident=False, normalize=self.cfg.data.normalize,
+                                             dtype=self.runtime.input_dtype)
             if self.train_loader.resident:
                 self._infer_loader.features, self._infer_loader.resident = self.train_loader.features, True
         return self._logits(snapshot, self._infer_loader)
@@ -237,12 +239,13 @@ class Trainer:
         return metrics, probs
 
     # ---- training ----------------------------------------------------------------------------------------------
-    def augment(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The configured augmentations, drawing from the run's own generator, in the runtime's memory format."""
-        x, y = augment_batch(x, y, self.cfg.augment, self.n_classes, self.augment_rng)
+    def augment(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Mixing | None]:
+        """The configured augmentations, drawing from the run's own generator, in the runtime's memory format;
+        with mixup, how the rows were mixed (for the method's per-item teachers)."""
+        x, y, mixing = augment_batch(x, y, self.cfg.augment, self.n_classes, self.augment_rng)
         if self.runtime.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return x, y
+        return x, y, mixing
 
     def _step(self, batch) -> dict[str, float]:
         batch = self.method.before_batch(batch)
@@ -264,10 +267,10 @@ class Trainer:
         return logs
 
     def _eager_step(self, batch, with_logs: bool) -> dict[str, float]:
-        x, y = self.augment(batch.x, batch.y)
+        x, y, mixing = self.augment(batch.x, batch.y)
         with self.fabric.autocast():
             logits = self.forward(x)
-        loss, logs = self.method.loss(logits, x, y, batch.index, self.epoch, with_logs)
+        loss, logs = self.method.loss(logits, x, y, batch.index, self.epoch, with_logs, mixing=mixing)
         self.optimizer.zero_grad(set_to_none=True)
         self.fabric.backward(loss)
         self.optimizer.step()

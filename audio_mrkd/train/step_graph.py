@@ -61,10 +61,10 @@ class StaticStep:
 
     def _body(self) -> torch.Tensor:
         t = self.trainer
-        x, y = t.augment(self.inputs[0], self.inputs[1])
+        x, y, mixing = t.augment(self.inputs[0], self.inputs[1])
         with t.fabric.autocast():
             logits = t.forward(x)
-        loss, _ = t.method.loss(logits, x, y, self.inputs[2], t.epoch, False)
+        loss, _ = t.method.loss(logits, x, y, self.inputs[2], t.epoch, False, mixing=mixing)
         t.optimizer.zero_grad(set_to_none=False)  # the captured gradients live in fixed tensors
         t.fabric.backward(loss)
         t.optimizer.step()

@@ -18,7 +18,7 @@ from audio_mrkd.train.evaluate import run_logits, run_split
 SAME_DATA_KEYS = ("kind", "name", "class_names", "input_shape")
 
 
-def ensemble_logits(run_dirs: list[str | Path], which: str = "best",
+def ensemble_logits(run_dirs: list[str | Path], which: str = "last",
                     split: str = "all") -> tuple[list[str], list[str], np.ndarray]:
     """(file names, class names, N×C mean logits of the runs) for every item of ``split``."""
     total, names, first = None, None, None
@@ -36,7 +36,7 @@ def ensemble_logits(run_dirs: list[str | Path], which: str = "best",
     return names, list(first[1]["class_names"]), (total / len(run_dirs)).astype(np.float32)
 
 
-def write_ensemble_logits(run_dirs: list[str | Path], out: str | Path, which: str = "best", split: str = "all",
+def write_ensemble_logits(run_dirs: list[str | Path], out: str | Path, which: str = "last", split: str = "all",
                           log=print) -> Path:
     if not run_dirs:
         raise InputError("teacher-logits: give at least one run directory")

@@ -1,0 +1,204 @@
+"""Under mixup, a teacher that gives one item's view is mixed like the label: for the row λ·x_i + (1 − λ)·x_j the
+KD target is λ·p_t(i) + (1 − λ)·p_t(j) at the distillation temperature, for every per-item teacher signal —
+teacher-logits files and cached teacher runs (``kd``, MrKD's teacher term and ensembler input), MrKD's cached
+snapshots, PS-KD's stored predictions. Knowledge Adjustment and the accuracy logs use the mixed label's dominant
+class. Hand-computed cases, then the engine handing the mixing to the method on the eager and the static step."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from audio_mrkd.data.augment import Mixing
+from audio_mrkd.distill.mrkd import MrKD, MrKDConfig
+from audio_mrkd.distill.teachers import TeacherSignal
+from audio_mrkd.methods.pskd import ProgressiveSelfKD
+from audio_mrkd.train.engine import Trainer
+from tests.test_engine import config, prepared  # noqa: F401  (the tiny prepared DCASE tree, a module fixture)
+from tests.test_method_kd import _kd_method, teachers  # noqa: F401  (hand-written teacher file; teacher runs)
+from tests.test_method_pskd import make as make_pskd
+
+# the three clips of _kd_method's teacher-logits file, and a batch holding each once: row r mixes item r with
+# item PERM[r]
+TABLE = torch.tensor([[math.log(3), 0.0, 0.0], [0.0, 0.0, 0.0], [0.0, 2.0, 0.0]])
+INDEX = torch.tensor([0, 1, 2])
+LABELS = torch.tensor([0, 1, 2])
+PERM = torch.tensor([1, 2, 0])
+
+
+def mixing(lam: float) -> Mixing:
+    return Mixing(PERM, torch.tensor(lam), LABELS)
+
+
+def mixed_label(lam: float) -> torch.Tensor:
+    return mixing(lam).rows(F.one_hot(LABELS, 3).float())
+
+
+def mixed_target(z: torch.Tensor, lam: float, tau: float) -> torch.Tensor:
+    """λ·softmax(z_i/τ) + (1 − λ)·softmax(z_j/τ), row by row, written out."""
+    p = torch.softmax(z.double() / tau, dim=1)
+    return torch.stack([lam * p[r] + (1 - lam) * p[PERM[r]] for r in range(len(z))])
+
+
+def kd_term(target: torch.Tensor, student: torch.Tensor, tau: float) -> float:
+    """τ²·KL(target ‖ softmax(student/τ)), mean over rows."""
+    log_q = torch.log_softmax(student.double() / tau, dim=1)
+    return float(tau ** 2 * (target * (target.log() - log_q)).sum(dim=1).mean())
+
+
+STUDENT = torch.tensor([[0.5, -1.0, 0.2], [0.0, 0.3, 1.0], [-0.4, 0.1, 0.0]])
+
+
+@pytest.mark.parametrize("tau", [1.0, 3.0])
+def test_kd_from_a_teacher_logits_file_distils_the_mixed_teacher(tmp_path, tau):
+    method = _kd_method(tmp_path, "kd.alpha=1.0", f"kd.tau={tau}")
+    _, logs = method.loss(STUDENT, None, mixed_label(0.7), INDEX, 0, True, mixing=mixing(0.7))
+    assert logs["loss/kd"] == pytest.approx(kd_term(mixed_target(TABLE, 0.7, tau), STUDENT, tau), rel=1e-5)
+    # the item's own view alone (what a cached teacher gave before) is a different target
+    assert logs["loss/kd"] != pytest.approx(kd_term(mixed_target(TABLE, 1.0, tau), STUDENT, tau), rel=1e-3)
+
+
+def test_without_mixup_the_target_is_the_items_own(tmp_path):
+    method = _kd_method(tmp_path, "kd.alpha=1.0", "kd.tau=3")
+    _, logs = method.loss(STUDENT, None, LABELS, INDEX, 0, True)
+    assert logs["loss/kd"] == pytest.approx(kd_term(torch.softmax(TABLE.double() / 3, 1), STUDENT, 3), rel=1e-5)
+
+
+def test_knowledge_adjustment_and_accuracy_use_the_mixed_labels_dominant_class(tmp_path):
+    """λ 0.3: each row's dominant class is its partner's label. The mixed teacher of row 0 (items a, b) puts
+    0.3·(3/5, 1/5, 1/5) + 0.7·(1/3, 1/3, 1/3) on top of class 0, the dominant class is b's (1): KA swaps 0 and 1."""
+    method = _kd_method(tmp_path, "kd.alpha=1.0", "kd.tau=1", "kd.ka=true")
+    _, logs = method.loss(STUDENT, None, mixed_label(0.3), INDEX, 0, True, mixing=mixing(0.3))
+    target = mixed_target(TABLE, 0.3, 1.0)
+    dominant = LABELS[PERM]
+    top = target.argmax(dim=1)
+    adjusted = target.clone()
+    for r in range(3):
+        if top[r] != dominant[r]:
+            adjusted[r, top[r]], adjusted[r, dominant[r]] = target[r, dominant[r]], target[r, top[r]]
+    assert logs["loss/kd"] == pytest.approx(kd_term(adjusted, STUDENT, 1.0), rel=1e-5)
+    wrong = (top != dominant).double().mean().item()
+    assert wrong > 0 and logs["kd/ka_rate"] == pytest.approx(wrong)
+    assert logs["kd/teacher_acc/0"] == pytest.approx(1 - wrong) == logs["kd/ensemble_acc"]
+
+
+def test_kd_from_cached_teacher_runs_distils_their_mixed_mean(prepared, tmp_path, teachers):  # noqa: F811
+    trainer = Trainer(config(prepared, tmp_path, "method=kd", f"kd.teachers=[{teachers[0]},{teachers[1]}]",
+                             "kd.alpha=1.0", "kd.tau=3"))
+    table = trainer.method.teachers.table  # T×N×C: each run's logits on every clean train item
+    assert table.shape[0] == 2
+    _, logs = trainer.method.loss(STUDENT, None, mixed_label(0.6), INDEX, 0, True, mixing=mixing(0.6))
+    expected = mixed_target(table[:, INDEX].mean(dim=0), 0.6, 3.0)
+    assert logs["loss/kd"] == pytest.approx(kd_term(expected, STUDENT, 3.0), rel=1e-5)
+
+
+def bank_of(tables: list[torch.Tensor], *extra, external=None) -> MrKD:
+    """A MrKD objective (cached teachers) whose bank is full of snapshots with the given logits tables."""
+    queue = list(tables)
+    cfg = MrKDConfig(k=len(tables), teacher_input="cached", alpha=1.0, ka=False, **dict(extra))
+    mrkd = MrKD(cfg, 3, torch.device("cpu"), infer_all=lambda model: queue.pop(0), external=external)
+    for _ in tables:
+        mrkd.backup(torch.nn.Linear(1, 3))
+    return mrkd
+
+
+@pytest.mark.parametrize("tau", [1.0, 3.0])
+@pytest.mark.parametrize("ensemble", ["mean", "fcn"])
+def test_mrkd_cached_snapshots_are_mixed_after_the_ensembler(tau, ensemble):
+    """The ensembler combines each item's clean teacher logits (the FCN, zero-initialised, starts as the mean),
+    then the combination is mixed."""
+    older, newer = TABLE, TABLE.flip(1) * 0.5
+    mrkd = bank_of([older, newer], ("tau", tau), ("ensemble", ensemble))
+    _, logs = mrkd.loss(STUDENT, None, mixed_label(0.8), INDEX, mixing=mixing(0.8))
+    expected = mixed_target((older + newer) / 2, 0.8, tau)
+    assert logs["loss/kd"] == pytest.approx(kd_term(expected, STUDENT, tau), rel=1e-5)
+    assert logs["mrkd/ensemble_acc"] == pytest.approx((expected.argmax(1) == LABELS).double().mean().item())
+
+
+def test_mrkd_external_teacher_before_the_bank_is_full_is_mixed():
+    external = TeacherSignal(table=TABLE[None])
+    cfg = MrKDConfig(k=2, teacher_input="same", alpha=1.0, ka=False, tau=3.0)
+    mrkd = MrKD(cfg, 3, torch.device("cpu"), external=external)
+    _, logs = mrkd.loss(STUDENT, None, mixed_label(0.7), INDEX, mixing=mixing(0.7))
+    assert logs["loss/kd"] == pytest.approx(kd_term(mixed_target(TABLE, 0.7, 3.0), STUDENT, 3.0), rel=1e-5)
+
+
+def test_mrkd_ensembler_input_mixes_a_cached_teacher_beside_teachers_on_the_mixed_batch():
+    """Snapshots on the (mixed) batch and a cached external teacher: the external one enters the ensembler as its
+    own mixed view (logits whose softmax at τ is the mixed probabilities)."""
+    external = TeacherSignal(table=TABLE[None])
+    cfg = MrKDConfig(k=1, teacher_input="same", ensemble="mean", alpha=1.0, ka=False, tau=3.0)
+    mrkd = MrKD(cfg, 3, torch.device("cpu"), external=external)
+    snapshot = torch.nn.Linear(3, 3)
+    mrkd.backup(snapshot)
+    x = torch.randn(3, 3)
+    _, logs = mrkd.loss(STUDENT, x, mixed_label(0.7), INDEX, mixing=mixing(0.7))
+    with torch.no_grad():
+        on_batch = mrkd.bank.teachers()[0](x)
+    mixed_external = 3.0 * mixed_target(TABLE, 0.7, 3.0).log()
+    expected = torch.softmax((on_batch.double() + mixed_external) / 2 / 3.0, dim=1)
+    assert logs["loss/kd"] == pytest.approx(kd_term(expected, STUDENT, 3.0), rel=1e-4)
+
+
+@pytest.mark.parametrize("tau", [1.0, 3.0])
+def test_mrkd_teacher_term_distils_the_mixed_teacher(tmp_path, tau):
+    """``kd.with_mrkd: term`` with a teacher-logits file: the second KD term's target is the mixed teacher."""
+    method = _kd_method(tmp_path, "method=mrkd", "kd.with_mrkd=term", "kd.alpha=1.0", f"kd.tau={tau}",
+                        "mrkd.teacher_input=same")
+    _, logs = method.loss(STUDENT, torch.zeros(3, 1), mixed_label(0.7), INDEX, 0, True, mixing=mixing(0.7))
+    assert logs["loss/kd_teacher"] == pytest.approx(kd_term(mixed_target(TABLE, 0.7, tau), STUDENT, tau), rel=1e-5)
+
+
+@pytest.mark.parametrize("lam, owners", [(0.7, [0, 1, 2]), (0.2, [1, 2, 0])])
+def test_pskd_mixes_the_stored_predictions_and_stores_for_the_dominant_item(lam, owners):
+    method = make_pskd("train.epochs=4", "method_options.alpha_T=0.8")
+    stored = torch.softmax(torch.tensor([[1.0, 0.0, -1.0], [0.0, 2.0, 0.0], [0.5, 0.5, 1.5]]), dim=1)
+    method._ensure(3, 3)
+    method.predictions[:] = stored
+    method.seen[:] = True
+    y = mixed_label(lam)
+    loss, _ = method.loss(STUDENT, None, y, INDEX, 1, True, mixing=mixing(lam))
+    alpha = 0.8 * 2 / 4
+    target = (1 - alpha) * y.double() + alpha * mixed_target(stored.log(), lam, 1.0)
+    expected = -(target * torch.log_softmax(STUDENT.double(), 1)).sum(1).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+    # each row's prediction is stored for the item with the larger weight in it
+    new = torch.softmax(STUDENT, dim=1)
+    assert torch.allclose(method.predictions[torch.tensor(owners)], new)
+
+
+def test_pskd_mixes_an_unseen_items_label_into_its_partners_prediction():
+    method = make_pskd("train.epochs=4", "method_options.alpha_T=0.8")
+    method._ensure(3, 3)
+    method.predictions[0] = torch.tensor([0.2, 0.2, 0.6])
+    method.seen[0] = True
+    y = mixed_label(0.6)
+    loss, _ = method.loss(STUDENT, None, y, INDEX, 1, False, mixing=mixing(0.6))
+    prev = F.one_hot(LABELS, 3).double()
+    prev[0] = torch.tensor([0.2, 0.2, 0.6], dtype=torch.float64)
+    alpha = 0.8 * 2 / 4
+    target = (1 - alpha) * y.double() + alpha * (0.6 * prev + 0.4 * prev[PERM])
+    expected = -(target * torch.log_softmax(STUDENT.double(), 1)).sum(1).mean()
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+@pytest.mark.parametrize("step_graph", ["false", "true"])
+def test_the_engine_hands_the_mixing_to_the_method(prepared, tmp_path, step_graph):
+    """Eager and static step alike: the method gets the pairing and weight that made the batch's soft labels."""
+    trainer = Trainer(config(prepared, tmp_path, "method=mrkd", "mrkd.teacher_input=cached", "mrkd.k=1",
+                             "augment.mixup_alpha=0.4", f"train.step_graph={step_graph}", "train.log_every=1000"))
+    seen = []
+    loss_fn = trainer.method.loss
+
+    def spy(logits, x, y, index, epoch, with_logs, mixing=None):
+        seen.append((y.detach().clone(), mixing))
+        return loss_fn(logits, x, y, index, epoch, with_logs, mixing=mixing)
+    trainer.method.loss = spy
+    trainer.model.train()
+    batch = next(iter(trainer.train_loader))
+    for _ in range(2):
+        trainer._step(batch)
+    for y, mix in seen:
+        assert mix is not None and torch.equal(mix.labels, batch.y)
+        assert torch.allclose(y, mix.rows(F.one_hot(batch.y, trainer.n_classes).float()))
+    assert not torch.equal(seen[0][1].perm, seen[1][1].perm) or seen[0][1].lam != seen[1][1].lam
