@@ -4,7 +4,8 @@
 
     python scripts/record_equivalence.py [--out PATH]
 
-Same as ``python -m tests.equivalence --write``. About 10 s on two cores; uses its own temporary folder and
+Same as ``python -m tests.equivalence --write``. About 30 s on two cores; writes this machine's entry (another machine's
+entry stays while its float64 cases still agree within the tolerance); uses its own temporary folder and
 feature cache (never ``$AUDIO_MRKD_CACHE`` of the user).
 """
 import sys

@@ -11,16 +11,26 @@
   ``train/ce_epoch``); timing tags (``time/step_ms``, ``mrkd/teacher_time_share``) are left out.
 * ``metrics``: the run's metrics summary (what ``metrics.json`` holds: last, best, per-epoch history), minus
   ``run_id`` (a timestamp); every float as ``float.hex()``.
+* ``weights``: the sum of the final weights in float64 (moves with the least change of the trajectory).
 
-``tests/test_equivalence.py`` compares a fresh run with ``tests/data/equivalence_cpu.json``, written by
-``python scripts/record_equivalence.py`` (or ``python -m tests.equivalence --write``) from the code as it is.
+Every case is recorded twice: as defined (float32, the precision users train in) and as its float64 twin
+(``<case>_fp64``, ``train.precision=64``).
 
-Determinism: everything runs on the CPU with one torch thread (restored afterwards), the data is generated from
-fixed seeds, each run is seeded (``seed=0``), and nothing depends on the wall clock or the run directory name.
-Across machines: the kernels MKL, oneDNN and ATen pick depend on the exact CPU (two AVX-512 Xeons gave different
-log-mel features through MKL's FFT), so recording and comparison run in a child process with the code paths pinned
-(:data:`PINNED_KERNELS`: MKL's reproducible "COMPATIBLE" branch, AVX2 for oneDNN and ATen), which any x86-64 CPU
-with AVX2 runs alike.
+Across machines. The kernels oneDNN and MKL pick depend on the CPU (cache sizes, vendor), so two CPUs can round a
+float32 sum differently; recording and comparison run in a child process with the code paths pinned
+(:data:`PINNED_KERNELS`: MKL's "COMPATIBLE" branch, AVX2 for oneDNN and ATen), which makes Intel CPUs agree, not
+AMD ones. A float32 difference in the last bit is then amplified by training itself (a ReLU or a max that flips):
+measured between an Intel Xeon and an AMD EPYC, 1e-7 at step 2 grew to 1e-2 by step 30 in the mixup cases — as
+large as what a learning rate changed in its fourth digit gives. In float64 the same rounding stays ~1e-16 and
+is never amplified into float32 digits. So the recording holds one entry per machine (:func:`machine`: CPU vendor and
+model, ATen's kernels, the pins), and ``tests/test_equivalence.py`` compares
+
+* on a machine that has an entry: every case, float32 and float64, bit for bit;
+* elsewhere: the float64 twins within :data:`RELATIVE_TOLERANCE` (float32 cases: a skip that says why).
+
+``tests/test_equivalence.py`` also shows that a real change (the learning rate in its fourth significant digit, one
+augmentation draw moved) exceeds the tolerance while a rounding-sized one (every initial weight moved by one
+float64 ulp) does not.
 """
 from __future__ import annotations
 
@@ -41,7 +51,11 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 RECORDING = ROOT / "tests" / "data" / "equivalence_cpu.json"
-FORMAT = 1
+FORMAT = 2
+# another machine's float64 run: every recorded float within this share of the recorded value (values below 1e-3
+# count as 1e-3); measured: a rounding-sized change moves nothing, the smallest real change tried moves 7e-5
+RELATIVE_TOLERANCE, TOLERANCE_FLOOR = 1e-6, 1e-3
+FP64 = "_fp64"
 STEPS = 30  # recorded optimiser steps (36 train items, batch 6, drop_last → 6 steps/epoch × 5 epochs = 30 steps)
 N_CLIPS = 48  # 36 train (loc0…loc3), 12 evaluate (loc4, loc5)
 THREADS = 1
@@ -66,8 +80,12 @@ CASES: dict[str, list[str]] = {
     # the default backup unit (epochs) and hard labels: k=2 → the bank is full after epoch 2, active in steps 13…30
     "mrkd_epoch_plain": ["method=mrkd", "mrkd.k=2"],
 }
+CASES |= {f"{name}{FP64}": [*overrides, "train.precision=64"] for name, overrides in list(CASES.items())}
 # the first step with distillation on, per MrKD case (checked by the test, so the recording can't silently be CE)
 FIRST_ACTIVE = {"mrkd_same_mixup": 10, "mrkd_cached_mixup": 10, "mrkd_epoch_plain": 13}
+FIRST_ACTIVE |= {f"{name}{FP64}": step for name, step in list(FIRST_ACTIVE.items())}
+# changes applied to a run for the tolerance's own tests (python -m tests.equivalence --perturb NAME)
+PERTURBATIONS = ("lr", "draw", "ulp")
 
 
 # ---- plain values ----------------------------------------------------------------------------------------------
@@ -120,9 +138,29 @@ def private_cache(folder: Path):
 
 
 def environment() -> dict:
-    """What the recorded numbers depend on besides the code: checked by the test before comparing."""
-    return {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-            "threads": THREADS, "pinned_kernels": {k: os.environ.get(k) for k in PINNED_KERNELS}}
+    """What the recorded numbers depend on besides the code and the machine: checked by the test before comparing."""
+    return {"torch": torch.__version__, "threads": THREADS,
+            "pinned_kernels": {k: os.environ.get(k) for k in PINNED_KERNELS}}
+
+
+def machine() -> dict:
+    """The CPU and the kernel choices float32 rounding depends on; float32 bits are compared only where all agree."""
+    info = {}
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            if key.strip() in ("vendor_id", "model name", "cpu family", "model") and key.strip() not in info:
+                info[key.strip()] = value.strip()
+    except OSError:
+        pass
+    return {"cpu_vendor": info.get("vendor_id") or platform.processor() or platform.machine(),
+            "cpu_model": info.get("model name", ""), "cpu_family": info.get("cpu family", ""),
+            "cpu_model_number": info.get("model", ""), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "mkldnn": torch.backends.mkldnn.is_available(), "mkl": torch.backends.mkl.is_available()}
+
+
+def describe(m: dict) -> str:
+    return f"{m['cpu_model'] or m['cpu_vendor']} ({m['cpu_vendor']}, {m['cpu_capability']} kernels)"
 
 
 def provenance() -> dict:
@@ -185,27 +223,38 @@ def read_scalars(run_dir: Path, steps: int = STEPS) -> tuple[dict, dict]:
     return losses, others
 
 
-def run_case(name: str, root: Path) -> dict:
-    """Train case ``name`` on the data prepared under ``root`` → its plain recording."""
+def run_case(name: str, root: Path, perturb: str | None = None) -> dict:
+    """Train case ``name`` on the data prepared under ``root`` → its plain recording (``perturb``: one of
+    :data:`PERTURBATIONS`, for the tolerance's tests)."""
     from audio_mrkd.experiment import load_experiment
-    from audio_mrkd.train.engine import train_run
+    from audio_mrkd.train.engine import Trainer
     out = root / "runs" / name
+    lr = ["train.lr=0.01001"] if perturb == "lr" else []  # the fourth significant digit of 0.01
     cfg = load_experiment(None, [*BASE, f"data.manifest_dir={root / 'manifests'}", f"train.out_dir={out}",
-                                 *CASES[name]])
+                                 *CASES[name], *lr])
     with torch_threads(THREADS), private_cache(root / "cache"):
-        run_dir, summary = train_run(cfg)
-    losses, others = read_scalars(Path(run_dir))
+        trainer = Trainer(cfg)
+        if perturb == "draw":  # the augmentations' random stream moved by one draw
+            torch.rand(1, generator=trainer.augment_rng)
+        if perturb == "ulp":  # every initial weight moved by one unit in the last place: a rounding-sized change
+            with torch.no_grad():
+                for p in trainer.model.parameters():
+                    p.mul_(1 + torch.finfo(p.dtype).eps)
+        summary = trainer.fit()
+    losses, others = read_scalars(trainer.run_dir)
     metrics = {k: v for k, v in summary.items() if k != "run_id"}
-    return {"overrides": CASES[name], "losses": losses, "scalars": others, "metrics": plain(metrics)}
+    weights = sum(float(p.detach().double().sum()) for p in trainer.model.parameters())
+    return {"overrides": CASES[name], "losses": losses, "scalars": others, "metrics": plain(metrics),
+            "weights": weights.hex()}
 
 
-def record(root: Path, cases: list[str] | None = None) -> dict:
-    """Everything the test compares: environment, data digest and each case."""
+def record(root: Path, cases: list[str] | None = None, perturb: str | None = None) -> dict:
+    """Everything the test compares for this machine: environment, data digest and each case."""
     root = Path(root)
     with private_cache(root / "cache"):
         data = prepare_data(root)
-    return {"format": FORMAT, "environment": environment(), "data": data,
-            "cases": {name: run_case(name, root) for name in (cases or CASES)}}
+    return {"machine": machine(), "environment": environment(), "data": data,
+            "cases": {name: run_case(name, root, perturb) for name in (cases or CASES)}}
 
 
 # ---- comparison ------------------------------------------------------------------------------------------------
@@ -242,44 +291,108 @@ def differences(expected, actual, where: str = "", limit: int = 20) -> list[str]
     return out
 
 
-# ---- writing the recording -------------------------------------------------------------------------------------
+def relative_differences(expected, actual, where: str = "") -> list[tuple[str, float]]:
+    """Every difference (:func:`differences`) with its size: |recorded − now| / max(|recorded|, floor) for two
+    floats, infinite for anything else (a missing or new value, an int, a string)."""
+    out = []
+    for line in differences(expected, actual, where, limit=10 ** 9):
+        try:
+            a = unhex(line.split(": recorded ")[1].split(" ")[0])
+            b = unhex(line.split(", now ")[1].split(" ")[0])
+            out.append((line, abs(a - b) / max(abs(a), TOLERANCE_FLOOR)))
+        except (IndexError, ValueError):
+            out.append((line, float("inf")))
+    return out
+
+
+def beyond_tolerance(expected, actual, where: str = "", limit: int = 20) -> list[str]:
+    """The differences larger than :data:`RELATIVE_TOLERANCE`, each with its relative size."""
+    found = [f"{line} [relative {rel:.1e}]" for line, rel in relative_differences(expected, actual, where)
+             if rel > RELATIVE_TOLERANCE]
+    return found[:limit]
+
+
+def largest_relative_difference(expected, actual) -> float:
+    return max((rel for _, rel in relative_differences(expected, actual)), default=0.0)
+
+
+# ---- the recording file: one entry per machine -----------------------------------------------------------------
+def read_recording(path: Path = RECORDING) -> dict:
+    return json.loads(path.read_text())
+
+
+def entry_for(recording: dict, m: dict) -> dict | None:
+    """The recording's entry made on a machine like ``m`` (same CPU and kernels), else None."""
+    return next((e for e in recording["machines"] if e["machine"] == m), None)
+
+
 def write_recording(path: Path = RECORDING, cases: list[str] | None = None, log=print) -> dict:
+    """Record this machine's entry. Another machine's entry is kept when its float64 cases still agree with the
+    new ones within the tolerance (the behaviour is the same: its float32 bits still hold there), else dropped."""
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="audio_mrkd_equivalence_") as tmp:
-        recording = record(Path(tmp), cases)
-    recording = {"format": recording.pop("format"), "recorded": provenance(), **recording}
+        entry = record(Path(tmp), cases)
+    entry = {"recorded": provenance(), **entry}
+    kept = []
+    if path.is_file() and read_recording(path).get("format") == FORMAT:
+        for other in read_recording(path)["machines"]:
+            if other["machine"] == entry["machine"]:
+                continue
+            stale = [n for n in entry["cases"] if n.endswith(FP64) and (n not in other["cases"] or beyond_tolerance(
+                other["cases"][n], entry["cases"][n], n, limit=1))]
+            if stale or other["data"] != entry["data"] or other["environment"] != entry["environment"]:
+                log(f"dropped the entry of {describe(other['machine'])}: its behaviour differs from this one's "
+                    f"({', '.join(stale) or 'data or environment'}); re-record there")
+            else:
+                kept.append(other)
+    recording = {"format": FORMAT, "machines": [entry, *kept]}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(recording, indent=1, sort_keys=False) + "\n")
-    log(f"wrote {path} ({len(recording['cases'])} cases, {time.perf_counter() - started:.1f} s); "
-        f"torch {recording['environment']['torch']}, CPU {recording['environment']['cpu_capability']}, "
-        f"commit {recording['recorded']['git_commit']}"
-        + (" + uncommitted changes in audio_mrkd/" if recording["recorded"]["git_dirty_audio_mrkd"] else ""))
+    log(f"wrote {path} ({len(entry['cases'])} cases, {time.perf_counter() - started:.1f} s) for "
+        f"{describe(entry['machine'])}, torch {entry['environment']['torch']}, commit {entry['recorded']['git_commit']}"
+        + (" + uncommitted changes in audio_mrkd/" if entry["recorded"]["git_dirty_audio_mrkd"] else "")
+        + (f"; kept {len(kept)} other machine(s)" if kept else ""))
     return recording
+
+
+def write_plain(path: Path, cases: list[str], perturb: str | None) -> None:
+    """This machine's entry for some cases, perturbed or not, as a plain JSON file (for the tolerance's tests)."""
+    with tempfile.TemporaryDirectory(prefix="audio_mrkd_equivalence_") as tmp:
+        path.write_text(json.dumps(record(Path(tmp), cases, perturb)))
 
 
 def kernels_pinned() -> bool:
     return all(os.environ.get(key) == value for key, value in PINNED_KERNELS.items())
 
 
-def record_in_child(out: Path) -> subprocess.CompletedProcess:
-    """``python -m tests.equivalence --write --out OUT`` in a child process with :data:`PINNED_KERNELS` set (they
-    must be in the environment before torch loads MKL and oneDNN)."""
-    return subprocess.run([sys.executable, "-m", "tests.equivalence", "--write", "--out", str(out)], cwd=ROOT,
-                          env={**os.environ, **PINNED_KERNELS}, capture_output=True, text=True, timeout=900)
+def record_in_child(out: Path, *args: str) -> subprocess.CompletedProcess:
+    """``python -m tests.equivalence --write --out OUT [args]`` in a child process with :data:`PINNED_KERNELS` set
+    (they must be in the environment before torch loads MKL and oneDNN)."""
+    return subprocess.run([sys.executable, "-m", "tests.equivalence", "--write", "--out", str(out), *args],
+                          cwd=ROOT, env={**os.environ, **PINNED_KERNELS}, capture_output=True, text=True, timeout=900)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--write", action="store_true", help=f"write the recording to {RECORDING.relative_to(ROOT)}")
+    parser.add_argument("--write", action="store_true", help=f"write this machine's entry into "
+                                                             f"{RECORDING.relative_to(ROOT)}")
     parser.add_argument("--out", type=Path, default=RECORDING, help="where to write it")
+    parser.add_argument("--plain", action="store_true", help="write just this machine's entry, as plain JSON")
+    parser.add_argument("--cases", nargs="+", choices=list(CASES), help="only these cases (with --plain)")
+    parser.add_argument("--perturb", choices=PERTURBATIONS, help="a change, for the tolerance's tests (with --plain)")
     args = parser.parse_args(argv)
     if not args.write:
         parser.error("nothing to do: pass --write to (re-)record")
     if not kernels_pinned():
-        child = record_in_child(args.out.resolve())
+        extra = (["--plain"] if args.plain else []) + (["--cases", *args.cases] if args.cases else []) \
+            + (["--perturb", args.perturb] if args.perturb else [])
+        child = record_in_child(args.out.resolve(), *extra)
         print(child.stdout + child.stderr, end="", file=sys.stdout if child.returncode == 0 else sys.stderr)
         return child.returncode
-    write_recording(args.out)
+    if args.plain:
+        write_plain(args.out, args.cases or list(CASES), args.perturb)
+    else:
+        write_recording(args.out)
     return 0
 
 
