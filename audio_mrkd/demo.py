@@ -1,6 +1,7 @@
 """The built-in real-audio demo: build Drums-5 (or Birds-3) in the DCASE layout, prepare it, train CE, CE with label smoothing and MrKD."""
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from audio_mrkd.paths import MANIFEST_DIR
 from audio_mrkd.runtime import Runtime
 from audio_mrkd.train.linear import linear_baseline
 from audio_mrkd.train.sweep import run_seeds, table
+from audio_mrkd.versions import cpu, describe_cpu, git_commit
 
 #: The demo's front-end: the DCASE'24 parameters with 64 mel bands instead of 256, so that CE and MrKD over
 #: three seeds each fit in minutes on two CPU cores (cp_mobile costs ~4x less per clip).
@@ -43,6 +45,28 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs" / "experiments"
 EVIDENCE = ("In this project's studies (Drums-5, 90 epochs, 15 kit-grouped fold x seed pairs; Fashion-MNIST, "
             "ResNet-20, 24 epochs, 3 seeds) no distillation method beat plain label smoothing (the CE + LS row); "
             "docs/results.md.")
+
+
+#: The table alone and where it was made, for docs/results.md (``python scripts/update_demo_table.py``).
+TABLE_FILE = "table.md"
+MACHINE_TAG = "demo-machine:"
+
+
+def demo_table(summaries: dict, linear: dict) -> str:
+    """The demo's Markdown table: one row per method (mean ± std over seeds), then the linear reference."""
+    return "\n".join([table(summaries),
+                      f"| linear (band mean+std → logistic regression) | 1 | {linear['accuracy']:.3f} | "
+                      f"{linear['macro_accuracy']:.3f} | {linear['log_loss']:.3f} | – | – | – | – |"])
+
+
+def provenance(cfg, seeds, cuda: bool) -> str:
+    """Where the table was made, for a person (one line) and for the docs test (a comment holding JSON): float32
+    training repeats bit for bit on the same CPU and thread count, not across CPUs."""
+    threads = 0 if cuda else torch.get_num_threads()
+    where = "CUDA" if cuda else f"{describe_cpu(cpu())}, {threads} torch threads"
+    machine = {"cpu": None if cuda else cpu(), "threads": threads, "cuda": cuda}
+    return (f"Made by `audio-mrkd demo` (seeds {list(seeds)}, {cfg.train.epochs} epochs) on {where}, at commit "
+            f"`{(git_commit() or 'unknown')[:7]}`.\n<!-- {MACHINE_TAG} {json.dumps(machine, sort_keys=True)} -->")
 
 
 def _demo_config(method: str) -> Path:
@@ -78,11 +102,11 @@ def run_demo(out_dir: str | Path = "runs/demo", cache_dir: str | Path | None = N
     minutes = (time.perf_counter() - started) / 60
     cuda = Runtime.from_config(cfg.train).cuda
     picture = plots.safely(lambda: plots.demo_picture(out_dir / "demo.png", run_dirs), out_dir / "demo.png")
+    rows = demo_table(summaries, linear)
+    fileio.write_text(out_dir / TABLE_FILE, "\n".join([rows, "", provenance(cfg, seeds, cuda), ""]))
     text = "\n".join([
         f"# audio-mrkd demo: {prepared.name}, train {len(train)} / evaluate {len(held)} clips (split by recording)",
-        "", table(summaries),
-        f"| linear (band mean+std → logistic regression) | 1 | {linear['accuracy']:.3f} | "
-        f"{linear['macro_accuracy']:.3f} | {linear['log_loss']:.3f} | – | – | – | – |", "",
+        "", rows, "",
         f"mean ± std over seeds {list(seeds)}; last = final epoch, best = best epoch on the evaluated split "
         f"(optimistic: chosen on the split it is reported on). {minutes:.1f} min on "
         f"{'CUDA' if cuda else f'CPU ({torch.get_num_threads()} threads)'}.",

@@ -52,7 +52,7 @@ def folder_size(root: Path) -> int:
 def env_report(cache_dir: str | Path | None = None) -> str:
     """The multi-line report printed by ``audio-mrkd env``."""
     from audio_mrkd.data.cache import default_cache_dir
-    from audio_mrkd.versions import git_commit
+    from audio_mrkd.versions import cpu, describe_cpu, git_commit
 
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     source = "--cache-dir" if cache_dir else ("$AUDIO_MRKD_CACHE" if os.environ.get("AUDIO_MRKD_CACHE")
@@ -60,6 +60,7 @@ def env_report(cache_dir: str | Path | None = None) -> str:
     size = f"{folder_size(cache) / 2**20:,.1f} MiB" if cache.is_dir() else "does not exist yet"
     lines = [f"audio-mrkd {__version__} (git {git_commit() or 'n/a'})",
              f"python {platform.python_version()} on {platform.platform()}, {os.cpu_count()} CPUs",
+             f"cpu: {describe_cpu(cpu())}",
              "libraries:", *(_library_line(name) for name in LIBRARIES),
              torch_device_line(),
              f"cache: {cache} ({source}): {size}"]

@@ -145,17 +145,10 @@ def environment() -> dict:
 
 def machine() -> dict:
     """The CPU and the kernel choices float32 rounding depends on; float32 bits are compared only where all agree."""
-    info = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            if key.strip() in ("vendor_id", "model name", "cpu family", "model") and key.strip() not in info:
-                info[key.strip()] = value.strip()
-    except OSError:
-        pass
-    return {"cpu_vendor": info.get("vendor_id") or platform.processor() or platform.machine(),
-            "cpu_model": info.get("model name", ""), "cpu_family": info.get("cpu family", ""),
-            "cpu_model_number": info.get("model", ""), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    from audio_mrkd.versions import cpu
+    found = cpu()
+    return {"cpu_vendor": found["vendor"], "cpu_model": found["model"], "cpu_family": found["family"],
+            "cpu_model_number": found["model_number"], "cpu_capability": torch.backends.cpu.get_cpu_capability(),
             "mkldnn": torch.backends.mkldnn.is_available(), "mkl": torch.backends.mkl.is_available()}
 
 

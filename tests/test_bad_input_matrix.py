@@ -20,11 +20,15 @@ import torch
 
 from audio_mrkd.cli import main
 from audio_mrkd.data import cache
+from audio_mrkd.docs_blocks import read_block
 from tests.conftest import make_dcase_tree
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTECTED = ("cache", "man", "runs", "export")  # the earlier good outputs, compared byte for byte
 PROGRESS = re.compile(r"\d+/\d+ \w+ \(\d+%\), \d+:\d\d elapsed")
+# what changes from one run of the matrix to the next, written as a placeholder in the docs: a feature cache's key
+# (it hashes file times) and a run folder's time stamp
+VOLATILE = [(re.compile(r"\b[0-9a-f]{20}\b"), "<key>"), (re.compile(r"\b\d{8}-\d{6}\b"), "<time>")]
 
 
 @dataclass
@@ -459,10 +463,37 @@ def test_bad_input(world, tmp_path, name):
     assert len(lines) == spec.lines, lines
     assert all(needle in lines[0] for needle in spec.needles), (lines[0], spec.needles)
     assert after == before  # the earlier cache, manifests, run and export are byte-identical
+    documented = documented_rows().get(name.replace("_", " "))
+    assert documented == table_row(name, code, err, spec, tmp_path), \
+        f"docs/reliability.md: the row of {name!r} is not what the command prints now; {REGENERATE}"
 
 
 def test_the_matrix_has_at_least_forty_cases():
     assert len(CASES) >= 40
+
+
+def test_the_docs_table_lists_every_case_once():
+    assert list(documented_rows()) == [name.replace("_", " ") for name in CASES], REGENERATE
+
+
+RELIABILITY = Path(__file__).resolve().parent.parent / "docs" / "reliability.md"
+REGENERATE = ("regenerate the table between its markers: `python -m tests.test_bad_input_matrix > /tmp/t.md`, "
+              "then paste it")
+
+
+def documented_rows() -> dict[str, str]:
+    """docs/reliability.md's bad-input table (its generated block): case name → its whole row."""
+    rows = [line for line in read_block(RELIABILITY, "bad input table").splitlines() if line.startswith("| ")][1:]
+    return {row.split(" | ")[0].lstrip("| ").strip(): row for row in rows}
+
+
+def table_row(name: str, code: int, err: str, spec, tmp: Path) -> str:
+    message = [line for line in err.splitlines() if not PROGRESS.search(line)][0]
+    message = message.replace(str(tmp / "w"), "…")
+    for pattern, placeholder in VOLATILE:
+        message = pattern.sub(placeholder, message)
+    message = message.replace("|", "\\|")
+    return f"| {name.replace('_', ' ')} | `{spec.argv[0]}` | {code} | {message} |"
 
 
 def table(world: Path, tmp: Path) -> str:
@@ -470,8 +501,7 @@ def table(world: Path, tmp: Path) -> str:
     rows = ["| case | command | exit | message |", "|---|---|---|---|"]
     for i, name in enumerate(CASES):
         code, err, spec, _, _ = run_case(name, world, tmp / str(i))
-        message = [line for line in err.splitlines() if not PROGRESS.search(line)][0].replace(str(tmp / str(i) / "w"), "…").replace("|", "\\|")
-        rows.append(f"| {name.replace('_', ' ')} | `{spec.argv[0]}` | {code} | {message} |")
+        rows.append(table_row(name, code, err, spec, tmp / str(i)))
     return "\n".join(rows)
 
 

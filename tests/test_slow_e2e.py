@@ -1,10 +1,8 @@
 """Slow end-to-end tests on real audio (run in CI; deselect locally with -m 'not slow')."""
-import json
 import shutil
 
 import pytest
 
-from audio_mrkd.cli import main
 from audio_mrkd.data import cache
 from audio_mrkd.data.demo_sets import build_birds3
 from audio_mrkd.data.prepare import prepare
@@ -25,24 +23,6 @@ def test_birds3_mrkd_reaches_90_percent(tmp_path):
         "train.epochs=15", "train.batch_size=16", "augment.mixup_alpha=0", "mrkd.k=2", "train.progress=false"])
     _, summary = train_run(cfg)
     assert summary["last"]["accuracy"] >= 0.9, summary["history"]
-
-
-def test_demo_command_end_to_end(tmp_path, monkeypatch, capsys):
-    """README command 1 (shortened): Drums-5 (or Birds-3), prepare, CE and MrKD, table, TensorBoard logs."""
-    if shutil.which("apt-get") is None:
-        pytest.skip("apt-get not available: the demo falls back to Birds-3, covered above")
-    monkeypatch.chdir(tmp_path)
-    code = main(["demo", "--out", str(tmp_path / "demo"), "--epochs", "3", "--seeds", "0"])
-    assert code == 0
-    out = capsys.readouterr().out
-    assert "| CE cp_mobile | 1 |" in out and "| MrKD cp_mobile | 1 |" in out and "linear" in out
-    assert "| CE + LS 0.1 cp_mobile | 1 |" in out
-    results = (tmp_path / "demo" / "results.md").read_text()
-    assert "drums5" in results
-    for method in ("ce", "mrkd"):
-        summary = json.loads((tmp_path / "demo" / method / "summary.json").read_text())
-        assert summary["n_runs"] == 1
-        assert list((tmp_path / "demo" / method).glob("*/events.out.tfevents.*"))
 
 
 def test_fashion_mnist_subset_through_the_image_path(tmp_path):

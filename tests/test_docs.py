@@ -1,0 +1,84 @@
+"""The docs hold what the commands print: the demo table in docs/results.md is the table README command 1 prints at
+this commit (a slow test runs the demo), and generated blocks are written only between their markers."""
+import json
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+
+from audio_mrkd.cli import main
+from audio_mrkd.demo import MACHINE_TAG, TABLE_FILE
+from audio_mrkd.docs_blocks import read_block, replace_block
+from audio_mrkd.errors import InputError
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "docs" / "results.md"
+REGENERATE = "regenerate it: `audio-mrkd demo && python scripts/update_demo_table.py`"
+# on another CPU (or thread count) float32 training rounds differently and the demo's numbers move a little: every
+# mean of the table must then stay within this much of the documented one
+OTHER_MACHINE_TOLERANCE = 0.05
+
+
+def machine_of(block: str) -> dict:
+    found = re.search(rf"<!-- {MACHINE_TAG} (.*) -->", block)
+    assert found, f"no '{MACHINE_TAG}' line in the demo table block"
+    return json.loads(found.group(1))
+
+
+def rows_of(block: str) -> list[list[str]]:
+    """The table's cells, row by row (header and rule left out)."""
+    lines = [line for line in block.splitlines() if line.startswith("|")][2:]
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in lines]
+
+
+def means(row: list[str]) -> list[float]:
+    """The accuracy / macro accuracy / log loss means of a row, last and best epoch ('–' where there is none)."""
+    return [float(cell.split("±")[0]) for cell in row[2:8] if cell != "–"]
+
+
+def test_the_docs_demo_block_names_its_machine_and_rows():
+    block = read_block(RESULTS, "demo table")
+    machine = machine_of(block)
+    assert set(machine) == {"cpu", "threads", "cuda"}
+    assert [row[0] for row in rows_of(block)] == ["CE cp_mobile", "CE + LS 0.1 cp_mobile", "MrKD cp_mobile",
+                                                  "linear (band mean+std → logistic regression)"]
+
+
+def test_a_block_is_replaced_between_its_markers_only(tmp_path):
+    doc = tmp_path / "doc.md"
+    doc.write_text("intro\n<!-- begin: t -->\nold\n<!-- end: t -->\noutro\n")
+    replace_block(doc, "t", "new\nlines")
+    assert doc.read_text() == "intro\n<!-- begin: t -->\nnew\nlines\n<!-- end: t -->\noutro\n"
+    assert read_block(doc, "t") == "new\nlines"
+    doc.write_text("no markers\n")
+    with pytest.raises(InputError, match="expected one '<!-- begin: t -->'"):
+        replace_block(doc, "t", "x")
+
+
+@pytest.mark.slow
+def test_docs_demo_table_is_what_readme_command_1_prints(tmp_path, monkeypatch, capsys):
+    """README command 1 as a user runs it (`audio-mrkd demo`: 3 seeds, the configs' schedule), then its table
+    against docs/results.md: the same, cell for cell, on the machine (CPU and threads) the docs name; elsewhere
+    every mean within OTHER_MACHINE_TOLERANCE."""
+    if shutil.which("apt-get") is None:
+        pytest.skip("apt-get not available: the demo would fall back to Birds-3, not the documented Drums-5")
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 0
+    out = capsys.readouterr().out
+    assert "| CE + LS 0.1 cp_mobile | 3 |" in out and "linear" in out
+    for method in ("ce", "ce_ls", "mrkd"):
+        summary = json.loads((tmp_path / "demo" / method / "summary.json").read_text())
+        assert summary["n_runs"] == 3 and list((tmp_path / "demo" / method).glob("*/events.out.tfevents.*"))
+    printed = (tmp_path / "demo" / TABLE_FILE).read_text()
+    documented = read_block(RESULTS, "demo table")
+    now_rows, doc_rows = rows_of(printed), rows_of(documented)
+    assert [r[:2] for r in now_rows] == [r[:2] for r in doc_rows], f"docs/results.md: other rows; {REGENERATE}"
+    if machine_of(printed) == machine_of(documented):
+        assert now_rows == doc_rows, (f"docs/results.md: the demo table is stale (this machine made it, so it must "
+                                      f"be the same):\n{printed}\n{REGENERATE}")
+        return
+    for now, doc in zip(now_rows, doc_rows):
+        far = [(a, b) for a, b in zip(means(now), means(doc)) if abs(a - b) > OTHER_MACHINE_TOLERANCE]
+        assert not far, (f"docs/results.md: row {now[0]!r} moved past ±{OTHER_MACHINE_TOLERANCE} (made on "
+                         f"{machine_of(documented)}, this is {machine_of(printed)}): {far}; {REGENERATE}")
