@@ -83,7 +83,8 @@ class TrainConfig:
     schedule: Literal["cosine", "multistep", "constant"] = "cosine"   # cosine: after a linear warm-up
     warmup_epochs: float = 0.0
     warmup_steps: int = 0          # >0: the warm-up in optimiser steps instead (the DCASE'25 fine-tuning: 200)
-    milestones: list[int] = field(default_factory=list)   # multistep: epochs where lr *= gamma
+    milestones: list[int] = field(default_factory=list)   # multistep: epochs (or % of the run) where lr *= gamma
+    milestone_unit: Literal["epoch", "percent"] = "epoch"   # percent: milestones scale with train.epochs ([50, 75])
     gamma: float = 0.1
     label_smoothing: float = 0.0   # of the cross-entropy to the labels, in every method (ce + 0.1: a baseline)
     best_metric: Literal["accuracy", "macro_accuracy"] = "macro_accuracy"   # picks the best epoch
@@ -122,6 +123,9 @@ class TrainConfig:
         for key, ok in checks.items():
             if not ok:
                 raise InputError(f"train.{key}: invalid value {getattr(self, key)!r}")
+        if self.milestone_unit == "percent" and not all(0 < m < 100 for m in self.milestones):
+            raise InputError(f"train.milestones: {self.milestones} are not percentages of the run strictly between "
+                             f"0 and 100 (train.milestone_unit: percent)")
 
 
 @dataclass
