@@ -194,6 +194,17 @@ class _Grid:
                 f"moved to {aside.name}, the run starts over")
 
 
+def variant_runs(spec_path: str | Path, overrides: list[str] | None = None,
+                 run_overrides: list[str] | None = None) -> tuple[AblationSpec, list[tuple]]:
+    """The spec and every run ``ablate`` would train from it, as ``((variant, fold, seed), config, overrides)``.
+    A spec with teachers is refused (its variants cannot start before the teachers have finished)."""
+    spec, config = load_spec(spec_path, overrides)
+    if spec.teachers is not None:
+        raise InputError(f"{spec_path}: a spec with teachers cannot have its variants measured before they are trained")
+    grid = _Grid(spec, config, Path("."), list(run_overrides or []), 0, None)
+    return spec, [(key, *grid.given(*key)) for key in grid.keys()]
+
+
 def run_ablation(spec_path: str | Path, out_dir: str | Path, overrides: list[str] | None = None,
                  train_fn=None, jobs: int = 1, run_overrides: list[str] | None = None, log=print,
                  reuse: list[str | Path] | None = None, only: list[str] | None = None, train: bool = True) -> str:
@@ -296,7 +307,8 @@ def _write_results(out_dir: Path, records: list[dict], spec: AblationSpec) -> st
     pictures = [plots.safely(lambda m=m: plots.ablation_picture(out_dir, records, spec.variants, spec.reference, m),
                              out_dir / f"ablation{'_test' if m.startswith('test_') else ''}.png") for m in metrics]
     pictures = [p for p in pictures if p]
-    embed = "".join(f"\n\n![Δ to `{spec.reference}` per variant and learning curves]({p.name})" for p in pictures)
+    embed = "".join(f"\n\n![Δ to `{spec.reference}` per variant{' on the test split' if 'test' in p.name else ''} "
+                    f"and learning curves]({p.name})" for p in pictures)
     fileio.write_text(out_dir / "ablation.md", text + embed + "\n")
     return text + "".join(f"\n\npicture: {p}" for p in pictures)
 
