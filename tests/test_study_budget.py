@@ -81,3 +81,31 @@ def test_ablate_never_touches_cuda_before_it_forks_its_runs(tmp_path, monkeypatc
     run_ablation(spec, tmp_path / "abl", jobs=2, run_overrides=["train.epochs=1"], log=lambda *_: None)
     assert len((tmp_path / "abl" / "runs.jsonl").read_text().splitlines()) == 2
     assert calls == []
+
+
+@pytest.mark.slow
+def test_gpu_study_script_plans_then_runs_and_leaves_records_and_tables(tmp_path):
+    """benchmarks/gpu_study.sh end to end on the CPU with a small budget: the plan is written, the study runs with
+    its epoch count and seeds, and $OUT holds the records, both tables and the test split's forest plot."""
+    spec = tiny_spec(tmp_path, {"ce": ["method=ce"], "ce_ls": ["method=ce", "train.label_smoothing=0.1"]})
+    out, work = tmp_path / "out", tmp_path / "work"
+    env = {**os.environ, "SPEC": str(spec), "DATA": str(tmp_path / "fm"), "OUT": str(out), "WORK": str(work),
+           "STUDY_BUDGET_S": "240", "POST_S": "60", "CALIBRATE_S": "0.5", "MODELS": "resnet20", "MAX_EPOCHS": "3",
+           "MAX_SEEDS": "2", "RUN_EXTRA": "train.device=cpu", "PYTHONPATH": str(ROOT)}
+    bin_dir = Path(sys.executable).parent
+    env["PATH"] = f"{bin_dir}:{env['PATH']}"  # python3 = this interpreter
+    done = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_study.sh")], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    plan = json.loads((out / "plan.json").read_text())
+    assert 1 <= plan["epochs"] <= 3 and plan["model"] == "resnet20"
+    records = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert sorted((r["variant"], r["seed"]) for r in records) == sorted(
+        (v, s) for v in ("ce", "ce_ls") for s in plan["seeds"])
+    assert all("test_last_macro_accuracy" in r for r in records)
+    config = (work / "study" / "ce" / "ce-fold0-seed0" / "config.yaml").read_text()
+    assert f"epochs: {plan['epochs']}" in config
+    assert "Δ to `ce_ls`" in (out / "ablation_vs_ce_ls.md").read_text()
+    assert "| variant | test last macro acc |" in (out / "ablation_vs_ce.md").read_text()
+    assert {"gpu.txt", "study.log", "study.tar.gz", "ablation_test_vs_ce.png"} <= {p.name for p in out.iterdir()}
+    assert len(list(out.iterdir())) <= 8  # what the device tool brings back
