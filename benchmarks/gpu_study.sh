@@ -41,6 +41,11 @@ STUDY=$WORK/study
 LOG=$OUT/study.log
 left() { echo $(( START + ${STUDY_BUDGET_S:-560} - ${POST_S:-40} - $(date +%s) )); }
 cli() { python3 -m audio_mrkd.cli "$@"; }
+by_deadline() {  # the command, cut when the time for plan and study is up (never `timeout 0`: that is no limit)
+  local limit; limit=$(left)
+  if [ "$limit" -le 0 ]; then echo "no time left for: $*" | tee -a "$LOG"; return 124; fi
+  timeout -k 15 "$limit" "$@"
+}
 if [ ! -f "$DATA/train-images-idx3-ubyte.gz" ]; then
   echo "no Fashion-MNIST in $DATA: run 'bash benchmarks/gpu_study.sh prepare' there and carry .data" | tee "$LOG" >&2
   exit 2
@@ -52,9 +57,10 @@ if [ -n "${RESUME:-}" ]; then cp -n "$RESUME/plan.json" "$WORK/plan.json"; cp -n
 
 # 1. the plan, from the first minute's measurements, before any run is scored
 if [ ! -f "$WORK/plan.json" ]; then
-  cli ablate-plan "$SPEC" --budget "$(left)" "${RUN[@]}" --models ${MODELS:-resnet20 resnet32 resnet56} \
-    --max-epochs "${MAX_EPOCHS:-200}" --max-seeds "${MAX_SEEDS:-3}" --seconds "${CALIBRATE_S:-15}" \
-    --work "$WORK/plan" --json "$WORK/plan.json" >> "$LOG" 2>&1 || { tail -5 "$LOG"; exit 1; }
+  by_deadline python3 -m audio_mrkd.cli ablate-plan "$SPEC" --budget "$(left)" "${RUN[@]}" \
+    --models ${MODELS:-resnet20 resnet32 resnet56} --max-epochs "${MAX_EPOCHS:-200}" --max-seeds "${MAX_SEEDS:-3}" \
+    --seconds "${CALIBRATE_S:-15}" --work "$WORK/plan" --json "$WORK/plan.json" >> "$LOG" 2>&1 \
+    || { tail -5 "$LOG"; exit 1; }
 fi
 cp "$WORK/plan.json" "$OUT/plan.json"
 grep "^plan:\|^ablate-plan:" "$LOG"
@@ -64,11 +70,8 @@ STUDY_ARGS=("$SPEC" --out "$STUDY" "${RUN[@]}" --run "model.name=$MODEL" --run "
 echo "study: audio-mrkd ablate ${STUDY_ARGS[*]} --jobs $JOBS" | tee -a "$LOG"
 
 # 2. the study, every run at once; cut at the deadline so that what finished still reaches $OUT
-LIMIT=$(left)
-if [ "$LIMIT" -gt 0 ]; then
-  timeout -k 15 "$LIMIT" python3 -m audio_mrkd.cli ablate "${STUDY_ARGS[@]}" --jobs "$JOBS" >> "$LOG" 2>&1
-  echo "## study ended (exit $?; 124: cut at the deadline) after $(( $(date +%s) - START )) s" | tee -a "$LOG"
-fi
+by_deadline python3 -m audio_mrkd.cli ablate "${STUDY_ARGS[@]}" --jobs "$JOBS" >> "$LOG" 2>&1
+echo "## study ended (exit $?; 124: cut at the deadline) after $(( $(date +%s) - START )) s" | tee -a "$LOG"
 
 # 3. tables and pictures against label smoothing and against ce; records; the rest packed
 REPORT=$WORK/report
