@@ -109,6 +109,21 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ablate_plan(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from audio_mrkd import fileio
+    from audio_mrkd.train.study_budget import plan_study
+    work = args.work or tempfile.mkdtemp(prefix="audio_mrkd_plan_")
+    plan = plan_study(args.spec, args.budget, work, args.run, args.models, args.max_epochs, args.max_seeds,
+                      args.seconds)
+    if args.json:
+        fileio.write_json(args.json, plan)
+    print(f"plan: {plan['model']}, {plan['epochs']} epochs, seeds {plan['seeds']}, {plan['jobs']} runs at once on "
+          f"{plan['device']}; expected {plan['expected_s']:.0f} s of the {plan['left_s']:.0f} s left")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from audio_mrkd.demo import run_demo
     run_demo(out_dir=args.out, cache_dir=args.cache_dir, epochs=args.epochs, seeds=args.seeds)
@@ -260,6 +275,22 @@ def _add_ablate_parser(sub) -> None:
                         "and seed instead of training them again (repeatable)")
     p.add_argument("overrides", nargs="*", help="spec overrides, e.g. seeds=[0] folds=3")
     p.set_defaults(func=cmd_ablate)
+
+    p = sub.add_parser("ablate-plan", help="measure a study's runs all at once and choose the epoch count (the same "
+                                           "for every variant) that fits a time budget")
+    p.add_argument("spec", help="ablation YAML (configs/ablations/*.yaml); its seeds are the fewest it gets")
+    p.add_argument("--budget", type=float, required=True, help="seconds from now until the study must have ended, "
+                                                               "this measuring included")
+    p.add_argument("--run", action="append", default=[], metavar="KEY=VALUE",
+                   help="override for every run, as ablate --run (repeatable)")
+    p.add_argument("--models", nargs="+", metavar="NAME", help="candidate models, smallest first: the largest that "
+                                                               "fits --max-epochs is chosen (default: the config's)")
+    p.add_argument("--max-epochs", type=int, default=200, help="the full schedule")
+    p.add_argument("--max-seeds", type=int, default=0, help="more seeds than the spec's while --max-epochs fits")
+    p.add_argument("--seconds", type=float, default=15.0, help="steps timed for this long, all runs at once")
+    p.add_argument("--work", help="folder for the measuring runs (default: a new temporary folder)")
+    p.add_argument("--json", help="write the plan (choice, measured costs, rule) to this file")
+    p.set_defaults(func=cmd_ablate_plan)
 
 
 def _add_bench_parser(sub) -> None:

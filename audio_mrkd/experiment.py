@@ -37,6 +37,8 @@ class DataConfig:
     cv_pool: Literal["train", "all"] = "train"                # items pooled for CV: "train" (never touches the evaluated split) | "all"
     coarse_labels: bool = False           # CIFAR-100: the 20 superclasses
     holdout: int = 0                      # images: hold back this many training items as the evaluated split
+    final_test: bool = False              # images: after the last epoch, score the last and best model once on the
+                                          # official test split (metrics.json "test"); never used to choose
     train_limit: int = 0                  # >0: train on a class-stratified subset of this many items (CPU budgets)
     train_devices: list[str] = field(default_factory=list)  # audio: train only on clips of these recording devices
     synthetic_items: int = 256            # kind: synthetic (tests and benchmarks): items per split
@@ -49,6 +51,16 @@ class DataConfig:
             raise InputError(f"data.root: required for data.kind {self.kind}")
         if self.cv_folds < 0 or (self.cv_folds and not 0 <= self.cv_fold < self.cv_folds):
             raise InputError(f"data.cv_fold: {self.cv_fold} not in 0..{self.cv_folds - 1}")
+        if self.final_test:
+            self._check_final_test()
+
+    def _check_final_test(self) -> None:
+        if self.kind in ("audio", "synthetic"):
+            raise InputError(f"data.final_test: only image data sets have an official test split apart from the "
+                             f"evaluated one (data.kind is {self.kind})")
+        if self.eval_split == "test" or (not self.holdout and self.kind != "cinic10"):
+            raise InputError("data.final_test: the evaluated split is already the official test split (use "
+                             "data.holdout=N to select on held-back training images)")
 
 
 @dataclass
@@ -83,7 +95,8 @@ class TrainConfig:
     schedule: Literal["cosine", "multistep", "constant"] = "cosine"   # cosine: after a linear warm-up
     warmup_epochs: float = 0.0
     warmup_steps: int = 0          # >0: the warm-up in optimiser steps instead (the DCASE'25 fine-tuning: 200)
-    milestones: list[int] = field(default_factory=list)   # multistep: epochs where lr *= gamma
+    milestones: list[int] = field(default_factory=list)   # multistep: epochs (or % of the run) where lr *= gamma
+    milestone_unit: Literal["epoch", "percent"] = "epoch"   # percent: milestones scale with train.epochs ([50, 75])
     gamma: float = 0.1
     label_smoothing: float = 0.0   # of the cross-entropy to the labels, in every method (ce + 0.1: a baseline)
     best_metric: Literal["accuracy", "macro_accuracy"] = "macro_accuracy"   # picks the best epoch
@@ -122,6 +135,9 @@ class TrainConfig:
         for key, ok in checks.items():
             if not ok:
                 raise InputError(f"train.{key}: invalid value {getattr(self, key)!r}")
+        if self.milestone_unit == "percent" and not all(0 < m < 100 for m in self.milestones):
+            raise InputError(f"train.milestones: {self.milestones} are not percentages of the run strictly between "
+                             f"0 and 100 (train.milestone_unit: percent)")
 
 
 @dataclass

@@ -251,23 +251,26 @@ def ablation_run_dirs(out_dir: str | Path, records: list[dict]) -> dict[str, lis
 def ablation_picture(out_dir: str | Path, records: list[dict], variants: Iterable[str], reference: str,
                      metric: str = "last_macro_accuracy") -> Path:
     """``<out_dir>/ablation.png``: forest plot of every variant against ``reference`` (paired by fold and seed) and
-    the learning curves of the reference and the variant with the largest mean paired difference."""
+    the learning curves of the reference and the variant with the largest mean paired difference. A ``test_`` metric
+    (the official test split, ``data.final_test``) → ``ablation_test.png``, the curves still of the evaluated split."""
     variants = list(variants)
     diffs = paired_differences(records, reference, metric, variants)
     best = max(diffs, key=lambda v: mean_sem(diffs[v])["mean"]) if diffs else None
     rows = [ForestRow(v, diffs[v], highlight=v == best) for v in variants if v in diffs]
     run_dirs = ablation_run_dirs(out_dir, records)
     curves = []
+    test = metric.startswith("test_")
+    which, name = metric.removeprefix("test_").split("_", 1)
     for variant, colour in ((reference, REFERENCE_COLOUR), (best, VARIANT_COLOUR)):
         if variant is None:
             continue
-        c = curve(variant, [read_history(d) for d in run_dirs.get(variant, [])], metric.split("_", 1)[1])
+        c = curve(variant, [read_history(d) for d in run_dirs.get(variant, [])], name)
         if c is not None:
             curves.append((c, colour))
-    which, name = metric.split("_", 1)
     units = "fold × seed pairs" if len({r.get("fold", 0) for r in records}) > 1 else "seed pairs"
-    return draw_study(Path(out_dir) / "ablation.png", rows, curves, reference=reference, metric=name,
-                      which=f"{which}-epoch", units=units)
+    return draw_study(Path(out_dir) / ("ablation_test.png" if test else "ablation.png"), rows, curves,
+                      reference=reference, metric=name, which=f"{'test-split ' if test else ''}{which}-epoch",
+                      units=units)
 
 
 def demo_picture(out_path: str | Path, run_dirs: dict[str, list[Path]], reference: str = "CE",

@@ -5,14 +5,7 @@
 # GPU switch on).
 #   bash benchmarks/gpu_session.sh tests pipeline
 set -uo pipefail
-OUT=${OUT:-/tmp/audio_mrkd_gpu}
-mkdir -p "$OUT"
-if [ -d .whl ]; then  # packages the GPU image lacks, carried as wheels (no network there)
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-  export PYTHONPATH=/tmp/site
-fi
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
-nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee "$OUT/gpu.txt"
+source "$(dirname "$0")/gpu_env.sh"
 bench() { timeout "$1" python3 -m audio_mrkd.cli bench "${@:2}" 2>&1; }
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(tests pipeline step resnet)

@@ -10,6 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from audio_mrkd.cli import main
 from audio_mrkd.data.prepare import prepare
+from audio_mrkd.errors import InputError
 from audio_mrkd.experiment import load_experiment
 from audio_mrkd.train.checkpoint import checkpoint_path
 from audio_mrkd.train.engine import Trainer, resume_run, train_run
@@ -194,6 +195,21 @@ def test_lr_schedule_warmup_cosine_multistep():
     constant = load_experiment(None, ["data.kind=synthetic", "train.schedule=constant", "train.epochs=3",
                                       "train.warmup_epochs=0"])
     assert _lr_factors(constant.train, 4) == [1.0] * 12
+
+
+@pytest.mark.parametrize("epochs", [4, 8, 200])
+def test_percent_milestones_scale_with_the_run(epochs):
+    """milestone_unit percent: the ×0.1 drops sit at 50 % and 75 % of the steps whatever train.epochs is."""
+    cfg = load_experiment(None, ["data.kind=synthetic", "train.schedule=multistep", "train.milestones=[50,75]",
+                                 "train.milestone_unit=percent", f"train.epochs={epochs}", "train.warmup_epochs=0"])
+    factors = _lr_factors(cfg.train, 10)
+    total = 10 * epochs
+    drops = [s for s in range(1, total) if factors[s] < factors[s - 1] * 0.5]
+    assert drops == [total // 2, 3 * total // 4]
+    assert factors[-1] == pytest.approx(0.01)
+    for bad in ("[0,50]", "[50,100]"):
+        with pytest.raises(InputError, match="train.milestones"):
+            load_experiment(None, [f"train.milestones={bad}", "train.milestone_unit=percent"])
 
 
 def test_synthetic_data_is_learnt_by_both_methods(tmp_path):

@@ -53,6 +53,7 @@ from audio_mrkd.train import ablation_records
 from audio_mrkd.train import checkpoint as ckpt
 from audio_mrkd.train.ablation_records import TEACHERS
 from audio_mrkd.train.metrics import mean_std
+from audio_mrkd.train.sweep import REPORTED
 
 
 @dataclass
@@ -120,9 +121,12 @@ def _run_one(task: tuple) -> dict:
             shutil.rmtree(ckpt.checkpoint_path(run_dir).parent, ignore_errors=True)
         if run_dir.is_relative_to(Path(cfg.out_dir).resolve().parent):
             run_dir = run_dir.relative_to(Path(cfg.out_dir).resolve().parent)
+    test = metrics.get("test") or {}  # data.final_test: the official test split, scored once after the last epoch
     return {"variant": variant, "fold": fold, "seed": seed,
-            **{f"{w}_{m}": metrics[w][m] for w in ("last", "best") for m in ("accuracy", "macro_accuracy", "log_loss")},
+            **{f"{w}_{m}": metrics[w][m] for w in ("last", "best") for m in REPORTED},
+            **{f"test_{w}_{m}": test[w][m] for w in test for m in REPORTED},
             "best_epoch": metrics["best"]["epoch"], "n_eval": metrics["last"]["n_items"],
+            **({"n_test": test["last"]["n_items"]} if test else {}),
             "run_dir": str(run_dir) if run_dir is not None else None, "recipe": recipe}
 
 
@@ -188,6 +192,17 @@ class _Grid:
             run_dir.rename(aside)
             log(f"ablation: {run_dir} held an unfinished run with another recipe or nothing to continue from; "
                 f"moved to {aside.name}, the run starts over")
+
+
+def variant_runs(spec_path: str | Path, overrides: list[str] | None = None,
+                 run_overrides: list[str] | None = None) -> tuple[AblationSpec, list[tuple]]:
+    """The spec and every run ``ablate`` would train from it, as ``((variant, fold, seed), config, overrides)``.
+    A spec with teachers is refused (its variants cannot start before the teachers have finished)."""
+    spec, config = load_spec(spec_path, overrides)
+    if spec.teachers is not None:
+        raise InputError(f"{spec_path}: a spec with teachers cannot have its variants measured before they are trained")
+    grid = _Grid(spec, config, Path("."), list(run_overrides or []), 0, None)
+    return spec, [(key, *grid.given(*key)) for key in grid.keys()]
 
 
 def run_ablation(spec_path: str | Path, out_dir: str | Path, overrides: list[str] | None = None,
@@ -291,16 +306,22 @@ def _execute(tasks: list[tuple], jobs: int, record) -> None:
 
 
 def _write_results(out_dir: Path, records: list[dict], spec: AblationSpec) -> str:
-    """ablation.json, ablation.md (the table) and ablation.png; returns the table (and the picture's path)."""
+    """ablation.json, ablation.md (the tables) and ablation.png (+ ablation_test.png with data.final_test); returns
+    the tables and the pictures' paths."""
     summary = summarize(records, spec)
     teachers = teacher_summary(records)
     fileio.write_json(out_dir / "ablation.json", summary | ({"teachers": teachers} if teachers else {}))
     text = format_table(summary, spec, teachers)
-    picture = plots.safely(lambda: plots.ablation_picture(out_dir, records, spec.variants, spec.reference),
-                           out_dir / "ablation.png")
-    embed = f"\n\n![Δ to `{spec.reference}` per variant and learning curves]({picture.name})" if picture else ""
+    metrics = ["last_macro_accuracy"]
+    if records and all("test_last_macro_accuracy" in r for r in records if r["variant"] != "teacher"):
+        metrics.append("test_last_macro_accuracy")  # data.final_test: the official test split's forest plot too
+    pictures = [plots.safely(lambda m=m: plots.ablation_picture(out_dir, records, spec.variants, spec.reference, m),
+                             out_dir / f"ablation{'_test' if m.startswith('test_') else ''}.png") for m in metrics]
+    pictures = [p for p in pictures if p]
+    embed = "".join(f"\n\n![Δ to `{spec.reference}` per variant{' on the test split' if 'test' in p.name else ''} "
+                    f"and learning curves]({p.name})" for p in pictures)
     fileio.write_text(out_dir / "ablation.md", text + embed + "\n")
-    return text + (f"\n\npicture: {picture}" if picture else "")
+    return text + "".join(f"\n\npicture: {p}" for p in pictures)
 
 
 def teacher_summary(records: list[dict]) -> dict:
@@ -310,52 +331,89 @@ def teacher_summary(records: list[dict]) -> dict:
             ("last_macro_accuracy", "best_macro_accuracy", "last_log_loss")} if rows else {}
 
 
+#: Per variant: mean ± std of these, and the paired difference to the reference of ``PAIRED``; each also with the
+#: prefix ``test_`` when every run of the variant was scored on the official test split (``data.final_test``).
+SUMMARISED = ("last_macro_accuracy", "best_macro_accuracy", "last_accuracy", "last_log_loss")
+PAIRED = ("last_macro_accuracy", "best_macro_accuracy", "last_log_loss")
+
+
 def summarize(records: list[dict], spec: AblationSpec) -> dict:
-    """Per variant: mean ± std of each metric and the paired difference to the reference."""
+    """Per variant: mean ± std of each metric and the paired difference to the reference (same fold and seed)."""
     by_key = {(r["variant"], r["fold"], r["seed"]): r for r in records}
     out = {}
     for variant in spec.variants:
         rows = [r for r in records if r["variant"] == variant]
         if not rows:
             continue
-        entry = {m: mean_std([r[m] for r in rows]) for m in
-                 ("last_macro_accuracy", "best_macro_accuracy", "last_accuracy", "last_log_loss")}
-        diffs = {m: [] for m in ("last_macro_accuracy", "best_macro_accuracy", "last_log_loss")}
-        for r in rows:
-            ref = by_key.get((spec.reference, r["fold"], r["seed"]))
-            if ref is not None:
-                for m in diffs:
-                    diffs[m].append(r[m] - ref[m])
-        for m, values in diffs.items():
-            if values:
-                stat = mean_std(values)
-                stat["sem"] = stat["std"] / np.sqrt(len(values)) if len(values) > 1 else 0.0
-                stat["wins"] = int(sum(v > 0 for v in values))
-                entry[f"delta_{m}"] = stat
+        entry = {}
+        for prefix in ("", "test_"):
+            entry |= {prefix + m: mean_std([r[prefix + m] for r in rows]) for m in SUMMARISED
+                      if all(prefix + m in r for r in rows)}
+            entry |= _paired(rows, by_key, spec.reference, [prefix + m for m in PAIRED])
         out[variant] = entry
     return out
 
 
-def format_table(summary: dict, spec: AblationSpec, teachers: dict | None = None) -> str:
-    def ms(s: dict, scale: float = 100) -> str:
-        return f"{scale * s['mean']:.1f} ± {scale * s['std']:.1f}"
+def _paired(rows: list[dict], by_key: dict, reference: str, metrics: list[str]) -> dict:
+    """``delta_<metric>``: mean ± std, standard error and wins of the differences to the reference's run."""
+    diffs = {m: [] for m in metrics}
+    for r in rows:
+        ref = by_key.get((reference, r["fold"], r["seed"]))
+        for m in metrics:
+            if ref is not None and m in r and m in ref:
+                diffs[m].append(r[m] - ref[m])
+    out = {}
+    for m, values in diffs.items():
+        if values:
+            stat = mean_std(values)
+            stat["sem"] = stat["std"] / np.sqrt(len(values)) if len(values) > 1 else 0.0
+            stat["wins"] = int(sum(v > 0 for v in values))
+            out[f"delta_{m}"] = stat
+    return out
 
+
+def _ms(s: dict, scale: float = 100) -> str:
+    return f"{scale * s['mean']:.1f} ± {scale * s['std']:.1f}"
+
+
+def _deltas(e: dict, prefix: str = "") -> str:
+    """The table cells ``Δ last macro (sem) | wins | Δ best macro (sem)`` of a summary entry."""
+    d_last, d_best = e.get(f"delta_{prefix}last_macro_accuracy"), e.get(f"delta_{prefix}best_macro_accuracy")
+    delta = f"{100 * d_last['mean']:+.1f} ± {100 * d_last['std']:.1f} ({100 * d_last['sem']:.1f})" if d_last else ""
+    wins = f"{d_last['wins']}/{d_last['n']}" if d_last else ""
+    delta_b = f"{100 * d_best['mean']:+.1f} ({100 * d_best['sem']:.1f})" if d_best else ""
+    return f"{delta} | {wins} | {delta_b}"
+
+
+def format_table(summary: dict, spec: AblationSpec, teachers: dict | None = None) -> str:
     where = f"{spec.folds} recording-grouped folds" if spec.folds else "the evaluated split"
     lines = [f"{where} × {len(spec.seeds)} seeds {spec.seeds}; Δ = paired difference "
              f"to `{spec.reference}` (same fold and seed), mean ± std (± standard error); accuracies in %.", "",
              "| variant | overrides | last macro acc | best macro acc | last log loss | Δ last macro (sem) | wins "
              "| Δ best macro (sem) |", "|---|---|---|---|---|---|---|---|"]
     for variant, e in summary.items():
-        d_last = e.get("delta_last_macro_accuracy")
-        d_best = e.get("delta_best_macro_accuracy")
-        delta = f"{100 * d_last['mean']:+.1f} ± {100 * d_last['std']:.1f} ({100 * d_last['sem']:.1f})" if d_last else ""
-        wins = f"{d_last['wins']}/{d_last['n']}" if d_last else ""
-        delta_b = f"{100 * d_best['mean']:+.1f} ({100 * d_best['sem']:.1f})" if d_best else ""
         over = " ".join(spec.variants[variant]) or "—"
-        lines.append(f"| {variant} | `{over}` | {ms(e['last_macro_accuracy'])} | {ms(e['best_macro_accuracy'])} | "
-                     f"{e['last_log_loss']['mean']:.3f} | {delta} | {wins} | {delta_b} |")
+        lines.append(f"| {variant} | `{over}` | {_ms(e['last_macro_accuracy'])} | {_ms(e['best_macro_accuracy'])} | "
+                     f"{e['last_log_loss']['mean']:.3f} | {_deltas(e)} |")
     if teachers:
         lines.append(f"| teacher (each run alone) | `{Path(spec.teachers.config).name}` "
-                     f"{' '.join(spec.teachers.overrides)} | {ms(teachers['last_macro_accuracy'])} | "
-                     f"{ms(teachers['best_macro_accuracy'])} | {teachers['last_log_loss']['mean']:.3f} | | | |")
-    return "\n".join(lines)
+                     f"{' '.join(spec.teachers.overrides)} | {_ms(teachers['last_macro_accuracy'])} | "
+                     f"{_ms(teachers['best_macro_accuracy'])} | {teachers['last_log_loss']['mean']:.3f} | | | |")
+    return "\n".join(lines + _test_table(summary, spec))
+
+
+def _test_table(summary: dict, spec: AblationSpec) -> list[str]:
+    """The official test split's table (runs with ``data.final_test``), or no lines."""
+    tested = {v: e for v, e in summary.items() if "test_last_macro_accuracy" in e}
+    if not tested:
+        return []
+    lines = ["", f"The official test split, scored once after the last epoch — the last model, and the best epoch's "
+                 f"checkpoint (chosen on the evaluated split) — never used to choose; Δ to `{spec.reference}` as "
+                 f"above:", "",
+             "| variant | test last macro acc | test best macro acc | test last acc | test last log loss "
+             "| Δ test last macro (sem) | wins | Δ test best macro (sem) |", "|---|---|---|---|---|---|---|---|"]
+    for variant, e in tested.items():
+        best = _ms(e["test_best_macro_accuracy"]) if "test_best_macro_accuracy" in e else ""
+        lines.append(f"| {variant} | {_ms(e['test_last_macro_accuracy'])} | {best} | {_ms(e['test_last_accuracy'])} "
+                     f"| {e['test_last_log_loss']['mean']:.3f} | {_deltas(e, 'test_')} |")
+    return lines

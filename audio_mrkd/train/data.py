@@ -25,6 +25,7 @@ class DataBundle:
     kind: str                      # "audio" | "image" | "synthetic"
     device_groups: dict[str, str]  # device name → reporting group (audio)
     frontend: dict | None = None   # the front-end config the features came from (audio)
+    test: FeatureSplit | None = None   # images with data.final_test: the official test split, scored once at the end
 
     @property
     def class_names(self) -> list[str]:
@@ -146,4 +147,5 @@ def _load(cfg: DataConfig) -> DataBundle:
                          f"(evaluate: the held-back items, or the official test split without data.holdout; test: "
                          f"the official test split)")
     # eval_split=test with a holdout: trained exactly as the selection runs, scored once on the official test split
-    return DataBundle(splits["train"], splits[cfg.eval_split], "image", {})
+    return DataBundle(splits["train"], splits[cfg.eval_split], "image", {},
+                      test=splits["test"] if cfg.final_test else None)

@@ -7,6 +7,7 @@ Everything a run produces goes into its run directory (:mod:`audio_mrkd.train.ru
 """
 from __future__ import annotations
 
+import copy
 import os
 import sys
 import time
@@ -232,11 +233,33 @@ class Trainer:
         """Metrics of the student on the evaluated split (each rank scores its shard; the rows are gathered)."""
         logits = self._gather_rows(self._logits(self.model, self.eval_loader))
         faults.point("eval")
+        return self._metrics(logits, self.data.eval)
+
+    def _metrics(self, logits: torch.Tensor, split) -> tuple[dict, np.ndarray]:
         probs = torch.softmax(logits, dim=1).cpu().numpy()
-        split = self.data.eval
         metrics = classification_metrics(probs, split.labels, split.class_names, split.recording_devices,
                                          split.device_names, self.data.device_groups or None)
         return metrics, probs
+
+    def score_test(self) -> dict:
+        """``data.final_test``: the last and the best model (its checkpoint; the best epoch was chosen on the
+        evaluated split) scored once on the official test split → ``{"last": …, "best": …}``, reported beside the
+        evaluated split's numbers and never used to choose. The last model's predictions → ``predictions_test.csv``."""
+        split = self.data.test
+        loader = BatchLoader(split, self.cfg.train.batch_size, self.fabric.device, resident=self.cfg.data.resident,
+                             normalize=self.cfg.data.normalize)
+        metrics, probs = self._metrics(self._logits(self.model, loader), split)
+        write_predictions(self.run_dir / "predictions_test.csv", probs, split)
+        scores = {"last": {**metrics, "epoch": self.epoch}}
+        best_path = ckpt.checkpoint_path(self.run_dir, "best")
+        if self.best and self.best["epoch"] == self.epoch:
+            scores["best"] = scores["last"]
+        elif self.best and best_path.is_file():
+            model = copy.deepcopy(self.model)
+            ckpt.load_model_weights(model, ckpt.load_checkpoint(best_path, self.fabric.device)["model"], best_path,
+                                    self.cfg.model.name)
+            scores["best"] = {**self._metrics(self._logits(model, loader), split)[0], "epoch": self.best["epoch"]}
+        return scores
 
     # ---- training ----------------------------------------------------------------------------------------------
     def augment(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Mixing | None]:
@@ -380,6 +403,8 @@ class Trainer:
             summary["distributed"] = {"world_size": self.fabric.world_size,
                                       "method_digests": [f"{int(d):016x}" for d in digests.flatten().tolist()]}
         if self.is_main:
+            if summary["complete"] and self.data.test is not None:
+                summary["test"] = self.score_test()
             fileio.write_json(self.run_dir / "metrics.json", summary)
             if self.writer:
                 if summary["complete"]:

@@ -28,14 +28,17 @@ def make_lr_scheduler(optimizer: torch.optim.Optimizer, tcfg: TrainConfig,
                       steps_per_epoch: int) -> lr_scheduler.LRScheduler:
     """A per-step schedule: linear warm-up over ``train.warmup_steps`` or ``train.warmup_epochs`` (the first step at
     1/warm-up of the peak),
-    then cosine to zero at the end of the run, ×``gamma`` at each epoch of ``train.milestones``, or constant."""
+    then cosine to zero at the end of the run, ×``gamma`` at each milestone, or constant. Milestones are epochs, or
+    with ``train.milestone_unit: percent`` percentages of the run's steps (rounded down to a step), so that a step
+    decay keeps its shape when ``train.epochs`` changes."""
     total = tcfg.epochs * steps_per_epoch
     warmup = tcfg.warmup_steps or int(tcfg.warmup_epochs * steps_per_epoch)
     if tcfg.schedule == "cosine":
         main = lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, total - warmup))
     elif tcfg.schedule == "multistep":
-        main = lr_scheduler.MultiStepLR(
-            optimizer, milestones=[max(0, m * steps_per_epoch - warmup) for m in tcfg.milestones], gamma=tcfg.gamma)
+        steps = [m * total // 100 if tcfg.milestone_unit == "percent" else m * steps_per_epoch
+                 for m in tcfg.milestones]
+        main = lr_scheduler.MultiStepLR(optimizer, milestones=[max(0, s - warmup) for s in steps], gamma=tcfg.gamma)
     else:
         main = lr_scheduler.ConstantLR(optimizer, factor=1.0, total_iters=0)
     if warmup <= 0:
