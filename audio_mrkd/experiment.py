@@ -171,6 +171,12 @@ class ExperimentConfig:
     def out_dir(self) -> Path:
         return Path(self.train.out_dir) if self.train.out_dir else Path("runs") / self.name
 
+    @property
+    def run_label(self) -> str:
+        """What a run folder calls the training: the method, ``_ls`` added when the labels are smoothed (``ce_ls``:
+        the label-smoothing baseline, not plain CE)."""
+        return f"{self.method}_ls" if self.train.label_smoothing else self.method
+
 
 def load_experiment(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
     """Experiment YAML (optional) + dotted overrides → validated :class:`ExperimentConfig`."""

@@ -4,7 +4,8 @@ Drawn with matplotlib's object-oriented API (``Figure`` + ``FigureCanvasAgg``): 
 switch. Every PNG is written atomically (temporary name in the same folder, fsync, rename).
 
 ``audio-mrkd ablate`` writes ``ablation.png`` (one forest row per variant against the reference, curves of the
-reference and the best variant); ``audio-mrkd demo`` writes ``demo.png`` (MrKD − CE paired by seed, curves of both).
+reference and the best variant); ``audio-mrkd demo`` writes ``demo.png`` (each method − CE paired by seed, curves of
+all). A method has one colour (:func:`method_colours`) in both panels of a picture.
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ from audio_mrkd import fileio
 #: Figure size in inches at ``DPI``: 900 × 450 px (taller when the forest plot has many rows).
 WIDTH, HEIGHT, DPI = 9.0, 4.5, 100
 REFERENCE_COLOUR, VARIANT_COLOUR, OTHER_COLOUR = "#4c72b0", "#dd8452", "#333333"
+#: Colours given to methods in order: the reference first (blue), then orange, green, red, purple.
+PALETTE = (REFERENCE_COLOUR, VARIANT_COLOUR, "#55a868", "#c44e52", "#8172b3")
 METRIC_NAMES = {"macro_accuracy": "macro accuracy", "accuracy": "accuracy", "log_loss": "log loss"}
 
 
@@ -92,11 +95,16 @@ def curve(label: str, histories: list[list[dict]], metric: str = "macro_accuracy
                  np.array([v.max() for v in values]), runs)
 
 
+def method_colours(labels: Iterable[str]) -> dict[str, str]:
+    """Label → colour from :data:`PALETTE` in the order given (the reference first), repeating after five."""
+    return {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(dict.fromkeys(labels))}
+
+
 @dataclass
 class ForestRow:
     label: str
     diffs: list[float]
-    highlight: bool = False
+    colour: str = OTHER_COLOUR  # the variant's colour in the curves, when it has one there
     stats: dict = field(init=False)
 
     def __post_init__(self) -> None:
@@ -121,7 +129,7 @@ def _forest(ax, rows: list[ForestRow], xlabel: str, title: str, scale: float) ->
         return
     rng = np.random.default_rng(0)  # fixed jitter: the same study draws the same picture
     for y, row in enumerate(rows):
-        colour = VARIANT_COLOUR if row.highlight else OTHER_COLOUR
+        colour = row.colour
         diffs = scale * np.asarray(row.diffs, dtype=float)
         if len(diffs) > 1:
             ax.scatter(diffs, y + rng.uniform(-0.18, 0.18, len(diffs)), s=14, color=colour, alpha=0.35,
@@ -256,14 +264,13 @@ def ablation_picture(out_dir: str | Path, records: list[dict], variants: Iterabl
     variants = list(variants)
     diffs = paired_differences(records, reference, metric, variants)
     best = max(diffs, key=lambda v: mean_sem(diffs[v])["mean"]) if diffs else None
-    rows = [ForestRow(v, diffs[v], highlight=v == best) for v in variants if v in diffs]
+    colours = method_colours([reference, *([best] if best else [])])  # the other variants: grey, no curve
+    rows = [ForestRow(v, diffs[v], colours.get(v, OTHER_COLOUR)) for v in variants if v in diffs]
     run_dirs = ablation_run_dirs(out_dir, records)
     curves = []
     test = metric.startswith("test_")
     which, name = metric.removeprefix("test_").split("_", 1)
-    for variant, colour in ((reference, REFERENCE_COLOUR), (best, VARIANT_COLOUR)):
-        if variant is None:
-            continue
+    for variant, colour in colours.items():
         c = curve(variant, [read_history(d) for d in run_dirs.get(variant, [])], name)
         if c is not None:
             curves.append((c, colour))
@@ -276,7 +283,8 @@ def ablation_picture(out_dir: str | Path, records: list[dict], variants: Iterabl
 def demo_picture(out_path: str | Path, run_dirs: dict[str, list[Path]], reference: str = "CE",
                  metric: str = "macro_accuracy") -> Path:
     """``demo.png``: each method's last-epoch ``metric`` minus the reference's, paired by seed, and the learning
-    curves of all methods. ``run_dirs`` maps a method label (one of them ``reference``) to its run directories."""
+    curves of all methods, a method in the same colour in both. ``run_dirs`` maps a method label (one of them
+    ``reference``) to its run directories."""
     records, histories = [], {}
     for label, dirs in run_dirs.items():
         histories[label] = []
@@ -285,9 +293,8 @@ def demo_picture(out_path: str | Path, run_dirs: dict[str, list[Path]], referenc
             records.append({"variant": label, "fold": 0, "seed": m["seed"], "value": m["last"][metric]})
             histories[label].append(m.get("history") or [])
     diffs = paired_differences(records, reference, "value", run_dirs)
-    rows = [ForestRow(f"{label} − {reference}", d, highlight=True) for label, d in diffs.items()]
-    colours = [REFERENCE_COLOUR, VARIANT_COLOUR, "#55a868", "#c44e52", "#8172b3"]
-    order = [reference, *(label for label in run_dirs if label != reference)]
-    curves = [(c, colours[i % len(colours)]) for i, label in enumerate(order)
+    colours = method_colours([reference, *run_dirs])
+    rows = [ForestRow(f"{label} − {reference}", d, colours[label]) for label, d in diffs.items()]
+    curves = [(c, colours[label]) for label in colours
               if label in histories and (c := curve(label, histories[label], metric)) is not None]
     return draw_study(out_path, rows, curves, reference=reference, metric=metric, units="seed pairs")

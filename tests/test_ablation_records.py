@@ -68,7 +68,7 @@ def test_records_without_a_recipe_are_checked_against_their_run_folder(tmp_path)
     assert trained == []
 
 
-def test_reuse_takes_the_runs_another_study_made_with_the_same_recipe(tmp_path):
+def test_reuse_takes_the_runs_another_study_made_with_the_same_recipe(tmp_path, monkeypatch):
     first = study(tmp_path, "a", {"ce": "method=ce", "mrkd": "method=mrkd, mrkd.k=1"})
     run_ablation(first, tmp_path / "a", log=SILENT)
     # the same recipe under another file and another variant name is the same run; label smoothing is not
@@ -81,7 +81,7 @@ def test_reuse_takes_the_runs_another_study_made_with_the_same_recipe(tmp_path):
     a, b = records(tmp_path / "a"), records(tmp_path / "b")
     for mine, theirs in (("ce", "ce"), ("self", "mrkd")):
         assert b[mine]["last_macro_accuracy"] == a[theirs]["last_macro_accuracy"]
-        assert b[mine]["reused_from"] == str(tmp_path / "a")
+        assert b[mine]["reused_from"] == "../a"  # relative to the study's folder, like run_dir: no machine's path
         assert (tmp_path / "b" / b[mine]["run_dir"]).resolve() == (tmp_path / "a" / a[theirs]["run_dir"]).resolve()
     assert "reused_from" not in b["ls"]
     summary = json.loads((tmp_path / "b" / "ablation.json").read_text())
@@ -93,6 +93,17 @@ def test_reuse_takes_the_runs_another_study_made_with_the_same_recipe(tmp_path):
     # resumed afterwards: the reused records carry their recipe and stand
     run_ablation(second, tmp_path / "b", log=SILENT, train_fn=counting(trained))
     assert trained == ["ce"]
+    # both studies moved elsewhere (another clone), reused from there with relative paths: still found, nothing trained
+    moved = tmp_path / "elsewhere" / "runs"
+    for name in ("a", "b"):
+        shutil.copytree(tmp_path / name, moved / name)
+    logged.clear()
+    monkeypatch.chdir(moved.parent)
+    run_ablation(second, "runs/d", log=logged.append, train_fn=counting(trained), reuse=["runs/b"])
+    assert trained == ["ce"] and logged[0] == "ablation: 3 runs taken from runs/b (same recipe, fold and seed)"
+    d = records(moved / "d")
+    assert {v: d[v]["reused_from"] for v in d} == {"ce": "../b", "ls": "../b", "self": "../b"}
+    assert (moved / "d" / d["self"]["run_dir"]).resolve() == (moved / "a" / a["mrkd"]["run_dir"]).resolve()
 
 
 def test_teacher_runs_do_not_count_by_their_paths():

@@ -103,6 +103,8 @@ def test_help_and_version_work_in_a_broken_environment(broken_torch, argv):
     assert "Traceback" not in done.stderr
     if argv == ["--version"]:
         assert done.stdout.strip() == f"audio-mrkd {audio_mrkd.__version__}"
+    if argv == ["--help"]:  # plain words, not the module docstring's reST markup
+        assert "``" not in done.stdout and "Train compact acoustic-scene classifiers" in done.stdout
 
 
 def test_env_reports_a_broken_torch_in_one_line(broken_torch, tmp_path):
@@ -138,3 +140,17 @@ def test_every_flag_has_help():
     assert not missing, missing
     text = sub.choices["demo"].format_help()
     assert "(default: 0 1 2)" in " ".join(text.split())
+
+
+def test_demo_help_names_its_three_methods():
+    import argparse
+
+    from audio_mrkd.cli import build_parser
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    listed = " ".join(parser.format_help().split())
+    text = " ".join(sub.choices["demo"].format_help().split())
+    assert "CE, CE + label smoothing 0.1 and MrKD over 3 seeds" in listed  # audio-mrkd --help's line for demo
+    assert "train CE, CE + label smoothing 0.1 and MrKD" in text and "OUT/ce, OUT/ce_ls and OUT/mrkd" in text
+    assert "one CE, one CE + label smoothing and one MrKD run per seed (default: 0 1 2)" in text
+    assert "CE vs MrKD" not in listed + text

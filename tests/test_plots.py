@@ -41,6 +41,18 @@ def check_png(path, size=(900, 450)):
     assert not list(path.parent.glob(f".{path.name}.*"))  # the atomic write left no temporary file
 
 
+def rgb(hex_colour: str) -> tuple:
+    return tuple(int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))
+
+
+def panel_colours(path) -> tuple[set, set]:
+    """The exact colours in the left half (forest plot) and the right half (learning curves) of a picture."""
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB"))
+    half = pixels.shape[1] // 2
+    return tuple({tuple(p) for p in side.reshape(-1, 3)} for side in (pixels[:, :half], pixels[:, half:]))
+
+
 @pytest.fixture(scope="module")
 def ablation(tmp_path_factory):
     root = tmp_path_factory.mktemp("ablation")
@@ -95,6 +107,11 @@ def test_ablation_writes_forest_and_curves(ablation):
     assert stats["mean"] == pytest.approx(summary["mean"]) == pytest.approx(by_hand.mean())
     assert stats["sem"] == pytest.approx(summary["sem"]) == pytest.approx(by_hand.std(ddof=1) / np.sqrt(3))
     assert stats["wins"] == summary["wins"]
+    # the best variant is orange in the forest plot and in the curves; the reference's curve is blue
+    forest, curves = panel_colours(out / "ablation.png")
+    assert plots.method_colours(["ce", "mrkd"]) == {"ce": plots.REFERENCE_COLOUR, "mrkd": plots.VARIANT_COLOUR}
+    assert rgb(plots.VARIANT_COLOUR) in forest and rgb(plots.VARIANT_COLOUR) in curves
+    assert rgb(plots.REFERENCE_COLOUR) in curves
 
 
 def test_ablation_curves_come_from_each_runs_metrics_json(ablation):
@@ -144,7 +161,8 @@ def test_many_variants_make_a_taller_picture(tmp_path):
 
 
 def test_demo_writes_demo_png(tmp_path, monkeypatch):
-    """run_demo end to end on a tiny prepared DCASE tree (CE and MrKD, two seeds): demo.png and its path printed."""
+    """run_demo end to end on a tiny prepared DCASE tree (CE, CE + LS and MrKD, two seeds): demo.png and its path
+    printed, label smoothing named as itself in its folders, log lines and TensorBoard runs, one colour per method."""
     from audio_mrkd import demo
     from audio_mrkd.data.prepare import prepare
     from tests.conftest import make_dcase_tree
@@ -167,8 +185,27 @@ mrkd: {k: 1}
                          log=printed.append)
     png = tmp_path / "demo" / "demo.png"
     check_png(png)
-    assert text.splitlines()[-1] == f"Picture (MrKD − CE per seed, learning curves): {png}"
+    assert text.splitlines()[-1] == f"Picture (each method − CE per seed, learning curves): {png}"
     assert (tmp_path / "demo" / "results.md").read_text() == text + "\n" and printed[-1] == "\n" + text
     assert "| CE cp_mobile | 2 |" in text and "| MrKD cp_mobile | 2 |" in text
     assert "| CE + LS 0.1 cp_mobile | 2 |" in text  # the label-smoothing baseline beside them
     assert demo.EVIDENCE in text.splitlines()  # and the one sentence saying what the studies found
+
+    out = tmp_path / "demo"
+    tb_runs = sorted(str(p.parent.relative_to(out)) for p in out.rglob("events.out.tfevents.*"))
+    runs = {folder: [r.split("/")[1].split("-", 2)[2] for r in tb_runs if r.startswith(folder + "/")]
+            for folder in ("ce", "ce_ls", "mrkd")}  # <date>-<time>-<label>-seed<s>
+    assert runs == {"ce": ["ce-seed0", "ce-seed1"], "ce_ls": ["ce_ls-seed0", "ce_ls-seed1"],
+                    "mrkd": ["mrkd-seed0", "mrkd-seed1"]} and len(tb_runs) == 6
+    said = [line.split(": last macro acc")[0] for line in printed if ": last macro acc" in line]
+    assert said == ["tiny_ce: seed 0", "tiny_ce: seed 1", "demo_drums_ce_ls: seed 0", "demo_drums_ce_ls: seed 1",
+                    "tiny_mrkd: seed 0", "tiny_mrkd: seed 1"]
+    assert "demo: training CE + LS 0.1 (cp_mobile, 2 epochs, seeds [0, 1])" in printed
+
+    # each method one colour, the same in the forest plot (CE + LS 0.1 − CE, MrKD − CE) and in the curves
+    colours = plots.method_colours(["CE", *demo.DEMO_RUNS])
+    assert list(colours) == ["CE", "CE + LS 0.1", "MrKD"] and len(set(colours.values())) == 3
+    forest, curves = panel_colours(png)
+    for label in ("CE + LS 0.1", "MrKD"):
+        assert rgb(colours[label]) in forest and rgb(colours[label]) in curves, label
+    assert rgb(colours["CE"]) in curves

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -284,13 +285,14 @@ def _keep_variants(spec: AblationSpec, only: list[str], spec_path: str | Path) -
 
 def _take_reused(sources: list[str | Path], wanted: dict[tuple, str], records_path: Path, done: dict, log) -> None:
     """Append to this study's records the wanted runs that another study already made with the same recipe."""
-    found = ablation_records.reusable([Path(s) for s in sources], wanted, records_path.parent)
+    out_dir = records_path.parent
+    found = ablation_records.reusable([Path(s) for s in sources], wanted, out_dir)
     for key, rec in found.items():
         fileio.append_line(records_path, json.dumps(rec))
         done[key] = rec
-    if found:
-        log(f"ablation: {len(found)} runs taken from {', '.join(sorted({r['reused_from'] for r in found.values()}))} "
-            f"(same recipe, fold and seed)")
+    if found:  # the sources as reached from here, not relative to the study's folder as recorded
+        taken = sorted({os.path.normpath(out_dir / r["reused_from"]) for r in found.values()})
+        log(f"ablation: {len(found)} runs taken from {', '.join(taken)} (same recipe, fold and seed)")
 
 
 def _execute(tasks: list[tuple], jobs: int, record) -> None:

@@ -99,7 +99,8 @@ def check_recipes(path: Path, records: list[tuple[int, dict]], expected: dict[tu
 
 def reusable(sources: list[Path], wanted: dict[tuple, str], out_dir: Path) -> dict[tuple, dict]:
     """Records of other studies (folders holding a ``runs.jsonl``) that ran exactly a wanted recipe, as records of
-    this study: the key's variant name, ``run_dir`` relative to ``out_dir``, ``reused_from`` naming the source.
+    this study: the key's variant name, ``run_dir`` and ``reused_from`` (the source study) relative to ``out_dir``,
+    so that the records hold no machine's absolute paths and the studies can move together.
     Teacher runs, and variants taught by ``@teachers``, are never taken from elsewhere (the caller leaves them out
     of ``wanted``)."""
     by_recipe: dict[str, tuple[Path, dict]] = {}
@@ -119,5 +120,5 @@ def reusable(sources: list[Path], wanted: dict[tuple, str], out_dir: Path) -> di
             if run_dir is not None:
                 run_dir = os.path.relpath((source / run_dir).resolve(), out_dir.resolve())
             found[key] = record | {"variant": key[0], "run_dir": run_dir, "recipe": recipe,
-                                   "reused_from": str(source)}
+                                   "reused_from": os.path.relpath(source.resolve(), out_dir.resolve())}
     return found

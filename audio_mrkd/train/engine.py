@@ -379,7 +379,7 @@ class Trainer:
             self.writer = SummaryWriter(str(self.run_dir), purge_step=purge)
         epochs = self.cfg.train.epochs if stop_after is None else min(stop_after, self.cfg.train.epochs)
         bar = progress(total=self.cfg.train.epochs, initial=self.epoch, unit="epoch",
-                       desc=f"train {self.cfg.name} {self.cfg.method} seed {self.cfg.seed}",
+                       desc=f"train {self.cfg.name} {self.cfg.run_label} seed {self.cfg.seed}",
                        enabled=self.cfg.train.progress and self.is_main)
         while self.epoch < epochs:
             train_ce = self._train_epoch()

@@ -20,11 +20,12 @@ def named_run_dir(cfg) -> Path | None:
 
 
 def new_run_dir(cfg) -> Path:
-    """``<out_dir>/<timestamp>-<method>-seed<seed>[-fold<k>]``, unique (or the fixed :func:`named_run_dir`)."""
+    """``<out_dir>/<timestamp>-<run_label>-seed<seed>[-fold<k>]`` (``run_label``: the method, ``ce_ls`` with label
+    smoothing), unique (or the fixed :func:`named_run_dir`)."""
     if cfg.train.run_name:
         return named_run_dir(cfg)
     stamp = datetime.now().strftime("%Y%m%d-%H%M%S")
-    name = f"{stamp}-{cfg.method}-seed{cfg.seed}" + (f"-fold{cfg.data.cv_fold}" if cfg.data.cv_folds else "")
+    name = f"{stamp}-{cfg.run_label}-seed{cfg.seed}" + (f"-fold{cfg.data.cv_fold}" if cfg.data.cv_folds else "")
     base = cfg.out_dir / name
     run_dir, n = base, 1
     while run_dir.exists():
