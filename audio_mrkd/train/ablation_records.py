@@ -27,6 +27,24 @@ _NOT_RECIPE = {"name": None, "data": ("root", "manifest_dir"),
                "train": ("out_dir", "run_name", "progress", "save_checkpoints", "checkpoint_every", "log_every")}
 
 
+# Keys added to the config after studies were first recorded, at the value that does what the code did before
+# they existed: at that value a key is left out of the digest, so the records of earlier studies keep matching (a
+# run that sets another value has another recipe).
+_ADDED = {("data", "final_test"): False, ("train", "milestone_unit"): "epoch"}
+
+
+def _as_first_recorded(data: dict, taught: bool) -> None:
+    """The resolved config as the digest sees it: keys added later left out at their neutral value; defaults that
+    changed without changing a run's numbers written as they were."""
+    for (section, key), neutral in _ADDED.items():
+        if data[section].get(key) == neutral:
+            data[section].pop(key)
+    if not taught:  # kd.checkpoint is read only by a run with a teacher (its default was "best")
+        data["kd"]["checkpoint"] = "best"
+    if data["train"].get("step_graph") is False:  # the same step, run eagerly: "auto" (the former default) on a CPU
+        data["train"]["step_graph"] = "auto"
+
+
 def recipe_digest(cfg: ExperimentConfig, teachers_placeholder: bool = False) -> str:
     """What decides a run's numbers, as a short digest. ``teachers_placeholder``: ``kd.teachers`` came from
     ``@teachers`` (the fold's teacher runs, whose own records carry their recipe), so their paths do not count."""
@@ -39,6 +57,7 @@ def recipe_digest(cfg: ExperimentConfig, teachers_placeholder: bool = False) -> 
                 data[section].pop(key, None)
     if teachers_placeholder:
         data["kd"]["teachers"] = TEACHERS
+    _as_first_recorded(data, taught=bool(cfg.kd.teachers or cfg.kd.teacher_logits))
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
