@@ -63,7 +63,9 @@ def test_a_method_that_is_not_capture_safe_takes_the_eager_path(prepared, tmp_pa
 def test_step_graph_switch_is_decided_by_the_runtime():
     def runtime(*overrides):
         return Runtime.from_config(load_experiment(None, ["data.kind=synthetic", *overrides]).train)
-    assert not runtime("train.device=cpu").step_graph  # auto: on CUDA only
+    # off by default, on any device (not "auto"), until the graph is measured on a GPU
+    assert load_experiment(None, ["data.kind=synthetic"]).train.step_graph is False and not runtime().step_graph
+    assert not runtime("train.device=cpu", "train.step_graph=auto").step_graph  # auto: on CUDA only
     forced = runtime("train.device=cpu", "train.step_graph=true")
     assert forced.step_graph and not forced.capture  # the same step, uncaptured
     assert not runtime("train.step_graph=false").step_graph
