@@ -6,6 +6,7 @@ from audio_mrkd.experiment import load_experiment
 from audio_mrkd.runtime import Runtime
 from audio_mrkd.train.engine import Trainer
 from audio_mrkd.train.optim import make_lr_scheduler, make_optimizer, use_device_lr
+from audio_mrkd.train.step_graph import REWARM_STEPS, WARM_UP_STEPS, StaticStep
 from tests.test_engine import config, prepared  # noqa: F401  (the tiny prepared DCASE tree, a module fixture)
 
 AUGMENT = ["augment.mixup_alpha=0.3", "augment.mixstyle_p=0.5", "augment.roll=0.1", "augment.freq_mask=4",
@@ -105,3 +106,13 @@ def test_mrkd_step_key_follows_its_state(prepared, tmp_path):
     full = method.graph_key(0)
     assert len({start, one, full}) == 3 and full[0] and not one[0]
     assert not method.objective.bank.runner.graph  # no teacher graph inside a captured step
+
+
+def test_capture_waits_for_eager_steps_at_the_start_and_after_each_new_key():
+    """A capture never runs code for the first time: the run's first WARM_UP_STEPS steps, and the first REWARM_STEPS
+    of each new key (MrKD's bank filling, a new α), run eagerly; every other step of a key is captured or replayed."""
+    static = StaticStep(trainer=None, capture=True)
+    assert (WARM_UP_STEPS, REWARM_STEPS) == (3, 1)  # the counts the sequence below spells out
+    keys = ["a", "a", "a", "a", "a", "b", "b", "b", "c", "d", "d"]
+    warm = [static._warming(key) for key in keys]
+    assert warm == [True, True, True, False, False, True, False, False, True, True, False]
