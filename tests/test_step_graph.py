@@ -13,22 +13,60 @@ AUGMENT = ["augment.mixup_alpha=0.3", "augment.mixstyle_p=0.5", "augment.roll=0.
            "augment.time_mask=4"]
 
 
+def calls_of(obj, name: str) -> list:
+    """Wrap ``obj.name`` so that each call's positional arguments are appended to the returned list."""
+    calls, original = [], getattr(obj, name)
+
+    def wrapped(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+    setattr(obj, name, wrapped)
+    return calls
+
+
+class StepLosses:
+    """Each optimiser step's loss, whichever path took the step: the eager step's loss, or the static step's output
+    tensor read after the step (on CUDA, the output of the replayed graph); ``static``: which steps took the static
+    path; ``captures``: the graph key of each capture."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.static, self._losses, self._eager = [], [], None
+        self._captures = calls_of(trainer.static_step, "_record") if trainer.static_step else []
+        loss_fn, static_step, step = trainer.method.loss, trainer._static_step, trainer._step
+
+        def loss(*args):
+            total, logs = loss_fn(*args)
+            self._eager = total.detach()
+            return total, logs
+
+        def static(batch, with_logs):
+            self.static.append(static_step(batch, with_logs))
+            return self.static[-1]
+
+        def one_step(batch):
+            logs = step(batch)
+            self._losses.append((trainer.static_step.loss if self.static[-1] else self._eager).clone())
+            return logs
+        trainer.method.loss, trainer._static_step, trainer._step = loss, static, one_step
+
+    @property
+    def losses(self) -> list[float]:
+        return [float(v) for v in self._losses]
+
+    @property
+    def captures(self) -> list:
+        return [key for key, in self._captures]
+
+
 def thirty_steps(prepared, tmp_path, step_graph: str, *extra) -> tuple[list[float], dict, Trainer]:
     trainer = Trainer(config(prepared, tmp_path, "train.epochs=8", "train.log_every=1000", "train.threads=1",
                              f"train.step_graph={step_graph}", *AUGMENT, *extra))
-    losses = []
-    loss_fn = trainer.method.loss
-
-    def recording(logits, *args):
-        loss, logs = loss_fn(logits, *args)
-        losses.append(loss.detach().clone())
-        return loss, logs
-    trainer.method.loss = recording
+    steps = StepLosses(trainer)
     trainer.model.train()
     batches = (b for _ in range(8) for b in trainer.train_loader)
     for _ in range(30):
         trainer._step(next(batches))
-    return [float(v) for v in losses], {k: v.clone() for k, v in trainer.model.state_dict().items()}, trainer
+    return steps.losses, {k: v.clone() for k, v in trainer.model.state_dict().items()}, trainer
 
 
 MRKD_STEPS = ["method=mrkd", "mrkd.k=2", "mrkd.interval=3", "mrkd.interval_unit=step"]  # bank full after step 6
@@ -61,9 +99,12 @@ def test_a_method_that_is_not_capture_safe_takes_the_eager_path(prepared, tmp_pa
     assert trainer.static_step.inputs is None and len(losses) == 30  # never used: ema declares no graph key
 
 
+def runtime(*overrides: str) -> Runtime:
+    """The Runtime of the default config with these overrides."""
+    return Runtime.from_config(load_experiment(None, ["data.kind=synthetic", *overrides]).train)
+
+
 def test_step_graph_switch_is_decided_by_the_runtime():
-    def runtime(*overrides):
-        return Runtime.from_config(load_experiment(None, ["data.kind=synthetic", *overrides]).train)
     # off by default, on any device (not "auto"), until the graph is measured on a GPU
     assert load_experiment(None, ["data.kind=synthetic"]).train.step_graph is False and not runtime().step_graph
     assert not runtime("train.device=cpu", "train.step_graph=auto").step_graph  # auto: on CUDA only
