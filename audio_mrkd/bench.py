@@ -5,6 +5,7 @@ Suites (``--suite``; ``all`` runs every one in turn):
 * ``step`` — CE vs MrKD with K = ks teachers, on the same augmented batch (``teacher_input: same``) and cached:
   ms/step, the ratio to CE, the teacher share of the step, the K teacher forwards timed alone and the overhead
   ratio (MrKD step − CE step) / (K teacher forwards alone); for the cached mode, the one inference pass per backup.
+  On CUDA every row twice: with the GPU switches, and with the whole step as one CUDA graph (``train.step_graph``).
 * ``pipeline`` — the DCASE'24 baseline's own way of training (waveform → resample → mel on the device every step,
   fp32, AdamW; re-implemented here, waveforms resident on the device so no file I/O is counted against it) vs this
   engine on cached log-mels with each GPU switch added in turn (bf16, channels_last, torch.compile, residency) and
@@ -171,28 +172,43 @@ def _header(log, suite: str, batch: int, steps: int) -> str:
     return "cuda" if cuda else "cpu"
 
 
+# the step suite on CUDA: every row with the GPU switches, then every row again with the whole step as one CUDA graph
+STEP_SETUPS = [("", GPU_FAST), (" + step graph", STEP_GRAPH)]
+
+
 def run_step_suite(ks=(1, 2, 4, 8), model: str = "cp_mobile", batch: int = 64, steps: int = 20,
                    extra: list[str] | None = None, log=print) -> list[dict]:
-    """CE vs MrKD K = ks (same batch, cached): per-step cost, teacher share and the overhead ratio."""
+    """CE vs MrKD K = ks (same batch, cached): per-step cost, teacher share and the overhead ratio. On CUDA (no
+    ``extra`` given) twice: with the GPU switches, and with the whole step as one CUDA graph (rows `… + step graph`,
+    each MrKD row against that setup's own CE row)."""
     dev = _header(log, "step", batch, steps)
-    extra = [f"model.name={model}", *(extra if extra is not None else (GPU_FAST if dev == "cuda" else []))]
-    log(f"# config overrides: {' '.join(extra) or '(defaults)'}")
-    ce = measure_trainer(["method=ce", *extra], batch, steps)
-    rows = [{"variant": "CE", **ce, "ratio": 1.0}]
+    setups = [("", extra)] if extra is not None else STEP_SETUPS if dev == "cuda" else [("", [])]
+    rows = []
+    for suffix, switches in setups:
+        overrides = [f"model.name={model}", *switches]
+        log(f"# config overrides{suffix}: {' '.join(overrides)}")
+        rows += _step_rows(ks, overrides, batch, steps, suffix)
+    log(f"{'variant':30s} {'ms/step':>8s} {'/ CE':>6s} {'teacher share':>13s} {'K fwd alone ms':>15s} "
+        f"{'(MrKD-CE)/K fwd':>16s} {'backup ms':>10s} {'samples/s':>10s}")
+    for r in rows:
+        log(f"{r['variant']:30s} {r['step_ms']:8.2f} {r['ratio']:6.2f} {r.get('teacher_share', float('nan')):13.2f} "
+            f"{r.get('teachers_alone_ms', float('nan')):15.2f} {r.get('overhead_ratio', float('nan')):16.2f} "
+            f"{r['backup_ms']:10.1f} {1000 * batch / r['step_ms']:10.0f}")
+    return rows
+
+
+def _step_rows(ks, overrides: list[str], batch: int, steps: int, suffix: str) -> list[dict]:
+    """The CE row and the MrKD rows (K = ks, same batch and cached) of one setup; ratios to that CE row."""
+    ce = measure_trainer(["method=ce", *overrides], batch, steps)
+    rows = [{"variant": f"CE{suffix}", **ce, "ratio": 1.0}]
     for teacher_input in ("same", "cached"):
         for k in ks:
-            m = measure_trainer(["method=mrkd", f"mrkd.k={k}", f"mrkd.teacher_input={teacher_input}", *extra],
+            m = measure_trainer(["method=mrkd", f"mrkd.k={k}", f"mrkd.teacher_input={teacher_input}", *overrides],
                                 batch, steps, teachers_alone=teacher_input == "same")
-            m.update(variant=f"MrKD K={k} {teacher_input}", ratio=m["step_ms"] / ce["step_ms"])
+            m.update(variant=f"MrKD K={k} {teacher_input}{suffix}", ratio=m["step_ms"] / ce["step_ms"])
             if "teachers_alone_ms" in m:
                 m["overhead_ratio"] = (m["step_ms"] - ce["step_ms"]) / m["teachers_alone_ms"]
             rows.append(m)
-    log(f"{'variant':22s} {'ms/step':>8s} {'/ CE':>6s} {'teacher share':>13s} {'K fwd alone ms':>15s} "
-        f"{'(MrKD-CE)/K fwd':>16s} {'backup ms':>10s} {'samples/s':>10s}")
-    for r in rows:
-        log(f"{r['variant']:22s} {r['step_ms']:8.2f} {r['ratio']:6.2f} {r.get('teacher_share', float('nan')):13.2f} "
-            f"{r.get('teachers_alone_ms', float('nan')):15.2f} {r.get('overhead_ratio', float('nan')):16.2f} "
-            f"{r['backup_ms']:10.1f} {1000 * batch / r['step_ms']:10.0f}")
     return rows
 
 
