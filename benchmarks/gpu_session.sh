@@ -10,10 +10,12 @@
 #
 # The call a GPU session makes (the `run` tool sets $OUT; 15 device-minutes in all, the machine's start included):
 #   run(command="bash benchmarks/gpu_session.sh tests pipeline step resnet profile", timeout_s=570, carry=[".whl"])
-# It ends after BUDGET_S seconds at most (default 510): each stage gets its own cap or what is left of the budget,
-# a stage that would get under 30 s is skipped and named in session.log, and the bench suites log each row as it is
-# measured, so a stage cut short still returns what it measured. At most 8 files come back from $OUT: session.log
-# (GPU, stage times), tests.log, tests.xml, bench.log (every bench and profile line), pipeline/step/resnet.json.
+# It ends after BUDGET_S seconds at most (default 510): each stage gets its own cap (tests 240 s, pipeline and step
+# 135 s, resnet and profile 60 s) or what is left of the budget, so resnet and profile run on what the first three
+# leave; a stage that would get under 30 s is skipped and named in session.log, and the bench suites log each row as
+# it is measured (the rows with the step graph first), so a stage cut short still returns what it measured. At most
+# 8 files come back from $OUT; these are 7: session.log (GPU, stage times), tests.log, tests.xml, bench.log (every
+# bench and profile line), pipeline.json, step.json, resnet.json.
 # Packages of pyproject.toml that the GPU image lacks travel as Python 3.12 wheels in .whl (ignored by git; how to
 # fetch them: the device tool's README). By the image's package list (device KINDS.md) that is soundfile with cffi and
 # pycparser, and torchinfo; lightning-fabric too if `python3 -c "import lightning_fabric"` fails there.
@@ -34,7 +36,7 @@ bench() { timeout "$1" python3 -m audio_mrkd.cli bench "${@:2}" 2>&1 | tee -a "$
 stages=("$@")
 [ ${#stages[@]} -eq 0 ] && stages=(tests pipeline step resnet profile)
 for stage in "${stages[@]}"; do
-  case $stage in tests) cap=210 ;; pipeline) cap=150 ;; step) cap=150 ;; e2e) cap=150 ;; depthwise) cap=120 ;;
+  case $stage in tests) cap=240 ;; pipeline) cap=135 ;; step) cap=135 ;; e2e) cap=150 ;; depthwise) cap=120 ;;
     *) cap=60 ;; esac
   t=$(limit "$cap")
   if [ "$t" -lt 30 ]; then
