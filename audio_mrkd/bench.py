@@ -5,6 +5,7 @@ Suites (``--suite``; ``all`` runs every one in turn):
 * ``step`` — CE vs MrKD with K = ks teachers, on the same augmented batch (``teacher_input: same``) and cached:
   ms/step, the ratio to CE, the teacher share of the step, the K teacher forwards timed alone and the overhead
   ratio (MrKD step − CE step) / (K teacher forwards alone); for the cached mode, the one inference pass per backup.
+  On CUDA every row twice: with the whole step as one CUDA graph (``train.step_graph``), and with the GPU switches.
 * ``pipeline`` — the DCASE'24 baseline's own way of training (waveform → resample → mel on the device every step,
   fp32, AdamW; re-implemented here, waveforms resident on the device so no file I/O is counted against it) vs this
   engine on cached log-mels with each GPU switch added in turn (bf16, channels_last, torch.compile, residency) and
@@ -171,29 +172,53 @@ def _header(log, suite: str, batch: int, steps: int) -> str:
     return "cuda" if cuda else "cpu"
 
 
+# the step suite on CUDA: every row with the whole step as one CUDA graph (first: not yet measured on a GPU, so a
+# session stopped at its time limit still has these rows), then every row with the GPU switches alone
+STEP_SETUPS = [(" + step graph", STEP_GRAPH), ("", GPU_FAST)]
+
+
 def run_step_suite(ks=(1, 2, 4, 8), model: str = "cp_mobile", batch: int = 64, steps: int = 20,
                    extra: list[str] | None = None, log=print) -> list[dict]:
-    """CE vs MrKD K = ks (same batch, cached): per-step cost, teacher share and the overhead ratio."""
+    """CE vs MrKD K = ks (same batch, cached): per-step cost, teacher share and the overhead ratio. On CUDA (no
+    ``extra`` given) twice: with the whole step as one CUDA graph (rows `… + step graph`) and with the GPU switches
+    alone, each MrKD row against its own setup's CE row."""
     dev = _header(log, "step", batch, steps)
-    extra = [f"model.name={model}", *(extra if extra is not None else (GPU_FAST if dev == "cuda" else []))]
-    log(f"# config overrides: {' '.join(extra) or '(defaults)'}")
-    ce = measure_trainer(["method=ce", *extra], batch, steps)
-    rows = [{"variant": "CE", **ce, "ratio": 1.0}]
-    for teacher_input in ("same", "cached"):
-        for k in ks:
-            m = measure_trainer(["method=mrkd", f"mrkd.k={k}", f"mrkd.teacher_input={teacher_input}", *extra],
-                                batch, steps, teachers_alone=teacher_input == "same")
-            m.update(variant=f"MrKD K={k} {teacher_input}", ratio=m["step_ms"] / ce["step_ms"])
-            if "teachers_alone_ms" in m:
-                m["overhead_ratio"] = (m["step_ms"] - ce["step_ms"]) / m["teachers_alone_ms"]
-            rows.append(m)
-    log(f"{'variant':22s} {'ms/step':>8s} {'/ CE':>6s} {'teacher share':>13s} {'K fwd alone ms':>15s} "
+    setups = [("", extra)] if extra is not None else STEP_SETUPS if dev == "cuda" else [("", [])]
+    rows = []
+    for suffix, switches in setups:
+        overrides = [f"model.name={model}", *switches]
+        log(f"# config overrides{suffix}: {' '.join(overrides)}")
+        rows += _step_rows(ks, overrides, batch, steps, suffix, log)
+    log(f"{'variant':30s} {'ms/step':>8s} {'/ CE':>6s} {'teacher share':>13s} {'K fwd alone ms':>15s} "
         f"{'(MrKD-CE)/K fwd':>16s} {'backup ms':>10s} {'samples/s':>10s}")
     for r in rows:
-        log(f"{r['variant']:22s} {r['step_ms']:8.2f} {r['ratio']:6.2f} {r.get('teacher_share', float('nan')):13.2f} "
+        log(f"{r['variant']:30s} {r['step_ms']:8.2f} {r['ratio']:6.2f} {r.get('teacher_share', float('nan')):13.2f} "
             f"{r.get('teachers_alone_ms', float('nan')):15.2f} {r.get('overhead_ratio', float('nan')):16.2f} "
             f"{r['backup_ms']:10.1f} {1000 * batch / r['step_ms']:10.0f}")
     return rows
+
+
+def _step_rows(ks, overrides: list[str], batch: int, steps: int, suffix: str, log) -> list[dict]:
+    """The CE row and the MrKD rows (K = ks, same batch and cached) of one setup; ratios to that CE row."""
+    ce = measure_trainer(["method=ce", *overrides], batch, steps)
+    rows = [{"variant": f"CE{suffix}", **ce, "ratio": 1.0}]
+    _measured(log, rows[0])
+    for teacher_input in ("same", "cached"):
+        for k in ks:
+            m = measure_trainer(["method=mrkd", f"mrkd.k={k}", f"mrkd.teacher_input={teacher_input}", *overrides],
+                                batch, steps, teachers_alone=teacher_input == "same")
+            m.update(variant=f"MrKD K={k} {teacher_input}{suffix}", ratio=m["step_ms"] / ce["step_ms"])
+            if "teachers_alone_ms" in m:
+                m["overhead_ratio"] = (m["step_ms"] - ce["step_ms"]) / m["teachers_alone_ms"]
+            rows.append(m)
+            _measured(log, m)
+    return rows
+
+
+def _measured(log, row: dict) -> None:
+    """One line as soon as a row is measured (the tables come at a suite's end: a session stopped at its time
+    limit keeps the rows it measured)."""
+    log(f"# measured {row['variant']}: {row['step_ms']:.2f} ms/step")
 
 
 # The pipeline suite: (label, config overrides, needs CUDA, the CE row an MrKD row's overhead is measured against).
@@ -209,6 +234,11 @@ PIPELINE_VARIANTS = [
     ("CE + bf16 + channels_last + cudnn.benchmark", [*BF16_CL, "train.cudnn_benchmark=true"], True, None),
     ("CE + bf16 + cl + benchmark + compile(default)", [*BF16_CL, "train.compile=true"], True, None),
     (CE_FAST, GPU_FAST, True, None),
+    # the rows not yet measured on a GPU come early: a session stopped at its time limit still has them
+    ("CE, whole step as one CUDA graph (train.step_graph)", STEP_GRAPH, True, None),
+    ("MrKD K=4 same batch, whole step as one CUDA graph", [*STEP_GRAPH, "method=mrkd", "mrkd.k=4"], True, CE_FAST),
+    ("MrKD K=4 cached, whole step as one CUDA graph",
+     [*STEP_GRAPH, "method=mrkd", "mrkd.k=4", "mrkd.teacher_input=cached"], True, CE_FAST),
     ("CE fast, features NOT resident (host gather + copy)", [*GPU_FAST, "data.resident=false"], True, None),
     ("MrKD K=4 same batch, fast, teacher CUDA graph (BN-folded, not compiled)", MRKD4, True, CE_FAST),
     ("MrKD K=4 same batch, fast, graph + compiled teachers", [*MRKD4, "mrkd.teacher_compile=true"], True, CE_FAST),
@@ -220,10 +250,6 @@ PIPELINE_VARIANTS = [
     ("MrKD K=4 same batch, fast, unfused teachers in a loop",
      [*MRKD4, "mrkd.teacher_graph=false", "mrkd.fuse_teachers=false"], True, CE_FAST),
     ("MrKD K=4 cached, fast", [*MRKD4, "mrkd.teacher_input=cached"], True, CE_FAST),
-    ("CE, whole step as one CUDA graph (train.step_graph)", STEP_GRAPH, True, None),
-    ("MrKD K=4 same batch, whole step as one CUDA graph", [*STEP_GRAPH, "method=mrkd", "mrkd.k=4"], True, CE_FAST),
-    ("MrKD K=4 cached, whole step as one CUDA graph",
-     [*STEP_GRAPH, "method=mrkd", "mrkd.k=4", "mrkd.teacher_input=cached"], True, CE_FAST),
     ("MrKD K=4 same batch, fp32 (no GPU switches)", [*NO_SWITCHES, "method=mrkd", "mrkd.k=4"], False, CE_FP32),
 ]
 
@@ -249,6 +275,7 @@ def run_pipeline_suite(batch: int = 256, steps: int = 20, log=print) -> list[dic
         if ce_ms:
             m["vs_ce"] = m["step_ms"] / ce_ms
         rows.append({"variant": label, **m})
+        _measured(log, rows[-1])
     for r in rows:
         if "step_ms" in r:
             r["samples_per_s"] = 1000 * batch / r["step_ms"]
@@ -284,6 +311,7 @@ def run_resnet_suite(batch: int = 256, steps: int = 20, log=print) -> list[dict]
         m = measure_trainer(["model.name=resnet18", "augment.crop_padding=4", "augment.hflip=true", *overrides],
                             batch, steps, shape=IMAGE_SHAPE)
         rows.append({"variant": label, **m, "samples_per_s": 1000 * batch / m["step_ms"]})
+        _measured(log, rows[-1])
     for r in rows:
         r["vs_fp32"] = rows[0]["step_ms"] / r["step_ms"]
         log(f"{r['variant']:58s} {r['step_ms']:8.2f} ms/step {r['samples_per_s']:10.0f} samples/s "

@@ -115,8 +115,9 @@ class TrainConfig:
     channels_last: bool = True     # NHWC activations (measured faster on CUDA and on the CPU)
     compile: bool = False          # CUDA only: torch.compile the student
     compile_mode: Literal["default", "reduce-overhead", "max-autotune"] = "default"   # reduce-overhead: CUDA graphs
-    step_graph: bool | Literal["auto"] = "auto"  # the whole step as one CUDA graph (auto: on CUDA); true on a
-                                   # CPU runs the same static-buffer step uncaptured (tests)
+    # the whole step as one CUDA graph. Off by default until it is measured on a GPU (README, "Fast training on a
+    # GPU"); true: on (on a CPU the same static-buffer step runs uncaptured, as the tests compare); auto: on CUDA only
+    step_graph: bool | Literal["auto"] = False
     cudnn_benchmark: bool = True   # CUDA only: let cuDNN time its convolution algorithms for the fixed shapes
     threads: int = 0               # CPU threads (0 = torch default)
     save_checkpoints: bool = True

@@ -40,7 +40,8 @@ def main() -> None:
     bench._DEVICE["name"] = "cuda"
     common = ["model.name=cp_mobile", f"train.batch_size={args.batch}", *bench.DCASE_AUGMENT]
     for label, overrides in (("CE step, eager bf16 + channels_last + benchmark", FAST_EAGER),
-                             ("CE step, compiled (reduce-overhead)", bench.GPU_FAST)):
+                             ("CE step, compiled (reduce-overhead)", bench.GPU_FAST),
+                             ("CE step, whole step as one CUDA graph (train.step_graph)", bench.STEP_GRAPH)):
         trainer = bench._trainer([*common, *overrides], items=8 * args.batch)
         batches = bench._cycle(trainer.train_loader)
         _profile(label, lambda: trainer._step(next(batches)), args.rows)

@@ -16,8 +16,10 @@ ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
 
 
-def cli(*args: str, kill_at: str | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("AUDIO_MRKD_KILL")}
+def cli(*args: str, kill_at: str | None = None, cwd: Path = ROOT,
+        env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+    """``audio-mrkd ARGS`` in a fresh process (``env``: variables to set on top of this one's)."""
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("AUDIO_MRKD_KILL")}, **(env or {})}
     env.update({"OMP_NUM_THREADS": "1", "PYTHONHASHSEED": "0"})
     if kill_at:
         env["AUDIO_MRKD_KILL_AT"] = kill_at

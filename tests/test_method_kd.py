@@ -311,6 +311,19 @@ def test_ablation_trains_teachers_inside_each_fold_first(prepared, tmp_path):
     assert again == [f"ablation: 10 of 10 runs already in {tmp_path / 'abl' / 'runs.jsonl'}"]
 
 
+def interrupt_after_step(monkeypatch, n: int) -> None:
+    """Training raises KeyboardInterrupt right after its n-th optimiser step (where a kill would land)."""
+    from audio_mrkd import faults
+    steps = []
+
+    def point(name):
+        if name == "step":
+            steps.append(1)
+            if len(steps) == n:
+                raise KeyboardInterrupt
+    monkeypatch.setattr(faults, "point", point)
+
+
 @pytest.mark.parametrize("method", [
     ["method=ce"], ["method=mrkd", "mrkd.k=2", "mrkd.teacher_input=cached"], ["method=pskd"], ["method=dlb"],
     ["method=ema", "method_options.warmup_steps=2"], ["method=kd", "kd.ensemble=fcn"],
@@ -318,19 +331,11 @@ def test_ablation_trains_teachers_inside_each_fold_first(prepared, tmp_path):
 def test_every_method_resumes_exactly_from_a_mid_epoch_checkpoint(prepared, teachers, tmp_path, monkeypatch, method):
     """train.checkpoint_every saves inside epochs; a run stopped after step 7 (the last checkpoint at step 6, in
     the middle of epoch 2) and resumed ends exactly where the uninterrupted run ends."""
-    from audio_mrkd import faults
     with_teacher = "method=kd" in method or any(m.startswith("kd.") for m in method)
     extra = [*method, f"kd.teachers=[{teachers[0]},{teachers[1]}]" if with_teacher else "seed=0",
              "train.checkpoint_every=2", "augment.mixup_alpha=0.3"]
     _, straight = train_run(config(prepared, tmp_path / "a", *extra))
-    steps = []
-
-    def stop_after_seven(name):
-        if name == "step":
-            steps.append(1)
-            if len(steps) == 7:
-                raise KeyboardInterrupt
-    monkeypatch.setattr(faults, "point", stop_after_seven)
+    interrupt_after_step(monkeypatch, 7)
     trainer = Trainer(config(prepared, tmp_path / "b", *extra))
     with pytest.raises(KeyboardInterrupt):
         trainer.fit()

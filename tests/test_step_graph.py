@@ -6,28 +6,67 @@ from audio_mrkd.experiment import load_experiment
 from audio_mrkd.runtime import Runtime
 from audio_mrkd.train.engine import Trainer
 from audio_mrkd.train.optim import make_lr_scheduler, make_optimizer, use_device_lr
+from audio_mrkd.train.step_graph import REWARM_STEPS, WARM_UP_STEPS, StaticStep
 from tests.test_engine import config, prepared  # noqa: F401  (the tiny prepared DCASE tree, a module fixture)
 
 AUGMENT = ["augment.mixup_alpha=0.3", "augment.mixstyle_p=0.5", "augment.roll=0.1", "augment.freq_mask=4",
            "augment.time_mask=4"]
 
 
+def calls_of(obj, name: str) -> list:
+    """Wrap ``obj.name`` so that each call's positional arguments are appended to the returned list."""
+    calls, original = [], getattr(obj, name)
+
+    def wrapped(*args, **kwargs):
+        calls.append(args)
+        return original(*args, **kwargs)
+    setattr(obj, name, wrapped)
+    return calls
+
+
+class StepLosses:
+    """Each optimiser step's loss, whichever path took the step: the eager step's loss, or the static step's output
+    tensor read after the step (on CUDA, the output of the replayed graph); ``static``: which steps took the static
+    path; ``captures``: the graph key of each capture."""
+
+    def __init__(self, trainer: Trainer) -> None:
+        self.static, self._losses, self._eager = [], [], None
+        self._captures = calls_of(trainer.static_step, "_record") if trainer.static_step else []
+        loss_fn, static_step, step = trainer.method.loss, trainer._static_step, trainer._step
+
+        def loss(*args, **kwargs):
+            total, logs = loss_fn(*args, **kwargs)
+            self._eager = total.detach()
+            return total, logs
+
+        def static(batch, with_logs):
+            self.static.append(static_step(batch, with_logs))
+            return self.static[-1]
+
+        def one_step(batch):
+            logs = step(batch)
+            self._losses.append((trainer.static_step.loss if self.static[-1] else self._eager).clone())
+            return logs
+        trainer.method.loss, trainer._static_step, trainer._step = loss, static, one_step
+
+    @property
+    def losses(self) -> list[float]:
+        return [float(v) for v in self._losses]
+
+    @property
+    def captures(self) -> list:
+        return [key for key, in self._captures]
+
+
 def thirty_steps(prepared, tmp_path, step_graph: str, *extra) -> tuple[list[float], dict, Trainer]:
     trainer = Trainer(config(prepared, tmp_path, "train.epochs=8", "train.log_every=1000", "train.threads=1",
                              f"train.step_graph={step_graph}", *AUGMENT, *extra))
-    losses = []
-    loss_fn = trainer.method.loss
-
-    def recording(logits, *args, **kwargs):
-        loss, logs = loss_fn(logits, *args, **kwargs)
-        losses.append(loss.detach().clone())
-        return loss, logs
-    trainer.method.loss = recording
+    steps = StepLosses(trainer)
     trainer.model.train()
     batches = (b for _ in range(8) for b in trainer.train_loader)
     for _ in range(30):
         trainer._step(next(batches))
-    return [float(v) for v in losses], {k: v.clone() for k, v in trainer.model.state_dict().items()}, trainer
+    return steps.losses, {k: v.clone() for k, v in trainer.model.state_dict().items()}, trainer
 
 
 MRKD_STEPS = ["method=mrkd", "mrkd.k=2", "mrkd.interval=3", "mrkd.interval_unit=step"]  # bank full after step 6
@@ -60,10 +99,15 @@ def test_a_method_that_is_not_capture_safe_takes_the_eager_path(prepared, tmp_pa
     assert trainer.static_step.inputs is None and len(losses) == 30  # never used: ema declares no graph key
 
 
+def runtime(*overrides: str) -> Runtime:
+    """The Runtime of the default config with these overrides."""
+    return Runtime.from_config(load_experiment(None, ["data.kind=synthetic", *overrides]).train)
+
+
 def test_step_graph_switch_is_decided_by_the_runtime():
-    def runtime(*overrides):
-        return Runtime.from_config(load_experiment(None, ["data.kind=synthetic", *overrides]).train)
-    assert not runtime("train.device=cpu").step_graph  # auto: on CUDA only
+    # off by default, on any device (not "auto"), until the graph is measured on a GPU
+    assert load_experiment(None, ["data.kind=synthetic"]).train.step_graph is False and not runtime().step_graph
+    assert not runtime("train.device=cpu", "train.step_graph=auto").step_graph  # auto: on CUDA only
     forced = runtime("train.device=cpu", "train.step_graph=true")
     assert forced.step_graph and not forced.capture  # the same step, uncaptured
     assert not runtime("train.step_graph=false").step_graph
@@ -103,3 +147,13 @@ def test_mrkd_step_key_follows_its_state(prepared, tmp_path):
     full = method.graph_key(0)
     assert len({start, one, full}) == 3 and full[0] and not one[0]
     assert not method.objective.bank.runner.graph  # no teacher graph inside a captured step
+
+
+def test_capture_waits_for_eager_steps_at_the_start_and_after_each_new_key():
+    """A capture never runs code for the first time: the run's first WARM_UP_STEPS steps, and the first REWARM_STEPS
+    of each new key (MrKD's bank filling, a new α), run eagerly; every other step of a key is captured or replayed."""
+    static = StaticStep(trainer=None, capture=True)
+    assert (WARM_UP_STEPS, REWARM_STEPS) == (3, 1)  # the counts the sequence below spells out
+    keys = ["a", "a", "a", "a", "a", "b", "b", "b", "c", "d", "d"]
+    warm = [static._warming(key) for key in keys]
+    assert warm == [True, True, True, False, False, True, False, False, True, True, False]

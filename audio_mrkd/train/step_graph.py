@@ -3,9 +3,9 @@
 The step — augmentation (on-device draws from the run's generator), student forward, the method's loss, backward
 and the optimiser step — runs on static buffers: each batch is copied into fixed input tensors, gradients are
 zeroed in place, and nothing is read back to the host. On CUDA the step is captured once as a CUDA graph and
-replayed for every full batch; elsewhere the same function runs uncaptured (that is what the CPU tests compare with
-the eager step). The learning rate of a captured step is a device tensor the scheduler updates in place, so LR
-changes never need a new capture.
+replayed for every full batch (after a few eager steps: the run's first ones, and one for each new key); elsewhere
+the same function runs uncaptured (that is what the CPU tests compare with the eager step). The learning rate of a
+captured step is a device tensor the scheduler updates in place, so LR changes never need a new capture.
 
 A method takes part when :meth:`~audio_mrkd.methods.base.Method.graph_key` returns a key (None: its step is not
 capture-safe, it runs eagerly); a new key (e.g. a state change of the method between epochs) means a new capture.
@@ -18,7 +18,11 @@ import sys
 
 import torch
 
-WARM_UP_STEPS = 3  # eager steps before the first capture (torch's CUDA-graph notes ask for a few)
+WARM_UP_STEPS = 3  # eager steps before the run's first capture (torch's CUDA-graph notes ask for a few)
+# eager steps before each later capture: a new key runs code no step has run yet (MrKD's teachers, its FCN and the
+# FCN optimiser's state once the bank fills; cuDNN's algorithm search and torch.compile's first call on the teacher
+# copies), and none of that may happen for the first time inside a capture
+REWARM_STEPS = 1
 
 
 class StaticStep:
@@ -31,7 +35,8 @@ class StaticStep:
         self.graph = None
         self.key = None
         self.failed = False
-        self.warm_up = 0
+        self.warm_up = 0            # eager steps taken so far
+        self.warm_key, self.warm_key_steps = None, 0  # the key of the latest steps, and its eager steps
 
     def accepts(self, batch, key) -> bool:
         """A full batch and a method that is capture-safe right now."""
@@ -46,8 +51,7 @@ class StaticStep:
             static.copy_(new)
         if not self.capture:
             self.loss = self._body()
-        elif self.warm_up < WARM_UP_STEPS:  # real steps, eager, on a side stream (allocates optimiser state)
-            self.warm_up += 1
+        elif self._warming(key):  # real steps, eager, on a side stream (allocates optimiser state)
             stream = torch.cuda.Stream()
             stream.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(stream):
@@ -58,6 +62,16 @@ class StaticStep:
                 self._record(key)
             self.graph.replay()
         return self.loss
+
+    def _warming(self, key) -> bool:
+        """Whether this step runs eagerly before a capture: the run's first WARM_UP_STEPS steps, and the first
+        REWARM_STEPS steps of each new key."""
+        if key != self.warm_key:
+            self.warm_key, self.warm_key_steps = key, 0
+        warm = self.warm_up < WARM_UP_STEPS or self.warm_key_steps < REWARM_STEPS
+        if warm:
+            self.warm_up, self.warm_key_steps = self.warm_up + 1, self.warm_key_steps + 1
+        return warm
 
     def _body(self) -> torch.Tensor:
         t = self.trainer
@@ -74,6 +88,9 @@ class StaticStep:
         """Capture the step; it runs when the graph is replayed."""
         try:
             self.graph = torch.cuda.CUDAGraph()
+            # torch 2.11 lets a capture draw only from generators registered with its graph (the device's default
+            # one is); the augmentation draws from the run's own generator
+            self.graph.register_generator_state(self.trainer.augment_rng)
             with torch.cuda.graph(self.graph):
                 self.loss = self._body()
             self.key = key
