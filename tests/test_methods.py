@@ -84,7 +84,7 @@ def test_checkpoint_from_before_the_interface_still_resumes(prepared, tmp_path):
 
 
 @pytest.mark.parametrize("override,message", [
-    ("train.precision=64", "train.precision: 64 is not one of 'auto', '32', 'bf16-mixed', '16-mixed'"),
+    ("train.precision=8", "train.precision: 8 is not one of 'auto', '32', '64', 'bf16-mixed', '16-mixed'"),
     ("train.optimizer=adam", "train.optimizer: 'adam' is not one of 'adamw', 'sgd'"),
     ("mrkd.ensemble=max", "mrkd.ensemble: 'max' is not one of 'fcn', 'mean', 'newest'"),
     ("mrkd.spacing=log", "mrkd.spacing: 'log' is not one of 'uniform', 'exponential'"),

@@ -126,14 +126,15 @@ def _gradients(memory_format, dtype=torch.float32) -> tuple[float, list[torch.Te
 def test_channels_last_computes_the_nchw_step_on_the_cpu():
     """NHWC (train.channels_last, on by default, also on the CPU: faster there, docs/benchmarks.md) computes the
     same forward and backward in another summation order: against a float64 reference its float32 gradients are
-    as accurate as NCHW's (measured: 0.33 % vs 0.53 % worst relative error per tensor; both float32 rounding
-    through train-mode BatchNorm)."""
+    within float32 rounding through train-mode BatchNorm, like NCHW's (measured worst relative error per tensor:
+    0.33 % vs 0.53 % on an Intel Xeon, 1.5 % vs 0.53 % on an AMD EPYC with one thread — the order of the sums
+    depends on the CPU and the thread count; a wrong layout is off by ~100 %)."""
     def worst(a, b):
         return max(((u - v).norm() / u.norm()).item() for u, v in zip(a, b))
     loss64, exact = _gradients(torch.contiguous_format, torch.float64)
     loss_nchw, nchw = _gradients(torch.contiguous_format)
     loss_nhwc, nhwc = _gradients(torch.channels_last)
     assert loss_nhwc == pytest.approx(loss64, rel=1e-5) and loss_nchw == pytest.approx(loss64, rel=1e-5)
-    assert worst(exact, nhwc) <= 1.5 * worst(exact, nchw) + 1e-6
+    assert worst(exact, nhwc) <= 0.05 and worst(exact, nchw) <= 0.05
     runtime = Trainer(load_experiment(None, ["data.kind=synthetic", "train.device=cpu"])).runtime
     assert runtime.channels_last  # the default, on the CPU too
