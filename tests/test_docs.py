@@ -15,9 +15,11 @@ from audio_mrkd.errors import InputError
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "docs" / "results.md"
 REGENERATE = "regenerate it: `audio-mrkd demo && python scripts/update_demo_table.py`"
-# on another CPU (or thread count) float32 training rounds differently and the demo's numbers move a little: every
-# mean of the table must then stay within this much of the documented one
-OTHER_MACHINE_TOLERANCE = 0.05
+# on another CPU (or thread count) float32 training rounds differently and training amplifies it: measured at one
+# commit, an Intel Xeon and an AMD EPYC gave last macro accuracies 0.761 / 0.706 (CE), 0.747 / 0.755 (CE + LS),
+# 0.798 / 0.752 (MrKD). Elsewhere than the documented machine every mean must stay within this much (a broken
+# method moves by more; a subtle change is caught on the documented machine only)
+OTHER_MACHINE_TOLERANCE = 0.10
 
 
 def machine_of(block: str) -> dict:
