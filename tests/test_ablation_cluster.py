@@ -180,6 +180,24 @@ def test_a_study_survives_a_lost_node_with_the_same_records(prepared, local_stud
     assert outcome(tmp_path / "abl") == expected
 
 
+@pytest.mark.slow
+def test_a_run_failing_on_bad_input_is_not_retried_and_stops_the_study_in_one_line(cluster, local_study, tmp_path):
+    spec, _ = local_study
+    marks = tmp_path / "started"
+    marks.mkdir()
+
+    def refusing(cfg):
+        (marks / f"{cfg.train.run_name}-{uuid.uuid4().hex[:6]}").touch()
+        raise InputError("data.manifest_dir: row 3 names a missing clip")
+
+    with pytest.raises(InputError) as refused:
+        run_ablation(spec, tmp_path / "abl", cluster=cluster.address, train_fn=refusing, log=SILENT)
+    assert "\n" not in str(refused.value) and "InputError: data.manifest_dir: row 3" in str(refused.value)
+    started = [p.name.rsplit("-", 1)[0] for p in marks.iterdir()]
+    assert len(started) == len(set(started)), started  # no run twice
+    assert not (tmp_path / "abl" / "runs.jsonl").exists()
+
+
 def test_an_address_where_nothing_answers_is_one_line_within_seconds(tmp_path, capsys):
     pytest.importorskip("ray")
     spec = tmp_path / "spec.yaml"
