@@ -37,6 +37,7 @@ from __future__ import annotations
 import json
 import multiprocessing as mp
 import os
+import queue
 import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -335,14 +336,39 @@ class _LocalRunner:
 
 def _execute(tasks: list[tuple], jobs: int, record) -> None:
     """Run the tasks (in ``jobs`` processes when there are several), recording each result as soon as its run
-    finishes (not in submission order: a short run finished beside a long one is on disk before the long one ends)."""
+    finishes (not in submission order: a short run finished beside a long one is on disk before the long one ends).
+    The processes are spawned, never forked (a fork after CUDA initialisation breaks the child's CUDA), and each sees
+    one GPU of its own (:func:`gpu_slots`)."""
     if jobs > 1 and len(tasks) > 1:
-        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("fork")) as pool:
+        ctx = mp.get_context("spawn")
+        slots = ctx.Queue()
+        for slot in gpu_slots(jobs):
+            slots.put(slot)
+        with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_take_gpu, initargs=(slots,)) as pool:
             for done in as_completed([pool.submit(_run_one, task) for task in tasks]):
                 record(done.result())
     else:
         for one in tasks:
             record(_run_one(one))
+
+
+def gpu_slots(jobs: int) -> list[str]:
+    """The ``CUDA_VISIBLE_DEVICES`` of each of ``jobs`` local workers: the visible GPUs in turn (more workers than
+    GPUs share them, each in a process and CUDA context of its own), or none without CUDA."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        visible = [d.strip() for d in listed.split(",") if d.strip() and d.strip() != "-1"]
+    else:
+        visible = [str(i) for i in range(torch.cuda.device_count())]
+    return [visible[i % len(visible)] for i in range(jobs)] if visible else []
+
+
+def _take_gpu(slots) -> None:
+    """A worker's initializer, before it touches CUDA: its own GPU, if the machine has any."""
+    try:
+        os.environ["CUDA_VISIBLE_DEVICES"] = slots.get_nowait()
+    except queue.Empty:
+        pass
 
 
 def _write_results(out_dir: Path, records: list[dict], spec: AblationSpec) -> str:
