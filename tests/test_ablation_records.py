@@ -177,6 +177,9 @@ def _seen_gpu(cfg):
 def test_local_workers_each_see_one_gpu_of_their_own(tmp_path, monkeypatch):
     """--jobs N on a CUDA machine: each spawned worker sees one GPU (in turn when there are more workers than GPUs);
     tested on the CPU through CUDA_VISIBLE_DEVICES, which the workers' CUDA would honour."""
+    import multiprocessing as mp
+    contexts, get_context = [], mp.get_context
+    monkeypatch.setattr(mp, "get_context", lambda method=None: contexts.append(method) or get_context(method))
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7,9")
     assert gpu_slots(3) == ["7", "9", "7"]
     spec = study(tmp_path, "a", {"ce": "method=ce"})
@@ -184,6 +187,7 @@ def test_local_workers_each_see_one_gpu_of_their_own(tmp_path, monkeypatch):
     (tmp_path / "abl" / "ce").mkdir(parents=True)
     run_ablation(spec, tmp_path / "abl", log=SILENT, jobs=2, train_fn=_seen_gpu)
     assert sorted(p.read_text() for p in (tmp_path / "abl" / "ce").glob("gpu-seed*")) == ["7", "9"]
+    assert contexts == ["spawn"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert gpu_slots(2) == []
 

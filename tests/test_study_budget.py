@@ -66,9 +66,9 @@ def test_plan_measures_every_run_at_once_and_refuses_a_failing_one_in_one_line(t
     assert "\n" not in str(err.value)
 
 
-def test_ablate_spawns_its_runs_and_never_initialises_cuda_itself(tmp_path, monkeypatch):
-    """`ablate --jobs N` spawns its runs, never forks them (a child forked after CUDA initialisation cannot use it),
-    and its driver only counts the GPUs (to give each run its own), never initialises CUDA."""
+def test_ablate_never_initialises_cuda_and_forks_its_runs_only_without_gpus(tmp_path, monkeypatch):
+    """`ablate --jobs N` forks its runs only on a machine without GPUs (with GPUs it spawns them:
+    test_local_workers_each_see_one_gpu_of_their_own), and its driver never initialises CUDA."""
     parent, calls = os.getpid(), []
     for module, name in ((torch.cuda, "_lazy_init"), (mp, "get_context")):
         original = getattr(module, name)
@@ -79,9 +79,10 @@ def test_ablate_spawns_its_runs_and_never_initialises_cuda_itself(tmp_path, monk
             return _original(*args, **kwargs)
         monkeypatch.setattr(module, name, watched)
     spec = tiny_spec(tmp_path, {"ce": ["method=ce"], "ce_ls": ["method=ce", "train.label_smoothing=0.1"]})
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU, whatever this machine has
     run_ablation(spec, tmp_path / "abl", jobs=2, run_overrides=["train.epochs=1"], log=lambda *_: None)
     assert len((tmp_path / "abl" / "runs.jsonl").read_text().splitlines()) == 2
-    assert calls == [("get_context", "spawn")]
+    assert calls == [("get_context", "fork")]
 
 
 @pytest.mark.slow

@@ -337,12 +337,14 @@ class _LocalRunner:
 def _execute(tasks: list[tuple], jobs: int, record) -> None:
     """Run the tasks (in ``jobs`` processes when there are several), recording each result as soon as its run
     finishes (not in submission order: a short run finished beside a long one is on disk before the long one ends).
-    The processes are spawned, never forked (a fork after CUDA initialisation breaks the child's CUDA), and each sees
-    one GPU of its own (:func:`gpu_slots`)."""
+    On a machine with GPUs each process sees one of its own (:func:`gpu_slots`) and is spawned, never forked (a fork
+    after CUDA initialisation leaves the child without CUDA); without, they are forked (each spawned one would import
+    torch again: 7 s more for a 4-run study on 2 cores, docs/benchmarks.md)."""
     if jobs > 1 and len(tasks) > 1:
-        ctx = mp.get_context("spawn")
+        gpus = gpu_slots(jobs)
+        ctx = mp.get_context("spawn" if gpus or torch.cuda.is_initialized() else "fork")
         slots = ctx.Queue()
-        for slot in gpu_slots(jobs):
+        for slot in gpus:
             slots.put(slot)
         with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_take_gpu, initargs=(slots,)) as pool:
             for done in as_completed([pool.submit(_run_one, task) for task in tasks]):
@@ -354,7 +356,8 @@ def _execute(tasks: list[tuple], jobs: int, record) -> None:
 
 def gpu_slots(jobs: int) -> list[str]:
     """The ``CUDA_VISIBLE_DEVICES`` of each of ``jobs`` local workers: the visible GPUs in turn (more workers than
-    GPUs share them, each in a process and CUDA context of its own), or none without CUDA."""
+    GPUs share them, each in a process and CUDA context of its own), or none without CUDA. Counted through NVML
+    where the machine has it, which leaves CUDA uninitialised."""
     listed = os.environ.get("CUDA_VISIBLE_DEVICES")
     if listed is not None:
         visible = [d.strip() for d in listed.split(",") if d.strip() and d.strip() != "-1"]
