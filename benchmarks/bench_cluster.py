@@ -34,10 +34,13 @@ def ray_costs(address: str, out: Path, round_trips: int = 20) -> dict[str, float
     out.mkdir(parents=True, exist_ok=True)
     check, _ = timed(lambda: ablation_cluster.check_storage(ray, out))
     noop = ray.remote(num_cpus=1)(lambda: None)
-    first, _ = timed(lambda: ray.get(noop.remote()))
+    ray.get(noop.remote())
     loop, _ = timed(lambda: [ray.get(noop.remote()) for _ in range(round_trips)])
+    imports = ray.remote(num_cpus=1, max_calls=1)(lambda: __import__("audio_mrkd.train.engine"))  # a fresh worker
+    first, _ = timed(lambda: ray.get(imports.remote()))
     ray.shutdown()
-    return {"join": join, "storage check": check, "first task": first, "task round trip": loop / round_trips}
+    return {"join": join, "storage check": check, "task round trip": loop / round_trips,
+            "a fresh worker importing torch and audio_mrkd (once per worker)": first}
 
 
 def main() -> None:
@@ -56,9 +59,9 @@ def main() -> None:
                                           log=lambda *_: None))
     start, cluster = timed(LocalCluster)
     try:
-        costs = ray_costs(cluster.address, root / "probe")
         remote, _ = timed(lambda: run_ablation(spec, root / "cluster", overrides, cluster=cluster.address,
                                                run_overrides=run_overrides, log=lambda *_: None))
+        costs = ray_costs(cluster.address, root / "probe")
     finally:
         cluster.close()
     runs = 2 * args.seeds
