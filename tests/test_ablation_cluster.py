@@ -148,6 +148,27 @@ def test_a_node_that_cannot_see_out_stops_the_study_before_any_run(cluster, loca
 
 
 @pytest.mark.slow
+def test_a_killed_driver_is_continued_by_the_same_command(cluster, local_study, tmp_path):
+    spec, expected = local_study
+    out = tmp_path / "abl"
+    command = [sys.executable, "-c", "import sys; from audio_mrkd.cli import main; sys.exit(main(sys.argv[1:]))",
+               "ablate", str(spec), "--out", str(out), "--cluster", cluster.address]
+    env = os.environ | {"PYTHONPATH": str(Path(__file__).parents[1])}
+    driver = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 300
+        while not ((out / "runs.jsonl").is_file() and (out / "runs.jsonl").read_text().strip()):
+            assert driver.poll() is None and time.monotonic() < deadline, "the study ended before it was killed"
+            time.sleep(0.1)
+    finally:
+        driver.kill()
+        driver.wait()
+    assert len((out / "runs.jsonl").read_text().splitlines()) < 4
+    assert subprocess.run(command, env=env, capture_output=True, timeout=600).returncode == 0
+    assert outcome(out) == expected
+
+
+@pytest.mark.slow
 def test_a_study_survives_a_lost_node_with_the_same_records(prepared, local_study, tmp_path):
     spec, expected = local_study
     marks = tmp_path / "started"
