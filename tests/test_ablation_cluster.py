@@ -1,5 +1,5 @@
-"""``ablate --cluster`` on a real two-node Ray cluster on localhost (two ``ray start`` processes, one CPU each, bound
-to 127.0.0.1, torn down afterwards): the same records as ``--jobs 1``, a lost node, storage and address checks."""
+"""``ablate --cluster`` on a real two-node Ray cluster on localhost (two ``ray start`` processes, one CPU each, addressed
+as 127.0.0.1, torn down afterwards): the same records as ``--jobs 1``, a lost node, storage and address checks."""
 from __future__ import annotations
 
 import json
