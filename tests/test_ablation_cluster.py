@@ -229,5 +229,7 @@ def test_an_address_where_nothing_answers_is_one_line_within_seconds(tmp_path, c
     assert time.monotonic() - start < 10
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--cluster: nothing answers at 127.0.0.1:" in err[0], err
+    with pytest.raises(InputError, match="nothing answers at ray://127.0.0.1:"):
+        run_ablation(spec, tmp_path / "abl", cluster=f"ray://127.0.0.1:{_free_port()}", log=SILENT)
     with pytest.raises(InputError, match="is not auto, HOST:PORT"):
         run_ablation(spec, tmp_path / "abl", cluster="no-port-here", log=SILENT)

@@ -31,6 +31,7 @@ counting the runs already in ``runs.jsonl``. The table gives mean ± std over fo
 best-epoch metrics and the paired difference to the reference (same fold, same seed), with its standard error and
 win count; ``ablation.png`` draws those paired differences (forest plot) and the learning curves of the reference
 and the best variant (read from each run's ``metrics.json``, located by the ``run_dir`` of its record).
+``--cluster ADDRESS`` runs the same grid as tasks of a Ray cluster (:mod:`ablation_cluster`), with the same records.
 """
 from __future__ import annotations
 
