@@ -340,7 +340,7 @@ def _execute(tasks: list[tuple], jobs: int, record) -> None:
     finishes (not in submission order: a short run finished beside a long one is on disk before the long one ends).
     On a machine with GPUs each process sees one of its own (:func:`gpu_slots`) and is spawned, never forked (a fork
     after CUDA initialisation leaves the child without CUDA); without, they are forked (each spawned one would import
-    torch again: 7 s more for a 4-run study on 2 cores, docs/benchmarks.md)."""
+    torch again: 10.7 s against 1.0-1.6 s for the 4-run study of docs/benchmarks.md on 2 cores)."""
     if jobs > 1 and len(tasks) > 1:
         gpus = gpu_slots(jobs)
         ctx = mp.get_context("spawn" if gpus or torch.cuda.is_initialized() else "fork")
