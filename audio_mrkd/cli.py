@@ -108,8 +108,10 @@ def cmd_teacher_logits(args: argparse.Namespace) -> int:
 
 def cmd_ablate(args: argparse.Namespace) -> int:
     from audio_mrkd.train.ablation import run_ablation
+    from audio_mrkd.train.ablation_cluster import Placement
     print(run_ablation(args.spec, args.out, args.overrides, jobs=args.jobs, run_overrides=args.run,
-                       reuse=args.reuse, only=args.variants, train=not args.summary))
+                       reuse=args.reuse, only=args.variants, train=not args.summary, cluster=args.cluster,
+                       placement=Placement(args.cpus_per_run, args.gpus_per_run)))
     return 0
 
 
@@ -280,6 +282,13 @@ def _add_ablate_parser(sub) -> None:
     p.add_argument("--reuse", action="append", default=[], metavar="DIR",
                    help="take the runs another study (its --out folder) already made with the same recipe, fold "
                         "and seed instead of training them again (repeatable)")
+    p.add_argument("--cluster", metavar="ADDRESS",
+                   help="run the grid as tasks of this Ray cluster: auto, HOST:PORT of its head, or ray://HOST:PORT "
+                        "(--out on storage every node sees)")
+    p.add_argument("--gpus-per-run", type=float, default=None, metavar="N",
+                   help="with --cluster: GPUs per run, default 1 where the cluster has GPUs (0.25: four runs share one)")
+    p.add_argument("--cpus-per-run", type=float, default=1, metavar="N",
+                   help="with --cluster: CPUs per run (its torch threads), default 1")
     p.add_argument("overrides", nargs="*", help="spec overrides, e.g. seeds=[0] folds=3")
     p.set_defaults(func=cmd_ablate)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from audio_mrkd.errors import InputError
-from audio_mrkd.train.ablation import run_ablation
+from audio_mrkd.train.ablation import gpu_slots, run_ablation
 from audio_mrkd.train.ablation_records import load_recipe
 from audio_mrkd.train.engine import train_run
 
@@ -162,6 +162,34 @@ def test_parallel_runs_are_recorded_as_each_finishes(tmp_path):
     run_ablation(spec, tmp_path / "abl", log=SILENT, jobs=2, train_fn=_slow_first)
     seeds = [json.loads(line)["seed"] for line in (tmp_path / "abl" / "runs.jsonl").read_text().splitlines()]
     assert seeds == [1, 0]
+
+
+def _seen_gpu(cfg):
+    """Says which GPUs its process sees (numbers made up: only the placement is tested)."""
+    import os
+    import time
+    time.sleep(2 if cfg.seed == 0 else 0)  # both workers get a run
+    Path(cfg.out_dir, f"gpu-seed{cfg.seed}").write_text(os.environ.get("CUDA_VISIBLE_DEVICES", "unset"))
+    last = {"accuracy": 0.5, "macro_accuracy": 0.5, "log_loss": 1.0, "n_items": 8, "epoch": 1}
+    return None, {"last": last, "best": last}
+
+
+def test_local_workers_each_see_one_gpu_of_their_own(tmp_path, monkeypatch):
+    """--jobs N on a CUDA machine: each spawned worker sees one GPU (in turn when there are more workers than GPUs);
+    tested on the CPU through CUDA_VISIBLE_DEVICES, which the workers' CUDA would honour."""
+    import multiprocessing as mp
+    contexts, get_context = [], mp.get_context
+    monkeypatch.setattr(mp, "get_context", lambda method=None: contexts.append(method) or get_context(method))
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "7,9")
+    assert gpu_slots(3) == ["7", "9", "7"]
+    spec = study(tmp_path, "a", {"ce": "method=ce"})
+    spec.write_text(spec.read_text().replace("seeds: [0]", "seeds: [0, 1]"))
+    (tmp_path / "abl" / "ce").mkdir(parents=True)
+    run_ablation(spec, tmp_path / "abl", log=SILENT, jobs=2, train_fn=_seen_gpu)
+    assert sorted(p.read_text() for p in (tmp_path / "abl" / "ce").glob("gpu-seed*")) == ["7", "9"]
+    assert contexts == ["spawn"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert gpu_slots(2) == []
 
 
 def test_a_cut_off_run_of_another_recipe_is_moved_aside_not_continued(tmp_path):

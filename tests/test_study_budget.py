@@ -1,6 +1,7 @@
 """A study fitted to a time budget (`audio-mrkd ablate-plan`, benchmarks/gpu_study.sh): the epoch-count rule, the
 measuring of every run at once, and the whole GPU script run on the CPU."""
 import json
+import multiprocessing as mp
 import os
 import subprocess
 import sys
@@ -65,22 +66,23 @@ def test_plan_measures_every_run_at_once_and_refuses_a_failing_one_in_one_line(t
     assert "\n" not in str(err.value)
 
 
-def test_ablate_never_touches_cuda_before_it_forks_its_runs(tmp_path, monkeypatch):
-    """`ablate --jobs N` forks its runs: the driver must not initialise CUDA first (a forked child could not use it)."""
+def test_ablate_never_initialises_cuda_and_forks_its_runs_only_without_gpus(tmp_path, monkeypatch):
+    """`ablate --jobs N` forks its runs only on a machine without GPUs (with GPUs it spawns them:
+    test_local_workers_each_see_one_gpu_of_their_own), and its driver never initialises CUDA."""
     parent, calls = os.getpid(), []
-    for module, name in ((torch.cuda, "is_available"), (torch.cuda, "device_count"), (torch.cuda, "_lazy_init"),
-                         (torch._C, "_cuda_getDeviceCount")):
+    for module, name in ((torch.cuda, "_lazy_init"), (mp, "get_context")):
         original = getattr(module, name)
 
         def watched(*args, _original=original, _name=name, **kwargs):
             if os.getpid() == parent:
-                calls.append(_name)
+                calls.append((_name, *args))
             return _original(*args, **kwargs)
         monkeypatch.setattr(module, name, watched)
     spec = tiny_spec(tmp_path, {"ce": ["method=ce"], "ce_ls": ["method=ce", "train.label_smoothing=0.1"]})
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")  # no GPU, whatever this machine has
     run_ablation(spec, tmp_path / "abl", jobs=2, run_overrides=["train.epochs=1"], log=lambda *_: None)
     assert len((tmp_path / "abl" / "runs.jsonl").read_text().splitlines()) == 2
-    assert calls == []
+    assert calls == [("get_context", "fork")]
 
 
 @pytest.mark.slow

@@ -104,7 +104,7 @@ def _extract(ds: DcaseDataset, cfg: FrontendConfig, array_path: Path, workers: i
             _init_worker(str(array_path), cfg)
             collect(map(_extract_chunk, tasks))
         else:
-            ctx = mp.get_context("fork")
+            ctx = mp.get_context("spawn" if torch.cuda.is_initialized() else "fork")  # no fork after CUDA init
             with ctx.Pool(workers, initializer=_init_worker, initargs=(str(array_path), cfg)) as pool:
                 collect(pool.imap_unordered(_extract_chunk, tasks))
     finally:

@@ -31,12 +31,14 @@ counting the runs already in ``runs.jsonl``. The table gives mean ± std over fo
 best-epoch metrics and the paired difference to the reference (same fold, same seed), with its standard error and
 win count; ``ablation.png`` draws those paired differences (forest plot) and the learning curves of the reference
 and the best variant (read from each run's ``metrics.json``, located by the ``run_dir`` of its record).
+``--cluster ADDRESS`` runs the same grid as tasks of a Ray cluster (:mod:`ablation_cluster`), with the same records.
 """
 from __future__ import annotations
 
 import json
 import multiprocessing as mp
 import os
+import queue
 import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -50,7 +52,7 @@ from audio_mrkd import fileio, plots
 from audio_mrkd.errors import InputError
 from audio_mrkd.experiment import load_experiment
 from audio_mrkd.progress import progress
-from audio_mrkd.train import ablation_records
+from audio_mrkd.train import ablation_cluster, ablation_records
 from audio_mrkd.train import checkpoint as ckpt
 from audio_mrkd.train.ablation_records import TEACHERS
 from audio_mrkd.train.metrics import mean_std
@@ -208,7 +210,8 @@ def variant_runs(spec_path: str | Path, overrides: list[str] | None = None,
 
 def run_ablation(spec_path: str | Path, out_dir: str | Path, overrides: list[str] | None = None,
                  train_fn=None, jobs: int = 1, run_overrides: list[str] | None = None, log=print,
-                 reuse: list[str | Path] | None = None, only: list[str] | None = None, train: bool = True) -> str:
+                 reuse: list[str | Path] | None = None, only: list[str] | None = None, train: bool = True,
+                 cluster: str | None = None, placement: ablation_cluster.Placement | None = None) -> str:
     """Run every missing (variant, fold, seed) — in ``jobs`` processes of one thread each when jobs > 1 —, with a
     progress line per finished run on stderr (``log`` says how many runs were already in ``runs.jsonl``, and how many
     were taken from the studies in ``reuse``: same recipe, fold and seed, see :mod:`ablation_records`),
@@ -216,14 +219,18 @@ def run_ablation(spec_path: str | Path, out_dir: str | Path, overrides: list[str
     learning curves; a failure to draw it is a warning, never a lost study) in ``out_dir``. Teacher runs (the
     spec's ``teachers``) come first, so that every variant finds its fold's teachers. ``only``: run just these
     variants (and the reference), e.g. the ones a selection study chose, once on the reported split.
-    ``train=False``: no run is trained; the table of the runs recorded so far (a study still under way)."""
+    ``train=False``: no run is trained; the table of the runs recorded so far (a study still under way).
+    ``cluster``: the runs are tasks of the Ray cluster at that address instead (:mod:`ablation_cluster`), each
+    asking for ``placement``'s CPUs and GPUs."""
     spec, config = load_spec(spec_path, overrides)
     if only:
         _keep_variants(spec, only, spec_path)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records_path = out_dir / "runs.jsonl"
-    grid = _Grid(spec, config, out_dir, list(run_overrides or []), 1 if jobs > 1 else 0, train_fn)
+    placement = placement or ablation_cluster.Placement()
+    threads = ablation_cluster.threads(placement) if cluster else 1 if jobs > 1 else 0
+    grid = _Grid(spec, config, out_dir, list(run_overrides or []), threads, train_fn)
     keys = grid.keys()
     recipes = {key: ablation_records.load_recipe(*grid.given(*key)) for key in keys}
     _warn_leaking_teachers(grid, log)
@@ -243,26 +250,21 @@ def run_ablation(spec_path: str | Path, out_dir: str | Path, overrides: list[str
     teacher_todo = [key for key in keys if key[0] == "teacher" and not _usable_teacher(done.get(key), out_dir)
                     and any(f == key[1] for _, f, _ in todo)]
 
-    # one line per finished run (a bar on a terminal): done/total counts the runs resumed from runs.jsonl; the time
-    # left is the mean time of the runs finished in this invocation times the runs still to do
     total, missing = len(keys), len(teacher_todo) + len(todo)
     if total > missing:
         log(f"ablation: {total - missing} of {total} runs already in {records_path}")
+    runner = _runner(cluster, placement, jobs, out_dir, log) if missing else None
     bar = progress(total=total, initial=total - missing, desc="ablation", unit="runs")
-
-    def record(rec: dict) -> None:
-        fileio.append_line(records_path, json.dumps(rec))
-        done[(rec["variant"], rec["fold"], rec["seed"])] = rec
-        bar.set_postfix(variant=rec["variant"], fold=rec["fold"], seed=rec["seed"],
-                        last_macro_acc=f"{rec['last_macro_accuracy']:.4f}")
-        bar.update(1)
-
+    record = _recorder(records_path, done, bar)
     grid.settle_unfinished(teacher_todo + todo, recipes, log)
     try:
-        _execute([grid.task(key, recipes[key], done, True) for key in teacher_todo], jobs, record)
-        _execute([grid.task(key, recipes[key], done, False) for key in todo], jobs, record)
+        for batch, keep in ((teacher_todo, True), (todo, False)):  # the teachers first: the variants name them
+            if batch:
+                runner([grid.task(key, recipes[key], done, keep) for key in batch], record)
     finally:
         bar.close()
+        if runner is not None:
+            runner.close()
     return _write_results(out_dir, list(done.values()), spec)
 
 
@@ -295,16 +297,82 @@ def _take_reused(sources: list[str | Path], wanted: dict[tuple, str], records_pa
         log(f"ablation: {len(found)} runs taken from {', '.join(taken)} (same recipe, fold and seed)")
 
 
+def _recorder(records_path: Path, done: dict, bar):
+    """``record(rec, node=None)``: append a finished run to ``runs.jsonl`` (the driver alone writes it) and print its
+    progress line — done/total counting the runs resumed from runs.jsonl, elapsed, the time left as the mean time of
+    the runs finished in this invocation times the runs still to do, and the node on a cluster."""
+    def record(rec: dict, node: str | None = None) -> None:
+        fileio.append_line(records_path, json.dumps(rec))
+        done[(rec["variant"], rec["fold"], rec["seed"])] = rec
+        bar.set_postfix(variant=rec["variant"], fold=rec["fold"], seed=rec["seed"],
+                        last_macro_acc=f"{rec['last_macro_accuracy']:.4f}", **({"node": node} if node else {}))
+        bar.update(1)
+    return record
+
+
+def _runner(cluster: str | None, placement: ablation_cluster.Placement, jobs: int, out_dir: Path, log):
+    """How the runs are executed: as local processes, or as tasks of the cluster once every node has been seen to
+    write to ``out_dir``."""
+    if not cluster:
+        return _LocalRunner(jobs)
+    runner = ablation_cluster.ClusterRunner(ablation_cluster.connect(cluster, log), placement)
+    try:
+        ablation_cluster.check_storage(runner.ray, out_dir)
+    except BaseException:
+        runner.close()
+        raise
+    return runner
+
+
+@dataclass
+class _LocalRunner:
+    jobs: int
+
+    def __call__(self, tasks: list[tuple], record) -> None:
+        _execute(tasks, self.jobs, record)
+
+    def close(self) -> None:
+        pass
+
+
 def _execute(tasks: list[tuple], jobs: int, record) -> None:
     """Run the tasks (in ``jobs`` processes when there are several), recording each result as soon as its run
-    finishes (not in submission order: a short run finished beside a long one is on disk before the long one ends)."""
+    finishes (not in submission order: a short run finished beside a long one is on disk before the long one ends).
+    On a machine with GPUs each process sees one of its own (:func:`gpu_slots`) and is spawned, never forked (a fork
+    after CUDA initialisation leaves the child without CUDA); without, they are forked (each spawned one would import
+    torch again: 10.7 s against 1.0-1.6 s for the 4-run study of docs/benchmarks.md on 2 cores)."""
     if jobs > 1 and len(tasks) > 1:
-        with ProcessPoolExecutor(jobs, mp_context=mp.get_context("fork")) as pool:
+        gpus = gpu_slots(jobs)
+        ctx = mp.get_context("spawn" if gpus or torch.cuda.is_initialized() else "fork")
+        slots = ctx.Queue()
+        for slot in gpus:
+            slots.put(slot)
+        with ProcessPoolExecutor(jobs, mp_context=ctx, initializer=_take_gpu, initargs=(slots,)) as pool:
             for done in as_completed([pool.submit(_run_one, task) for task in tasks]):
                 record(done.result())
     else:
         for one in tasks:
             record(_run_one(one))
+
+
+def gpu_slots(jobs: int) -> list[str]:
+    """The ``CUDA_VISIBLE_DEVICES`` of each of ``jobs`` local workers: the visible GPUs in turn (more workers than
+    GPUs share them, each in a process and CUDA context of its own), or none without CUDA. Counted through NVML
+    where the machine has it, which leaves CUDA uninitialised."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        visible = [d.strip() for d in listed.split(",") if d.strip() and d.strip() != "-1"]
+    else:
+        visible = [str(i) for i in range(torch.cuda.device_count())]
+    return [visible[i % len(visible)] for i in range(jobs)] if visible else []
+
+
+def _take_gpu(slots) -> None:
+    """A worker's initializer, before it touches CUDA: its own GPU, if the machine has any."""
+    try:
+        os.environ["CUDA_VISIBLE_DEVICES"] = slots.get_nowait()
+    except queue.Empty:
+        pass
 
 
 def _write_results(out_dir: Path, records: list[dict], spec: AblationSpec) -> str:
