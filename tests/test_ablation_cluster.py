@@ -169,35 +169,44 @@ def test_a_killed_driver_is_continued_by_the_same_command(cluster, local_study, 
 
 
 @pytest.mark.slow
-def test_a_study_survives_a_lost_node_with_the_same_records(prepared, local_study, tmp_path):
+def test_a_study_survives_a_lost_node_and_the_run_continues_from_its_checkpoint(prepared, local_study, tmp_path):
+    """The first run that starts on the worker node trains one epoch (its checkpoint written), says so and waits; the
+    node is then killed. Ray runs the task again on the head, which finds the checkpoint and continues the run; the
+    records and histories equal those of --jobs 1 (resume is exact)."""
     spec, expected = local_study
     marks = tmp_path / "started"
     marks.mkdir()
 
-    def marking(cfg):  # a run says where it started, then trains as ablate would
-        from audio_mrkd.train.engine import train_run
-        (marks / f"{os.environ.get(MARK, 'driver')}-{cfg.train.run_name}-{uuid.uuid4().hex[:6]}").touch()
+    def marking(cfg):  # a run says where it started and whether it continues, then trains as ablate would
+        from audio_mrkd.train.engine import Trainer, train_run
+        node = os.environ.get(MARK, "driver")
+        resumed = (Path(cfg.train.out_dir) / cfg.train.run_name / "checkpoints" / "last.pt").is_file()
+        (marks / f"{node}-{cfg.train.run_name}-{'resumed' if resumed else 'fresh'}-{uuid.uuid4().hex[:6]}").touch()
+        if node.endswith("-worker") and not (marks / "checkpointed").exists():
+            Trainer(cfg).fit(stop_after=1)  # the first epoch and its checkpoint, then wait to be killed
+            (marks / "checkpointed").write_text(cfg.train.run_name)
+            time.sleep(300)
         return train_run(cfg)
 
     one = LocalCluster()
     try:
-        def kill_worker_once_a_run_started_there():
+        def kill_worker_once_a_run_has_a_checkpoint_there():
             deadline = time.monotonic() + 300
-            while not any(p.name.startswith(f"{one.tag}-worker") for p in marks.iterdir()):
+            while not (marks / "checkpointed").exists():
                 if time.monotonic() > deadline:
                     return
                 time.sleep(0.2)
             one.kill("worker")
 
-        killer = threading.Thread(target=kill_worker_once_a_run_started_there, daemon=True)
+        killer = threading.Thread(target=kill_worker_once_a_run_has_a_checkpoint_there, daemon=True)
         killer.start()
         run_ablation(spec, tmp_path / "abl", cluster=one.address, train_fn=marking, log=SILENT)
         killer.join()
     finally:
         one.close()
+    killed = (marks / "checkpointed").read_text()
     started = sorted(p.name for p in marks.iterdir())
-    assert any(name.startswith(f"{one.tag}-worker") for name in started), started
-    assert len(started) > 4, started  # the lost node's run ran again
+    assert any(f"-{killed}-resumed-" in name for name in started), started  # the retry found the checkpoint
     assert outcome(tmp_path / "abl") == expected
 
 
