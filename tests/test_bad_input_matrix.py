@@ -271,8 +271,8 @@ def truncated_checkpoint(w):
 
 
 class _Exploit:
-    def __reduce__(self):
-        return (print, ("code ran while loading a checkpoint",))
+    def __reduce__(self):  # eval, not print: Ray (imported by the cluster tests) replaces builtins.print
+        return (eval, ("print('code ran while loading a checkpoint')",))
 
 
 @case
