@@ -247,7 +247,7 @@ class Trainer:
         evaluated split's numbers and never used to choose. The last model's predictions → ``predictions_test.csv``."""
         split = self.data.test
         loader = BatchLoader(split, self.cfg.train.batch_size, self.fabric.device, resident=self.cfg.data.resident,
-                             normalize=self.cfg.data.normalize)
+                             normalize=self.cfg.data.normalize, dtype=self.runtime.input_dtype)
         metrics, probs = self._metrics(self._logits(self.model, loader), split)
         write_predictions(self.run_dir / "predictions_test.csv", probs, split)
         scores = {"last": {**metrics, "epoch": self.epoch}}
