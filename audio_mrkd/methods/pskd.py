@@ -108,11 +108,10 @@ class ProgressiveSelfKD(Method):
     def _previous(self, index: Tensor, onehot: Tensor, mixing: Mixing | None) -> tuple[Tensor, Tensor]:
         """(rows whose items all have a stored prediction, each row's previous prediction): an item never seen
         counts as its label; under mixup the two items' predictions are mixed like the label."""
+        seen = self.seen[index]
         if mixing is None:
-            seen = self.seen[index]
             return seen, torch.where(seen[:, None], self.predictions[index], onehot)
         own = F.one_hot(mixing.labels, onehot.shape[1]).float()
-        seen = self.seen[index]
         prev = torch.where(seen[:, None], self.predictions[index], own)
         return seen & seen[mixing.perm], mixing.rows(prev)
 
