@@ -6,6 +6,7 @@ from audio_mrkd.experiment import load_experiment
 from audio_mrkd.runtime import Runtime
 from audio_mrkd.train.engine import Trainer
 from audio_mrkd.train.optim import make_lr_scheduler, make_optimizer, use_device_lr
+from audio_mrkd.train.step import TrainingStep
 from audio_mrkd.train.step_graph import REWARM_STEPS, WARM_UP_STEPS, StaticStep
 from tests.test_engine import config, prepared  # noqa: F401  (the tiny prepared DCASE tree, a module fixture)
 
@@ -55,7 +56,7 @@ class StepLosses:
 
     @property
     def captures(self) -> list:
-        return [key for key, in self._captures]
+        return [key for key, _epoch in self._captures]
 
 
 def thirty_steps(prepared, tmp_path, step_graph: str, *extra) -> tuple[list[float], dict, Trainer]:
@@ -85,6 +86,24 @@ def test_static_step_equals_the_eager_step_for_30_steps(prepared, tmp_path, meth
     assert len(eager) == len(static) == 30
     assert eager == static
     assert all(torch.equal(eager_weights[k], static_weights[k]) for k in eager_weights)
+
+
+def test_the_eager_and_the_static_step_run_one_training_step(prepared, tmp_path, monkeypatch):
+    """Both paths take their optimiser step through the trainer's one TrainingStep: the static one without logs,
+    zeroing the gradients in place; the eager one (here: a logging step) with logs, freeing the gradients."""
+    calls, original = [], TrainingStep.__call__
+
+    def spy(self, x, y, index, epoch, with_logs, **kwargs):
+        calls.append((self, with_logs, kwargs.get("set_to_none", True)))
+        return original(self, x, y, index, epoch, with_logs, **kwargs)
+    monkeypatch.setattr(TrainingStep, "__call__", spy)
+    trainer = Trainer(config(prepared, tmp_path, "train.step_graph=true", "train.log_every=2", "train.threads=1"))
+    trainer.model.train()
+    batch = next(iter(trainer.train_loader))
+    assert trainer._step(batch) == {} and trainer.static_step.inputs is not None  # step 1: the static path
+    assert "lr" in trainer._step(batch)  # step 2 logs: the eager path
+    assert trainer.static_step.step is trainer.training_step
+    assert calls == [(trainer.training_step, False, False), (trainer.training_step, True, True)]
 
 
 def test_pskd_with_its_store_sized_up_front_takes_part(prepared, tmp_path):
@@ -152,7 +171,7 @@ def test_mrkd_step_key_follows_its_state(prepared, tmp_path):
 def test_capture_waits_for_eager_steps_at_the_start_and_after_each_new_key():
     """A capture never runs code for the first time: the run's first WARM_UP_STEPS steps, and the first REWARM_STEPS
     of each new key (MrKD's bank filling, a new α), run eagerly; every other step of a key is captured or replayed."""
-    static = StaticStep(trainer=None, capture=True)
+    static = StaticStep(step=None, capture=True, full_batch=8, generator=None)
     assert (WARM_UP_STEPS, REWARM_STEPS) == (3, 1)  # the counts the sequence below spells out
     keys = ["a", "a", "a", "a", "a", "b", "b", "b", "c", "d", "d"]
     warm = [static._warming(key) for key in keys]

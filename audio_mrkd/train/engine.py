@@ -32,6 +32,7 @@ from audio_mrkd.train import checkpoint as ckpt
 from audio_mrkd.train.data import DataBundle, load_data
 from audio_mrkd.train.metrics import classification_metrics
 from audio_mrkd.train.optim import make_lr_scheduler, make_optimizer, use_device_lr
+from audio_mrkd.train.step import TrainingStep
 from audio_mrkd.train.step_graph import CaptureFailed, StaticStep
 from audio_mrkd.train.run_files import data_info, named_run_dir, new_run_dir, write_predictions, write_run_files
 from audio_mrkd.train.tb import log_eval, log_scalars, write_hparams
@@ -94,7 +95,6 @@ class Trainer:
             use_device_lr(self.optimizer, self.fabric.device)
         self.scheduler = make_lr_scheduler(self.optimizer, cfg.train, self.steps_per_epoch)
         self.augment_rng = torch.Generator(device=self.fabric.device).manual_seed(cfg.seed)
-        self.static_step = StaticStep(self, capture=self.runtime.capture) if self.runtime.step_graph else None
         self.method = build_method(cfg, TrainContext(
             model=self.model, n_classes=self.n_classes, torch_device=self.fabric.device, runtime=self.runtime,
             infer_train=self._infer_train, sync_buffers=self._sync_buffers,
@@ -104,6 +104,10 @@ class Trainer:
             load_run_model=ckpt.load_run_model,
             average_grads=self._average_grads if self.fabric.world_size > 1 else None))
         self.epoch, self.global_step, self.best, self.history = 0, 0, None, []
+        self.training_step = TrainingStep(self.augment, self.forward, self.method, self.optimizer, self.fabric)
+        full_batch = cfg.train.batch_size // self.fabric.world_size  # this process's rows of a full batch
+        self.static_step = StaticStep(self.training_step, self.runtime.capture, full_batch, self.augment_rng) \
+            if self.runtime.step_graph else None
         self._epoch_losses: list[float] = []
         named = named_run_dir(cfg)
         if resume_from is None and named is not None and ckpt.checkpoint_path(named, "last").is_file():
@@ -290,14 +294,8 @@ class Trainer:
         return logs
 
     def _eager_step(self, batch, with_logs: bool) -> dict[str, float]:
-        x, y, mixing = self.augment(batch.x, batch.y)
-        with self.fabric.autocast():
-            logits = self.forward(x)
-        loss, logs = self.method.loss(logits, x, y, batch.index, self.epoch, with_logs, mixing=mixing)
-        self.optimizer.zero_grad(set_to_none=True)
-        self.fabric.backward(loss)
-        self.optimizer.step()
-        return logs
+        """The training step as it comes (any batch, any method); returns the method's logs."""
+        return self.training_step(batch.x, batch.y, batch.index, self.epoch, with_logs)[1]
 
     def _static_step(self, batch, with_logs: bool) -> bool:
         """The step on static buffers (train.step_graph), when the method is capture-safe now; False: do it eagerly."""
@@ -307,7 +305,7 @@ class Trainer:
         if not self.static_step.accepts(batch, key):
             return False
         try:
-            self.static_step.run(batch, key)
+            self.static_step.run(batch, key, self.epoch)
         except CaptureFailed:
             return False
         return True
