@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from audio_mrkd.cpu_memory import tune_malloc
-from audio_mrkd.experiment import load_experiment
+from audio_mrkd.registry import load_experiment
 from audio_mrkd.train.data import DataBundle, synthetic_splits
 from audio_mrkd.train.engine import Trainer
 from audio_mrkd.versions import versions
@@ -78,10 +78,10 @@ def _fill_bank(trainer: Trainer) -> float:
         return float("nan")
     _sync()
     start = time.perf_counter()
-    for _ in range(trainer.cfg.mrkd.k):
+    for _ in range(trainer.cfg.options("mrkd").k):
         trainer.method.objective.backup(trainer.model)
     _sync()
-    return 1000 * (time.perf_counter() - start) / trainer.cfg.mrkd.k
+    return 1000 * (time.perf_counter() - start) / trainer.cfg.options("mrkd").k
 
 
 def _cycle(loader):

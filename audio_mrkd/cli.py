@@ -60,7 +60,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from audio_mrkd.experiment import load_experiment
+    from audio_mrkd.registry import load_experiment
     from audio_mrkd.train.engine import resume_run
     from audio_mrkd.train.sweep import run_seeds, table
     if args.resume:
@@ -243,7 +243,7 @@ def _add_training_parsers(sub) -> None:
     p.set_defaults(func=cmd_package)
 
     p = sub.add_parser("teacher-logits", help="a teacher ensemble's mean logits for every item of its dataset, "
-                                              "as a file kd.teacher_logits reads")
+                                              "as a file teacher.logits reads")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished runs on one dataset (the ensemble)")
     p.add_argument("--out", required=True, help="the CSV to write (filename + one column per class)")
     p.add_argument("--checkpoint", default="last", choices=["best", "last"],

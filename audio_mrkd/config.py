@@ -17,6 +17,10 @@ from audio_mrkd.errors import InputError
 
 T = TypeVar("T")
 
+#: A dataclass field with this metadata key holds a mapping of sections that YAML writes at the parent's level
+#: (:func:`to_dict` merges it into its parent; the owner of the dataclass reads those sections itself).
+INLINE = "inline"
+
 
 def read_yaml(path: str | Path) -> dict:
     """Read a YAML mapping; one-line error naming the file otherwise."""
@@ -162,7 +166,14 @@ def from_dict(cls: type[T], data: dict | None, where: str = "") -> T:
 def to_dict(obj: Any) -> Any:
     """Dataclass (nested) → plain dict, tuples as lists (YAML/JSON friendly)."""
     if dataclasses.is_dataclass(obj):
-        return {f.name: to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+        out = {}
+        for f in dataclasses.fields(obj):
+            value = to_dict(getattr(obj, f.name))
+            if f.metadata.get(INLINE):
+                out.update(value)
+            else:
+                out[f.name] = value
+        return out
     if isinstance(obj, (list, tuple)):
         return [to_dict(v) for v in obj]
     if isinstance(obj, dict):

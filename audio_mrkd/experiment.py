@@ -2,17 +2,21 @@
 
 Loaded from ``configs/experiments/*.yaml`` plus dotted overrides (``train.epochs=3 mrkd.k=2``); unknown keys
 are errors. The resolved configuration is saved in each run directory as ``config.yaml``.
+
+The sections every run has (``data``, ``model``, ``augment``, ``train``, the shared ``teacher``) are defined here;
+each training method declares its own section, named after it (``mrkd:``, ``kd:``, ``pskd:``, …), and the method
+registry hands those to :func:`experiment_from_dict` — this module knows no method.
 """
 from __future__ import annotations
 
+import math
+import sys
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Literal
+from typing import Any, Callable, Literal, Mapping
 
 from audio_mrkd import config as config_io
-from audio_mrkd.distill.mrkd import MrKDConfig
-from audio_mrkd.distill.teachers import KDConfig
 from audio_mrkd.errors import InputError
 from audio_mrkd.paths import MANIFEST_DIR
 
@@ -142,31 +146,63 @@ class TrainConfig:
 
 
 @dataclass
+class TeacherConfig:
+    """The ``teacher.*`` keys: a teacher stronger than the student, read by every method that declares it uses one
+    (``kd``; ``mrkd`` when given). How the student distils from it is the method's own section.
+
+    runs / logits: the source, one of the two — finished runs of this product on the same prepared dataset, or a
+    teacher-logits CSV file a user brings. checkpoint: which checkpoint of a teacher run ("last" | "best"; "best"
+    is the epoch chosen on the teacher's evaluated split, which leaks that split into a student scored on it: a
+    warning says so). input: "cached" (each teacher's logits on every un-augmented train item, computed once) |
+    "same" (the teachers run on the student's augmented batch every step). ensemble: several teachers combined by
+    their "mean" or by a learned "fcn" ensembler (MrKD's, with its own Adam: fcn_hidden, fcn_lr).
+    """
+
+    runs: list[str] = field(default_factory=list)
+    logits: str = ""
+    checkpoint: Literal["best", "last"] = "last"
+    input: Literal["cached", "same"] = "cached"
+    ensemble: Literal["mean", "fcn"] = "mean"
+    fcn_hidden: int = 128
+    fcn_lr: float = 1e-3
+
+    @property
+    def given(self) -> bool:
+        """A teacher source is configured."""
+        return bool(self.runs or self.logits)
+
+    def validate(self) -> None:
+        if self.runs and self.logits:
+            raise InputError("teacher.runs and teacher.logits: give one teacher source, not both")
+        if self.logits and self.input == "same":
+            raise InputError("teacher.input: 'same' needs teacher runs (teacher.runs); a teacher-logits file "
+                             "holds one row per clip (cached)")
+        ok = isinstance(self.fcn_lr, (int, float)) and not isinstance(self.fcn_lr, bool) \
+            and math.isfinite(self.fcn_lr) and self.fcn_lr > 0
+        if not ok:
+            raise InputError(f"teacher.fcn_lr: must be a finite number > 0, got {self.fcn_lr!r}")
+        if isinstance(self.fcn_hidden, bool) or not isinstance(self.fcn_hidden, int) or self.fcn_hidden < 1:
+            raise InputError(f"teacher.fcn_hidden: must be an integer >= 1, got {self.fcn_hidden!r}")
+        config_io.check_choices(self, "teacher")
+
+
+@dataclass
 class ExperimentConfig:
     name: str = "experiment"
-    method: str = "ce"             # a name in audio_mrkd.methods.METHODS: ce | mrkd | kd | pskd | dlb | ema
+    method: str = "ce"             # a name in the method registry (audio_mrkd.methods.METHODS)
     seed: int = 0
     seeds: list[int] = field(default_factory=list)   # several seeds: one run each + a mean ± std summary
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    mrkd: MrKDConfig = field(default_factory=MrKDConfig)
-    kd: KDConfig = field(default_factory=KDConfig)     # a teacher (method kd, or mrkd with a teacher)
-    method_options: dict = field(default_factory=dict)   # settings of methods that declare Options (pskd, dlb, …)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)   # a stronger teacher (methods that use one)
+    # every registered method's own section by its name (``mrkd``, ``kd``, …); written at the top level of a YAML
+    methods: dict[str, Any] = field(default_factory=dict, metadata={config_io.INLINE: True})
 
-    def validate(self) -> None:
-        from audio_mrkd.methods import METHODS  # the registry imports the methods (and torch): only when checked
-        from audio_mrkd.methods.base import method_options
-
-        if self.method not in METHODS:
-            raise InputError(f"method: {self.method!r} is not one of {', '.join(map(repr, METHODS))}")
-        method_options(METHODS[self.method], self.method_options)
-        if self.method == "kd" and not self.kd.given:
-            raise InputError("method kd: needs a teacher, kd.teachers: [RUN_DIR, ...] or kd.teacher_logits: FILE")
-        if self.kd.given and self.method not in ("kd", "mrkd"):
-            raise InputError(f"kd.teachers / kd.teacher_logits: method {self.method!r} uses no teacher "
-                             f"(kd or mrkd do)")
+    def options(self, method: str | None = None):
+        """The settings of ``method`` (default: the configured one): its section, or None if it declares none."""
+        return self.methods.get(method or self.method)
 
     @property
     def out_dir(self) -> Path:
@@ -179,10 +215,90 @@ class ExperimentConfig:
         return f"{self.method}_ls" if self.train.label_smoothing else self.method
 
 
-def load_experiment(path: str | Path | None, overrides: list[str] | None = None) -> ExperimentConfig:
-    """Experiment YAML (optional) + dotted overrides → validated :class:`ExperimentConfig`."""
-    return config_io.load(ExperimentConfig, path, overrides)
+# ---- loading ---------------------------------------------------------------------------------------------------
+# Keys renamed when methods got sections of their own, to their new home; read (with one line each) until the
+# next release. ``method_options.<key>`` moves into the configured method's section.
+RENAMED = {
+    ("kd", "teachers"): ("teacher", "runs"),
+    ("kd", "teacher_logits"): ("teacher", "logits"),
+    ("kd", "checkpoint"): ("teacher", "checkpoint"),
+    ("kd", "teacher_input"): ("teacher", "input"),
+    ("kd", "ensemble"): ("teacher", "ensemble"),
+    ("kd", "fcn_hidden"): ("teacher", "fcn_hidden"),
+    ("kd", "fcn_lr"): ("teacher", "fcn_lr"),
+    ("kd", "with_mrkd"): ("mrkd", "with_teacher"),
+}
+_said: set[str] = set()
 
 
-def experiment_from_dict(data: dict) -> ExperimentConfig:
-    return config_io.from_dict(ExperimentConfig, data)
+def deprecation_line(line: str) -> None:
+    """One line on stderr, once per process for each deprecated key."""
+    if line not in _said:
+        _said.add(line)
+        print(line, file=sys.stderr, flush=True)
+
+
+def upgrade_keys(data: dict, methods: Mapping[str, Any], warn: Callable[[str], None] | None) -> dict:
+    """``data`` with deprecated keys moved to their new home (``warn``: told once per key; None: quietly, as
+    for a run folder written by an earlier release)."""
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+    moves = [(old, new, data[old[0]].pop(old[1])) for old, new in RENAMED.items()
+             if isinstance(data.get(old[0]), dict) and old[1] in data[old[0]]]
+    options = data.pop("method_options", None) or {}
+    if not isinstance(options, dict):
+        raise InputError(f"method_options: expected a mapping, got {options!r}")
+    method = data.get("method", "ce")
+    if options and getattr(methods.get(method), "Options", None) is None:
+        raise InputError(f"method_options: method {method!r} takes no options, got {', '.join(sorted(options))}")
+    moves += [(("method_options", key), (method, key), value) for key, value in options.items()]
+    for old, new, value in moves:
+        section = data.setdefault(new[0], {})
+        if not isinstance(section, dict):
+            raise InputError(f"{new[0]}: expected a mapping, got {section!r}")
+        if new[1] in section:
+            raise InputError(f"{'.'.join(old)} and {'.'.join(new)}: the same setting twice "
+                             f"({'.'.join(old)} is its former name)")
+        section[new[1]] = value
+        if warn is not None:
+            warn(f"{'.'.join(old)}: deprecated, write {'.'.join(new)} (the old key is read until the next release)")
+    return data
+
+
+def experiment_from_dict(data: dict, methods: Mapping[str, Any],
+                         warn: Callable[[str], None] | None = deprecation_line) -> ExperimentConfig:
+    """A validated :class:`ExperimentConfig` from a mapping. ``methods``: the method registry (name → a class
+    with ``Options``, a dataclass or None, and ``teacher``: "none" | "optional" | "required")."""
+    if not isinstance(data, dict):
+        raise InputError(f"config: expected a mapping, got {data!r}")
+    data = upgrade_keys(data, methods, warn)
+    sections = {name: cls.Options for name, cls in methods.items() if cls.Options is not None}
+    core = {f.name for f in fields(ExperimentConfig) if not f.metadata.get(config_io.INLINE)}
+    for key in data:
+        if key not in core and key not in sections:
+            raise InputError(f"{key}: unknown config key (known: {', '.join(sorted(core | set(sections)))})")
+    cfg = config_io.from_dict(ExperimentConfig, {k: v for k, v in data.items() if k in core})
+    cfg.methods = {name: config_io.from_dict(options, data.get(name), name) for name, options in sections.items()}
+    _check_method(cfg, methods)
+    return cfg
+
+
+def _check_method(cfg: ExperimentConfig, methods: Mapping[str, Any]) -> None:
+    """The configured method exists, and has a teacher when it needs one (and none when it uses none)."""
+    if cfg.method not in methods:
+        raise InputError(f"method: {cfg.method!r} is not one of {', '.join(map(repr, methods))}")
+    uses = methods[cfg.method].teacher
+    if uses == "required" and not cfg.teacher.given:
+        raise InputError(f"method {cfg.method}: needs a teacher, teacher.runs: [RUN_DIR, ...] or "
+                         f"teacher.logits: FILE")
+    if uses == "none" and cfg.teacher.given:
+        taught = [name for name, cls in methods.items() if cls.teacher != "none"]
+        raise InputError(f"teacher.runs / teacher.logits: method {cfg.method!r} uses no teacher "
+                         f"({' or '.join(taught)} do)")
+
+
+def load_experiment(path: str | Path | None, overrides: list[str] | None, methods: Mapping[str, Any],
+                    warn: Callable[[str], None] | None = deprecation_line) -> ExperimentConfig:
+    """Experiment YAML (optional, ``base:`` inheritance) + dotted overrides → validated :class:`ExperimentConfig`."""
+    data = config_io.read_with_base(path) if path else {}
+    return experiment_from_dict(config_io.deep_merge(data, config_io.parse_overrides(overrides or [])), methods,
+                                warn)

@@ -41,6 +41,12 @@ class Runtime:
                    compile_mode=compile_mode, cudnn_benchmark=cuda and tcfg.cudnn_benchmark,
                    threads=0 if cuda else tcfg.threads, step_graph=step_graph)
 
+    @classmethod
+    def plain(cls, device: torch.device | str) -> "Runtime":
+        """Float32 on ``device`` with none of the optional speed-ups (objects built outside a training run)."""
+        return cls(accelerator=torch.device(device).type, precision="32-true", channels_last=False, compile=False,
+                   compile_mode="default", cudnn_benchmark=False, threads=0)
+
     @property
     def cuda(self) -> bool:
         return self.accelerator == "cuda"

@@ -27,7 +27,7 @@ VARIANTS = {
     "mrkd (K 4, cached)": ["method=mrkd", "mrkd.teacher_input=cached"],
     "pskd": ["method=pskd"],
     "dlb": ["method=dlb"],
-    "ema": ["method=ema", "method_options.warmup_steps=0"],
+    "ema": ["method=ema", "ema.warmup_steps=0"],
 }
 
 
@@ -42,10 +42,10 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="overrides for every row")
     args = parser.parse_args()
     shape = tuple(args.shape)
-    teachers = "kd.teachers=" + json.dumps(teacher_runs(3, [*args.teacher, *args.overrides], shape, config=args.config))
+    teachers = "teacher.runs=" + json.dumps(teacher_runs(3, [*args.teacher, *args.overrides], shape, config=args.config))
     variants = VARIANTS | {
         "kd (3 teachers, cached)": ["method=kd", teachers],
-        "kd (3 teachers, same batch)": ["method=kd", teachers, "kd.teacher_input=same"],
+        "kd (3 teachers, same batch)": ["method=kd", teachers, "teacher.input=same"],
         "mrkd (K 4, same) + 3 cached teachers": ["method=mrkd", teachers],
     }
     rows = {name: measure_trainer(["augment.mixup_alpha=0", *args.overrides, *overrides], args.batch, args.steps,

@@ -219,7 +219,7 @@ def read_scalars(run_dir: Path, steps: int = STEPS) -> tuple[dict, dict]:
 def run_case(name: str, root: Path, perturb: str | None = None) -> dict:
     """Train case ``name`` on the data prepared under ``root`` → its plain recording (``perturb``: one of
     :data:`PERTURBATIONS`, for the tolerance's tests)."""
-    from audio_mrkd.experiment import load_experiment
+    from audio_mrkd.registry import load_experiment
     from audio_mrkd.train.engine import Trainer
     out = root / "runs" / name
     lr = ["train.lr=0.01001"] if perturb == "lr" else []  # the fourth significant digit of 0.01

@@ -109,10 +109,10 @@ def test_reuse_takes_the_runs_another_study_made_with_the_same_recipe(tmp_path, 
 def test_teacher_runs_do_not_count_by_their_paths():
     """A variant taught by ``@teachers``: its recipe is the same whichever folders the fold's teachers are in."""
     base = ["data.kind=synthetic", "method=kd"]
-    placeholder = load_recipe(None, [*base, "kd.teachers=@teachers"])
-    assert placeholder == load_recipe(None, [*base, "kd.teachers=@teachers", "train.out_dir=/elsewhere"])
-    assert placeholder != load_recipe(None, [*base, "kd.teachers=@teachers", "kd.alpha=0.9"])
-    assert placeholder != load_recipe(None, ["data.kind=synthetic", "method=kd", "kd.teachers=[/some/run]"])
+    placeholder = load_recipe(None, [*base, "teacher.runs=@teachers"])
+    assert placeholder == load_recipe(None, [*base, "teacher.runs=@teachers", "train.out_dir=/elsewhere"])
+    assert placeholder != load_recipe(None, [*base, "teacher.runs=@teachers", "kd.alpha=0.9"])
+    assert placeholder != load_recipe(None, ["data.kind=synthetic", "method=kd", "teacher.runs=[/some/run]"])
 
 
 def test_variants_runs_only_the_chosen_ones_and_the_reference(tmp_path, capsys):

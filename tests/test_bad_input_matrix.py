@@ -241,14 +241,14 @@ def teacher_logits_nan(w):
     rows = [f"{n},1,2,3" for n in names]
     rows[1] = f"{names[1]},1,nan,3"
     (w / "t.csv").write_text("filename,metro,park,street\n" + "\n".join(rows) + "\n")
-    return Case(["train", *train_args(w), "method=kd", f"kd.teacher_logits={w / 't.csv'}"],
+    return Case(["train", *train_args(w), "method=kd", f"teacher.logits={w / 't.csv'}"],
                 ("t.csv", "line 3", names[1], "not a finite number"))
 
 
 @case
 def teacher_logits_wrong_classes(w):
     (w / "t.csv").write_text("filename,metro,park,beach\n")
-    return Case(["train", *train_args(w), "method=kd", f"kd.teacher_logits={w / 't.csv'}"],
+    return Case(["train", *train_args(w), "method=kd", f"teacher.logits={w / 't.csv'}"],
                 ("t.csv", "missing: street"))
 
 

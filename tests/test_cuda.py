@@ -26,20 +26,20 @@ from tests.test_step_graph import AUGMENT, StepLosses, calls_of, runtime
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="needs a CUDA device: run on a GPU machine by benchmarks/gpu_session.sh tests")
 
-TEACHERS, TEACHER_FILE = "kd.teachers=<runs>", "kd.teacher_logits=<file>"  # filled in from the module's fixtures
+TEACHERS, TEACHER_FILE = "teacher.runs=<runs>", "teacher.logits=<file>"  # filled in from the module's fixtures
 METHODS = {
     "ce": ["method=ce"],
     "ce_label_smoothing": ["method=ce", "train.label_smoothing=0.1"],
     "mrkd_same": ["method=mrkd", "mrkd.k=1"],
     "mrkd_cached": ["method=mrkd", "mrkd.k=1", "mrkd.teacher_input=cached"],
-    "mrkd_teacher_ensembler": ["method=mrkd", "mrkd.k=1", "kd.with_mrkd=ensembler", TEACHERS],
-    "mrkd_teacher_term": ["method=mrkd", "mrkd.k=1", "kd.with_mrkd=term", TEACHERS],
+    "mrkd_teacher_ensembler": ["method=mrkd", "mrkd.k=1", "mrkd.with_teacher=ensembler", TEACHERS],
+    "mrkd_teacher_term": ["method=mrkd", "mrkd.k=1", "mrkd.with_teacher=term", TEACHERS],
     "kd_teacher_runs": ["method=kd", TEACHERS],
-    "kd_teacher_runs_same_batch": ["method=kd", "kd.teacher_input=same", TEACHERS],
+    "kd_teacher_runs_same_batch": ["method=kd", "teacher.input=same", TEACHERS],
     "kd_teacher_file": ["method=kd", TEACHER_FILE],
     "pskd": ["method=pskd"],
     "dlb": ["method=dlb"],
-    "ema": ["method=ema", "method_options.warmup_steps=2"],
+    "ema": ["method=ema", "ema.warmup_steps=2"],
 }
 EAGER_ONLY = {"dlb", "ema"}  # no graph key: their steps run eagerly whatever train.step_graph says
 STEP_GRAPH = ["train.step_graph=true"]
@@ -62,9 +62,9 @@ def method_overrides(request, name: str) -> list[str]:
     needs them)."""
     def fill(override: str) -> str:
         if override == TEACHERS:
-            return "kd.teachers=[{},{}]".format(*request.getfixturevalue("teachers"))
+            return "teacher.runs=[{},{}]".format(*request.getfixturevalue("teachers"))
         if override == TEACHER_FILE:
-            return f"kd.teacher_logits={request.getfixturevalue('teacher_file')}"
+            return f"teacher.logits={request.getfixturevalue('teacher_file')}"
         return override
     return [fill(o) for o in METHODS[name]]
 
@@ -86,7 +86,8 @@ def assert_gpu_defaults(trainer: Trainer, step_graph: bool) -> None:
 def inference_copies(method) -> list[torch.nn.Module]:
     """The inference-only networks a method holds: MrKD's snapshot copies and teacher runs kept as networks."""
     objective = getattr(method, "objective", None)
-    signals = [getattr(method, "teachers", None), getattr(objective, "external", None)]
+    term = getattr(method, "term", None)
+    signals = [getattr(term, "teachers", None), getattr(objective, "external", None)]
     copies = [m for signal in signals if signal is not None for m in signal.models or []]
     return copies + (list(objective.bank._fast) if objective is not None else [])
 

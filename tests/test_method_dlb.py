@@ -9,7 +9,7 @@ import torch
 from audio_mrkd import methods
 from audio_mrkd.data.dataset import Batch
 from audio_mrkd.errors import InputError
-from audio_mrkd.experiment import load_experiment
+from audio_mrkd.registry import load_experiment
 from audio_mrkd.methods.dlb import LastBatchDistillation
 from audio_mrkd.train.checkpoint import checkpoint_path
 from audio_mrkd.train.engine import Trainer, resume_run, train_run
@@ -60,7 +60,7 @@ def kd_by_hand(student, teacher, tau):
 
 
 def test_loss_by_hand_on_two_steps(dlb):
-    method, g = dlb("method_options.alpha=0.7", "method_options.tau=2.5", "train.label_smoothing=0.1"), \
+    method, g = dlb("dlb.alpha=0.7", "dlb.tau=2.5", "train.label_smoothing=0.1"), \
         torch.Generator().manual_seed(1)
     b1 = method.before_batch(batch(0, 6, g))
     logits1 = torch.randn(6, N_CLASSES, generator=g, requires_grad=True)
@@ -111,13 +111,13 @@ def test_state_round_trip_gives_the_same_next_batch_and_loss(dlb):
 
 @pytest.mark.parametrize("option,value", [("alpha", "-1"), ("tau", "0"), ("tau", "nan")])
 def test_options_are_checked(dlb, option, value):
-    with pytest.raises(InputError, match=f"^method_options.{option}: "):
-        dlb(f"method_options.{option}={value}")
+    with pytest.raises(InputError, match=f"^dlb.{option}: "):
+        dlb(f"dlb.{option}={value}")
 
 
 def test_engine_run_logs_and_resumes_exactly(prepared, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setitem(methods.METHODS, "dlb", LastBatchDistillation)
-    extra = ["method=dlb", "train.epochs=2", "method_options.alpha=0.5"]
+    extra = ["method=dlb", "train.epochs=2", "dlb.alpha=0.5"]
     run_dir, straight = train_run(config(prepared, tmp_path / "a", *extra))
     assert straight["complete"] and straight["method"] == "dlb"
     acc, repeated = scalars(run_dir, "dlb/repeated")

@@ -9,7 +9,7 @@ from torch import nn
 
 from audio_mrkd import methods
 from audio_mrkd.errors import InputError
-from audio_mrkd.experiment import load_experiment
+from audio_mrkd.registry import load_experiment
 from audio_mrkd.methods.base import TrainContext
 from audio_mrkd.methods.ema import MeanTeacher
 from audio_mrkd.runtime import Runtime
@@ -52,7 +52,7 @@ def train_steps(method, model, n, seed=1):
 
 def test_teacher_is_a_frozen_copy_and_one_update_is_the_ema_by_hand(registered):
     model = tiny_model()
-    method = make(model, "method_options.decay=0.9", "method_options.decay_ramp=false")
+    method = make(model, "ema.decay=0.9", "ema.decay_ramp=false")
     assert not method.teacher.training and all(not p.requires_grad for p in method.teacher.parameters())
     assert method.teacher is not model
     # move the student: new weights and new BatchNorm statistics (train-mode forward)
@@ -73,7 +73,7 @@ def test_teacher_is_a_frozen_copy_and_one_update_is_the_ema_by_hand(registered):
         else:
             assert torch.equal(t, student[key]), key  # integer buffers: copied
     assert set(after) == set(student) and method.steps == 1
-    ramped = make(model, "method_options.decay=0.9")  # the ramp: the 1st update averages with weight 1/2
+    ramped = make(model, "ema.decay=0.9")  # the ramp: the 1st update averages with weight 1/2
     start = {k: v.clone() for k, v in ramped.teacher.state_dict().items()}
     with torch.no_grad():
         for p in model.parameters():
@@ -86,7 +86,7 @@ def test_teacher_is_a_frozen_copy_and_one_update_is_the_ema_by_hand(registered):
 
 def test_loss_by_hand_before_and_after_warmup(registered):
     model = tiny_model()
-    method = make(model, "method_options.warmup_steps=2", "method_options.alpha=0.3", "method_options.tau=2.0",
+    method = make(model, "ema.warmup_steps=2", "ema.alpha=0.3", "ema.tau=2.0",
                   "train.label_smoothing=0.1")
     torch.manual_seed(3)
     x, y = torch.randn(5, 1, 5, 5), torch.tensor([0, 1, 2, 1, 0])
@@ -124,7 +124,7 @@ def test_loss_by_hand_before_and_after_warmup(registered):
 
 def test_state_round_trip_gives_the_same_next_loss(registered):
     model = tiny_model()
-    method = make(model, "method_options.warmup_steps=2", "method_options.decay=0.8")
+    method = make(model, "ema.warmup_steps=2", "ema.decay=0.8")
     train_steps(method, model, 3)
     buffer = io.BytesIO()
     torch.save({"model": model.state_dict(), "method": method.state_dict()}, buffer)
@@ -132,7 +132,7 @@ def test_state_round_trip_gives_the_same_next_loss(registered):
     state = torch.load(buffer, weights_only=True)  # tensors and plain containers only
 
     model2 = tiny_model(seed=7)  # a different start: everything must come from the state
-    method2 = make(model2, "method_options.warmup_steps=2", "method_options.decay=0.8")
+    method2 = make(model2, "ema.warmup_steps=2", "ema.decay=0.8")
     assert method2.digest() != method.digest()
     model2.load_state_dict(state["model"])
     method2.load_state_dict(state["method"])
@@ -151,22 +151,22 @@ def test_state_round_trip_gives_the_same_next_loss(registered):
 
 
 @pytest.mark.parametrize("option,message", [
-    ("decay=1.0", "method_options.decay"), ("decay=0", "method_options.decay"),
-    ("alpha=1.5", "method_options.alpha"), ("alpha=-0.1", "method_options.alpha"),
-    ("tau=0", "method_options.tau"), ("warmup_steps=-1", "method_options.warmup_steps"),
+    ("decay=1.0", "ema.decay"), ("decay=0", "ema.decay"),
+    ("alpha=1.5", "ema.alpha"), ("alpha=-0.1", "ema.alpha"),
+    ("tau=0", "ema.tau"), ("warmup_steps=-1", "ema.warmup_steps"),
 ])
 def test_options_are_checked(registered, option, message):
     with pytest.raises(InputError, match=f"^{message}: "):
-        load_experiment(None, ["data.kind=synthetic", "method=ema", f"method_options.{option}"])
+        load_experiment(None, ["data.kind=synthetic", "method=ema", f"ema.{option}"])
 
 
 def test_hparams(registered):
-    method = make(tiny_model(), "method_options.alpha=0.25")
+    method = make(tiny_model(), "ema.alpha=0.25")
     assert method.hparams() == {"ema.decay": 0.999, "ema.decay_ramp": True, "ema.alpha": 0.25, "ema.tau": 3.0, "ema.warmup_steps": 100}
 
 
 def test_engine_run_logs_and_resumes_exactly(registered, prepared, tmp_path):  # noqa: F811
-    extra = ["method=ema", "method_options.warmup_steps=2", "method_options.decay=0.9", "train.epochs=2"]
+    extra = ["method=ema", "ema.warmup_steps=2", "ema.decay=0.9", "train.epochs=2"]
     run_dir, straight = train_run(config(prepared, tmp_path / "a", *extra))
     assert straight["complete"] and straight["method"] == "ema"
     acc, teacher_acc = scalars(run_dir, "ema/teacher_acc")

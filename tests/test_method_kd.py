@@ -9,7 +9,7 @@ import torch
 
 from audio_mrkd.cli import main
 from audio_mrkd.distill.teachers import read_teacher_logits, write_teacher_logits
-from audio_mrkd.experiment import load_experiment
+from audio_mrkd.registry import load_experiment
 from audio_mrkd.methods import TrainContext, build_method
 from audio_mrkd.runtime import Runtime
 from audio_mrkd.train.engine import Trainer, train_run
@@ -48,7 +48,7 @@ def _kd_method(tmp_path, *extra):
     names = ["audio/a.wav", "audio/b.wav", "audio/c.wav"]
     teacher = np.array([[math.log(3), 0, 0], [0, 0, 0], [0, 2, 0]], dtype=np.float32)
     write_teacher_logits(tmp_path / "t.csv", names, CLASSES, teacher)
-    cfg = load_experiment(None, ["data.kind=synthetic", "method=kd", f"kd.teacher_logits={tmp_path / 't.csv'}",
+    cfg = load_experiment(None, ["data.kind=synthetic", "method=kd", f"teacher.logits={tmp_path / 't.csv'}",
                                  *extra])
     ctx = TrainContext(model=torch.nn.Linear(1, 3), n_classes=3, torch_device=torch.device("cpu"),
                        runtime=Runtime.from_config(cfg.train), infer_train=None, average_grads=None,
@@ -99,13 +99,13 @@ def test_gradient_flows_to_the_student_only(tmp_path):
     loss, _ = method.loss(student, None, torch.tensor([0, 1]), torch.tensor([0, 1]), 0, False)
     loss.backward()
     assert student.grad is not None and student.grad[0, 0] < 0  # pulled toward the teacher's class 0
-    assert not method.teachers.table.requires_grad
+    assert not method.term.teachers.table.requires_grad
 
 
 # ---- alignment to items, resume --------------------------------------------------------------------------------
 def _record_teacher_rows(trainer, seen: list):
     """Wrap the method's teacher signal: remember (file names of the batch, teacher rows returned)."""
-    signal = trainer.method.teachers
+    signal = trainer.method.term.teachers
     original = signal.logits
     names = trainer.data.train.items["filename"].astype(str).tolist()
 
@@ -122,7 +122,7 @@ def test_teacher_logits_follow_the_items_across_shuffles_and_resume(prepared, tm
     table = np.zeros((len(names), 3), dtype=np.float32)
     table[:, 0] = [code[n] for n in names]
     write_teacher_logits(tmp_path / "t.csv", [n.removeprefix("audio/") for n in names], CLASSES, table)
-    extra = ["method=kd", f"kd.teacher_logits={tmp_path / 't.csv'}", "kd.alpha=0.1"]
+    extra = ["method=kd", f"teacher.logits={tmp_path / 't.csv'}", "kd.alpha=0.1"]
     trainer = Trainer(config(prepared, tmp_path / "runs", *extra))
     seen: list = []
     _record_teacher_rows(trainer, seen)
@@ -138,13 +138,13 @@ def test_teacher_logits_follow_the_items_across_shuffles_and_resume(prepared, tm
 
 
 @pytest.mark.parametrize("extra", [
-    ["method=kd", "kd.ensemble=fcn", "augment.mixup_alpha=0.3"],
-    ["method=kd", "kd.teacher_input=same"],
-    ["method=mrkd", "mrkd.k=1", "kd.with_mrkd=ensembler"],
-    ["method=mrkd", "mrkd.k=1", "kd.with_mrkd=term", "kd.ensemble=fcn"],
+    ["method=kd", "teacher.ensemble=fcn", "augment.mixup_alpha=0.3"],
+    ["method=kd", "teacher.input=same"],
+    ["method=mrkd", "mrkd.k=1", "mrkd.with_teacher=ensembler"],
+    ["method=mrkd", "mrkd.k=1", "mrkd.with_teacher=term", "teacher.ensemble=fcn"],
 ], ids=["kd_fcn_mixup", "kd_same", "mrkd_ensembler", "mrkd_term"])
 def test_resume_with_teachers_is_exact(prepared, teachers, tmp_path, extra):
-    extra = [*extra, f"kd.teachers=[{teachers[0]},{teachers[1]}]"]
+    extra = [*extra, f"teacher.runs=[{teachers[0]},{teachers[1]}]"]
     _, straight = train_run(config(prepared, tmp_path / "a", *extra))
     trainer = Trainer(config(prepared, tmp_path / "b", *extra))
     trainer.fit(stop_after=1)
@@ -154,7 +154,7 @@ def test_resume_with_teachers_is_exact(prepared, teachers, tmp_path, extra):
 
 
 def test_resume_refuses_other_teachers(prepared, teachers, tmp_path, capsys):
-    extra = ["method=kd", f"kd.teachers=[{teachers[0]}]"]
+    extra = ["method=kd", f"teacher.runs=[{teachers[0]}]"]
     trainer = Trainer(config(prepared, tmp_path, *extra))
     trainer.fit(stop_after=1)
     saved = trainer.run_dir / "config.yaml"
@@ -167,7 +167,7 @@ def test_resume_refuses_other_teachers(prepared, teachers, tmp_path, capsys):
 # ---- MrKD with a teacher ---------------------------------------------------------------------------------------
 def test_mrkd_with_a_teacher_in_the_ensembler(prepared, teachers, tmp_path):
     from tests.test_engine import scalars
-    run_dir, _ = train_run(config(prepared, tmp_path, "method=mrkd", "mrkd.k=2", f"kd.teachers=[{teachers[0]}]"))
+    run_dir, _ = train_run(config(prepared, tmp_path, "method=mrkd", "mrkd.k=2", f"teacher.runs=[{teachers[0]}]"))
     _, kd = scalars(run_dir, "loss/kd")
     _, active = scalars(run_dir, "mrkd/active")
     assert kd[0] > 0 and active[0] == 0  # the teacher teaches from the first step, before the bank is full
@@ -180,8 +180,8 @@ def test_mrkd_with_a_teacher_in_the_ensembler(prepared, teachers, tmp_path):
 
 def test_mrkd_with_a_teacher_as_a_second_term(prepared, teachers, tmp_path):
     from tests.test_engine import scalars
-    run_dir, _ = train_run(config(prepared, tmp_path, "method=mrkd", "mrkd.k=2", f"kd.teachers=[{teachers[0]}]",
-                                  "kd.with_mrkd=term"))
+    run_dir, _ = train_run(config(prepared, tmp_path, "method=mrkd", "mrkd.k=2", f"teacher.runs=[{teachers[0]}]",
+                                  "mrkd.with_teacher=term"))
     _, kd_teacher = scalars(run_dir, "loss/kd_teacher")
     _, kd_bank = scalars(run_dir, "loss/kd")
     assert all(v > 0 for v in kd_teacher) and kd_bank[0] == 0 and kd_bank[-1] > 0
@@ -192,12 +192,12 @@ def test_teacher_logits_command_round_trips(prepared, teachers, tmp_path, capsys
     out = tmp_path / "ensemble.csv"
     assert main(["teacher-logits", str(teachers[0]), str(teachers[1]), "--out", str(out)]) == 0
     assert "48 clips × 3 classes, mean logits of 2 run(s)" in capsys.readouterr().out
-    trainer = Trainer(config(prepared, tmp_path, "method=kd", f"kd.teachers=[{teachers[0]},{teachers[1]}]"))
-    from_runs = trainer.method.teachers.table.mean(dim=0).numpy()
+    trainer = Trainer(config(prepared, tmp_path, "method=kd", f"teacher.runs=[{teachers[0]},{teachers[1]}]"))
+    from_runs = trainer.method.term.teachers.table.mean(dim=0).numpy()
     names = trainer.data.train.items["filename"].astype(str).tolist()
     from_file = read_teacher_logits(out, names, CLASSES)
     np.testing.assert_allclose(from_file, from_runs, rtol=1e-5, atol=1e-5)
-    run_dir, summary = train_run(config(prepared, tmp_path, "method=kd", f"kd.teacher_logits={out}"))
+    run_dir, summary = train_run(config(prepared, tmp_path, "method=kd", f"teacher.logits={out}"))
     assert summary["complete"]
 
 
@@ -230,7 +230,7 @@ def test_bad_teacher_logits_file_is_one_line(prepared, tmp_path, capsys, case):
                    "not a number": f"{names[5]},1,high,3", "duplicate": rows[4]}[case]
         text = "filename,metro,park,street\n" + "\n".join(rows) + "\n"
     path = _csv(tmp_path, text)
-    assert main(["train", "--config", "configs/experiments/dcase_ce.yaml", *overrides(prepared, tmp_path / "runs", "method=kd", f"kd.teacher_logits={path}")]) == 2
+    assert main(["train", "--config", "configs/experiments/dcase_ce.yaml", *overrides(prepared, tmp_path / "runs", "method=kd", f"teacher.logits={path}")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(path) in err[0] and message in err[0], err
     if case in ("nan", "wrong width", "not a number"):
@@ -239,12 +239,12 @@ def test_bad_teacher_logits_file_is_one_line(prepared, tmp_path, capsys, case):
 
 @pytest.mark.parametrize("extra, message", [
     (["method=kd"], "method kd: needs a teacher"),
-    (["method=ce", "kd.teacher_logits=x.csv"], "method 'ce' uses no teacher"),
-    (["method=kd", "kd.teacher_logits=x.csv", "kd.teachers=[y]"], "give one teacher source"),
-    (["method=kd", "kd.teacher_logits=x.csv", "kd.teacher_input=same"], "'same' needs teacher runs"),
-    (["method=kd", "kd.teacher_logits=nowhere.csv"], "nowhere.csv: file not found"),
-    (["method=kd", "kd.teachers=[nowhere]"], "nowhere: not a run directory"),
-    (["method=kd", "kd.teachers=[x]", "kd.alpha=2"], "kd.alpha: must be a finite number >= 0 and <= 1"),
+    (["method=ce", "teacher.logits=x.csv"], "method 'ce' uses no teacher"),
+    (["method=kd", "teacher.logits=x.csv", "teacher.runs=[y]"], "give one teacher source"),
+    (["method=kd", "teacher.logits=x.csv", "teacher.input=same"], "'same' needs teacher runs"),
+    (["method=kd", "teacher.logits=nowhere.csv"], "nowhere.csv: file not found"),
+    (["method=kd", "teacher.runs=[nowhere]"], "nowhere: not a run directory"),
+    (["method=kd", "teacher.runs=[x]", "kd.alpha=2"], "kd.alpha: must be a finite number >= 0 and <= 1"),
 ])
 def test_bad_teacher_settings_are_one_line(prepared, tmp_path, capsys, extra, message):
     assert main(["train", "--config", "configs/experiments/dcase_ce.yaml", *overrides(prepared, tmp_path / "runs", *extra)]) == 2
@@ -258,7 +258,7 @@ def test_teacher_run_of_another_dataset_is_refused(prepared, teachers, tmp_path,
     info = json.loads((other / "data.json").read_text())
     info["class_names"] = ["a", "b", "c"]
     (other / "data.json").write_text(json.dumps(info))
-    assert main(["train", "--config", "configs/experiments/dcase_ce.yaml", *overrides(prepared, tmp_path / "runs", "method=kd", f"kd.teachers=[{other}]")]) == 2
+    assert main(["train", "--config", "configs/experiments/dcase_ce.yaml", *overrides(prepared, tmp_path / "runs", "method=kd", f"teacher.runs=[{other}]")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(other) in err[0] and "class_names" in err[0], err
 
@@ -266,8 +266,8 @@ def test_teacher_run_of_another_dataset_is_refused(prepared, teachers, tmp_path,
 def test_exported_student_holds_the_student_alone(prepared, teachers, tmp_path):
     """The teachers (wider) stay out of the deployed model: complexity and the ONNX file are the student's."""
     from audio_mrkd.export.commands import export_run
-    student, _ = train_run(config(prepared, tmp_path / "kd", "method=kd", f"kd.teachers=[{teachers[0]}]",
-                                  "kd.ensemble=fcn", "train.epochs=1"))
+    student, _ = train_run(config(prepared, tmp_path / "kd", "method=kd", f"teacher.runs=[{teachers[0]}]",
+                                  "teacher.ensemble=fcn", "train.epochs=1"))
     plain, _ = train_run(config(prepared, tmp_path / "ce", "method=ce", "train.epochs=1"))
     reports = [export_run(run, tmp_path / name, log=lambda *_: None).complexity
                for run, name in ((student, "kd_export"), (plain, "ce_export"), (teachers[0], "teacher_export"))]
@@ -289,8 +289,8 @@ def test_ablation_trains_teachers_inside_each_fold_first(prepared, tmp_path):
     spec = tmp_path / "spec.yaml"
     spec.write_text("config: recipe.yaml\nfolds: 2\nseeds: [0]\nreference: ce\n"
                     "teachers: {config: teacher.yaml, seeds: [5, 6]}\n"
-                    "variants:\n  ce: [method=ce]\n  kd: [method=kd, kd.teachers=@teachers]\n"
-                    "  kd_mrkd: [method=mrkd, kd.teachers=@teachers]\n")
+                    "variants:\n  ce: [method=ce]\n  kd: [method=kd, teacher.runs=@teachers]\n"
+                    "  kd_mrkd: [method=mrkd, teacher.runs=@teachers]\n")
     table = run_ablation(spec, tmp_path / "abl", log=lambda *_: None)
     records = [json.loads(line) for line in (tmp_path / "abl" / "runs.jsonl").read_text().splitlines()]
     assert [r["variant"] for r in records[:4]] == ["teacher"] * 4  # the teachers first
@@ -304,7 +304,7 @@ def test_ablation_trains_teachers_inside_each_fold_first(prepared, tmp_path):
         saved = yaml.safe_load((tmp_path / "abl" / r["run_dir"] / "config.yaml").read_text())
         assert saved["data"]["cv_fold"] == r["fold"]
         expected = [str(teacher_dirs[(r["fold"], s)]) for s in (5, 6)] if r["variant"] != "ce" else []
-        assert saved["kd"]["teachers"] == expected  # the fold's own teachers, never another fold's
+        assert saved["teacher"]["runs"] == expected  # the fold's own teachers, never another fold's
     assert "| teacher (each run alone) | `teacher.yaml`" in table
     again = []
     run_ablation(spec, tmp_path / "abl", log=again.append)
@@ -326,13 +326,13 @@ def interrupt_after_step(monkeypatch, n: int) -> None:
 
 @pytest.mark.parametrize("method", [
     ["method=ce"], ["method=mrkd", "mrkd.k=2", "mrkd.teacher_input=cached"], ["method=pskd"], ["method=dlb"],
-    ["method=ema", "method_options.warmup_steps=2"], ["method=kd", "kd.ensemble=fcn"],
-    ["method=mrkd", "mrkd.k=1", "kd.with_mrkd=term"]], ids=lambda m: "_".join(m).replace("method=", ""))
+    ["method=ema", "ema.warmup_steps=2"], ["method=kd", "teacher.ensemble=fcn"],
+    ["method=mrkd", "mrkd.k=1", "mrkd.with_teacher=term"]], ids=lambda m: "_".join(m).replace("method=", ""))
 def test_every_method_resumes_exactly_from_a_mid_epoch_checkpoint(prepared, teachers, tmp_path, monkeypatch, method):
     """train.checkpoint_every saves inside epochs; a run stopped after step 7 (the last checkpoint at step 6, in
     the middle of epoch 2) and resumed ends exactly where the uninterrupted run ends."""
     with_teacher = "method=kd" in method or any(m.startswith("kd.") for m in method)
-    extra = [*method, f"kd.teachers=[{teachers[0]},{teachers[1]}]" if with_teacher else "seed=0",
+    extra = [*method, f"teacher.runs=[{teachers[0]},{teachers[1]}]" if with_teacher else "seed=0",
              "train.checkpoint_every=2", "augment.mixup_alpha=0.3"]
     _, straight = train_run(config(prepared, tmp_path / "a", *extra))
     interrupt_after_step(monkeypatch, 7)
@@ -357,7 +357,7 @@ def test_ablation_trains_a_vanished_teacher_again_when_a_variant_needs_it(prepar
         "train": {"epochs": 1, "batch_size": 8}}))
     spec = tmp_path / "spec.yaml"
     spec.write_text("config: recipe.yaml\nfolds: 2\nseeds: [0]\nreference: ce\nteachers: {config: recipe.yaml, "
-                    "seeds: [5]}\nvariants:\n  ce: [method=ce]\n  kd: [method=kd, kd.teachers=@teachers]\n")
+                    "seeds: [5]}\nvariants:\n  ce: [method=ce]\n  kd: [method=kd, teacher.runs=@teachers]\n")
     out = tmp_path / "abl"
     run_ablation(spec, out, log=lambda *_: None)
     lines = (out / "runs.jsonl").read_text().splitlines()
@@ -383,21 +383,21 @@ def test_teachers_are_distilled_at_their_last_epoch_by_default(prepared, teacher
         loaded.append(which)
         return original(run_dir, which)
     monkeypatch.setattr("audio_mrkd.train.engine.ckpt.load_run_model", load_run_model)
-    Trainer(config(prepared, tmp_path, "method=kd", f"kd.teachers=[{teachers[0]},{teachers[1]}]"))
-    assert loaded == ["last", "last"] and "kd.checkpoint" not in capsys.readouterr().err
-    Trainer(config(prepared, tmp_path, "method=kd", f"kd.teachers=[{teachers[0]},{teachers[1]}]",
-                   "kd.checkpoint=best"))
+    Trainer(config(prepared, tmp_path, "method=kd", f"teacher.runs=[{teachers[0]},{teachers[1]}]"))
+    assert loaded == ["last", "last"] and "teacher.checkpoint" not in capsys.readouterr().err
+    Trainer(config(prepared, tmp_path, "method=kd", f"teacher.runs=[{teachers[0]},{teachers[1]}]",
+                   "teacher.checkpoint=best"))
     assert loaded[2:] == ["best", "best"]
     err = capsys.readouterr().err
-    warnings = [line for line in err.splitlines() if line.startswith("kd.checkpoint: warning")]
+    warnings = [line for line in err.splitlines() if line.startswith("teacher.checkpoint: warning")]
     assert len(warnings) == 1 and "2 of the 2 teacher run(s)" in warnings[0], err
 
 
 def test_best_teachers_scored_on_another_split_are_no_leak(prepared, teachers, tmp_path, capsys):
     """The student scored on a fold of its own (data.cv_fold): the teachers chose their best epoch elsewhere."""
-    Trainer(config(prepared, tmp_path, "method=kd", f"kd.teachers=[{teachers[0]}]", "kd.checkpoint=best",
+    Trainer(config(prepared, tmp_path, "method=kd", f"teacher.runs=[{teachers[0]}]", "teacher.checkpoint=best",
                    "data.cv_folds=2", "data.cv_fold=0"))
-    assert "kd.checkpoint: warning" not in capsys.readouterr().err
+    assert "teacher.checkpoint: warning" not in capsys.readouterr().err
 
 
 def test_ablation_warns_of_a_variant_distilling_best_teachers(prepared, tmp_path):
@@ -406,9 +406,9 @@ def test_ablation_warns_of_a_variant_distilling_best_teachers(prepared, tmp_path
     spec = tmp_path / "spec.yaml"
     spec.write_text("config: recipe.yaml\nfolds: 2\nseeds: [0]\nreference: ce\n"
                     "teachers: {config: recipe.yaml, seeds: [5]}\nvariants:\n  ce: [method=ce]\n"
-                    "  kd: [method=kd, kd.teachers=@teachers]\n"
-                    "  kd_best: [method=kd, kd.teachers=@teachers, kd.checkpoint=best]\n")
+                    "  kd: [method=kd, teacher.runs=@teachers]\n"
+                    "  kd_best: [method=kd, teacher.runs=@teachers, teacher.checkpoint=best]\n")
     lines = []
     run_ablation(spec, tmp_path / "abl", log=lines.append, train=False)  # plans and warns, trains nothing
     warnings = [line for line in lines if "warning" in line]
-    assert len(warnings) == 1 and "variant kd_best distils its teachers at kd.checkpoint=best" in warnings[0]
+    assert len(warnings) == 1 and "variant kd_best distils its teachers at teacher.checkpoint=best" in warnings[0]

@@ -8,7 +8,7 @@ import torch
 
 from audio_mrkd import methods
 from audio_mrkd.errors import InputError
-from audio_mrkd.experiment import load_experiment
+from audio_mrkd.registry import load_experiment
 from audio_mrkd.methods.pskd import ProgressiveSelfKD
 from audio_mrkd.train.engine import Trainer, resume_run, train_run
 from tests.test_engine import config, prepared, scalars  # noqa: F401  (module-scoped fixture)
@@ -31,7 +31,7 @@ def soft_ce(logits, target):
 
 
 def test_loss_by_hand_over_two_epochs(registered):
-    method = make("train.epochs=4", "method_options.alpha_T=0.6", "train.label_smoothing=0.1")
+    method = make("train.epochs=4", "pskd.alpha_T=0.6", "train.label_smoothing=0.1")
     y = torch.tensor([0, 2, 1])
     index = torch.tensor([5, 0, 2])
     first = torch.tensor([[2.0, 0.0, -1.0], [0.5, 0.1, 0.3], [0.0, 1.0, 0.0]])
@@ -59,7 +59,7 @@ def test_loss_by_hand_over_two_epochs(registered):
 
 
 def test_alpha_schedule_and_unseen_items_use_the_label(registered):
-    method = make("train.epochs=5", "method_options.alpha_T=0.5")
+    method = make("train.epochs=5", "pskd.alpha_T=0.5")
     assert [method.alpha(e) for e in range(5)] == pytest.approx([0.1, 0.2, 0.3, 0.4, 0.5])
     assert make("train.epochs=5").alpha(4) == pytest.approx(0.8)  # the default alpha_T
     logits = torch.tensor([[3.0, 0.0, 0.0], [0.0, 0.0, 3.0]])
@@ -94,13 +94,13 @@ def test_state_round_trip_gives_the_same_next_loss(registered):
 
 def test_options_and_one_process_only(registered):
     with pytest.raises(InputError, match=r"^method_options\.alpha_T: must be a number in \[0, 1\], got 1.5$"):
-        load_experiment(None, ["data.kind=synthetic", "method=pskd", "method_options.alpha_T=1.5"])
+        load_experiment(None, ["data.kind=synthetic", "method=pskd", "pskd.alpha_T=1.5"])
     with pytest.raises(InputError, match="^method pskd: one process only"):
         make(average_grads=lambda grads: None)
 
 
 def test_engine_run_logs_and_resumes_exactly(registered, prepared, tmp_path):  # noqa: F811
-    extra = ["method=pskd", "train.epochs=2", "method_options.alpha_T=0.6", "augment.mixup_alpha=0.3"]
+    extra = ["method=pskd", "train.epochs=2", "pskd.alpha_T=0.6", "augment.mixup_alpha=0.3"]
     run_dir, straight = train_run(config(prepared, tmp_path / "a", *extra))
     assert straight["complete"] and straight["method"] == "pskd"
     acc, alpha = scalars(run_dir, "pskd/alpha")

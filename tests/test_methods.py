@@ -5,10 +5,11 @@ from dataclasses import dataclass
 
 import pytest
 import torch
+import yaml
 
 from audio_mrkd import methods
 from audio_mrkd.errors import InputError
-from audio_mrkd.experiment import load_experiment
+from audio_mrkd.registry import load_experiment
 from audio_mrkd.methods.base import Method, soft_cross_entropy
 from audio_mrkd.train.checkpoint import checkpoint_path, save_checkpoint
 from audio_mrkd.train.engine import Trainer, resume_run, train_run
@@ -54,7 +55,7 @@ def test_registry_names_are_the_config_choices():
 
 def test_a_new_method_is_a_class_and_a_registry_line(prepared, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.setitem(methods.METHODS, "smooth", CountingSmoothing)
-    trainer = Trainer(config(prepared, tmp_path, "method=smooth", "train.epochs=2", "method_options.smoothing=0.3"))
+    trainer = Trainer(config(prepared, tmp_path, "method=smooth", "train.epochs=2", "smooth.smoothing=0.3"))
     assert trainer.method.options.smoothing == 0.3
     summary = trainer.fit()
     assert summary["complete"] and summary["method"] == "smooth"
@@ -67,7 +68,8 @@ def test_a_new_method_is_a_class_and_a_registry_line(prepared, tmp_path, monkeyp
 
 
 def test_checkpoint_from_before_the_interface_still_resumes(prepared, tmp_path):  # noqa: F811
-    """Older checkpoints kept MrKD's state under "mrkd": resuming one continues the same trajectory."""
+    """Older checkpoints kept MrKD's state under "mrkd", and older run folders a config.yaml without method sections
+    (``kd.teachers``, ``method_options``): resuming one continues the same trajectory."""
     extra = ["method=mrkd", "mrkd.k=1"]
     _, straight = train_run(config(prepared, tmp_path / "a", *extra))
     trainer = Trainer(config(prepared, tmp_path / "b", *extra))
@@ -77,6 +79,16 @@ def test_checkpoint_from_before_the_interface_still_resumes(prepared, tmp_path):
     assert state["method"]["bank"]  # the bank is full after epoch 1 (k=1)
     state["mrkd"] = state.pop("method")  # the old layout
     save_checkpoint(state, path)
+    saved = yaml.safe_load((trainer.run_dir / "config.yaml").read_text())
+    teacher = saved.pop("teacher")
+    for name in ("pskd", "dlb", "ema"):
+        saved.pop(name)
+    saved["kd"] |= {"teachers": teacher["runs"], "teacher_logits": teacher["logits"], "checkpoint": "best",
+                    "teacher_input": teacher["input"], "ensemble": teacher["ensemble"],
+                    "fcn_hidden": teacher["fcn_hidden"], "fcn_lr": teacher["fcn_lr"],
+                    "with_mrkd": saved["mrkd"].pop("with_teacher")}
+    saved["method_options"] = {}
+    (trainer.run_dir / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
     _, resumed = resume_run(trainer.run_dir)
     assert [h["accuracy"] for h in resumed["history"]] == [h["accuracy"] for h in straight["history"]]
     assert resumed["last"]["log_loss"] == pytest.approx(straight["last"]["log_loss"], abs=1e-6)
@@ -119,14 +131,15 @@ def test_label_smoothing_is_a_switch_of_every_method():
         load_experiment(None, ["data.kind=synthetic", "train.label_smoothing=1.0"])
 
 
-def test_method_options_are_checked_against_the_method(monkeypatch):
+def test_a_method_section_is_named_after_it_and_checked_against_its_options(monkeypatch):
     monkeypatch.setitem(methods.METHODS, "smooth", CountingSmoothing)
-    with pytest.raises(InputError, match="^method_options.smoothing: expected a number, got 'x'$"):
-        load_experiment(None, ["data.kind=synthetic", "method=smooth", "method_options.smoothing=x"])
-    with pytest.raises(InputError, match="^method_options.width: unknown config key"):
-        load_experiment(None, ["data.kind=synthetic", "method=smooth", "method_options.width=3"])
-    with pytest.raises(InputError, match="^method_options: this method takes none, got smoothing$"):
-        load_experiment(None, ["data.kind=synthetic", "method=ce", "method_options.smoothing=0.1"])
+    with pytest.raises(InputError, match="^smooth.smoothing: expected a number, got 'x'$"):
+        load_experiment(None, ["data.kind=synthetic", "method=smooth", "smooth.smoothing=x"])
+    with pytest.raises(InputError, match="^smooth.width: unknown config key"):
+        load_experiment(None, ["data.kind=synthetic", "method=smooth", "smooth.width=3"])
+    with pytest.raises(InputError, match="^ce: unknown config key"):   # ce declares no options: no section
+        load_experiment(None, ["data.kind=synthetic", "method=ce", "ce.smoothing=0.1"])
+    assert load_experiment(None, ["method=ce"]).options("smooth").smoothing == 0.2   # every section, at defaults
 
 
 def test_mrkd_alpha_over_the_run_and_interval_in_percent(prepared, tmp_path):  # noqa: F811

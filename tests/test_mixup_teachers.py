@@ -83,9 +83,9 @@ def test_knowledge_adjustment_and_accuracy_use_the_mixed_labels_dominant_class(t
 
 
 def test_kd_from_cached_teacher_runs_distils_their_mixed_mean(prepared, tmp_path, teachers):  # noqa: F811
-    trainer = Trainer(config(prepared, tmp_path, "method=kd", f"kd.teachers=[{teachers[0]},{teachers[1]}]",
+    trainer = Trainer(config(prepared, tmp_path, "method=kd", f"teacher.runs=[{teachers[0]},{teachers[1]}]",
                              "kd.alpha=1.0", "kd.tau=3"))
-    table = trainer.method.teachers.table  # T×N×C: each run's logits on every clean train item
+    table = trainer.method.term.teachers.table  # T×N×C: each run's logits on every clean train item
     assert table.shape[0] == 2
     _, logs = trainer.method.loss(STUDENT, None, mixed_label(0.6), INDEX, 0, True, mixing=mixing(0.6))
     expected = mixed_target(table[:, INDEX].mean(dim=0), 0.6, 3.0)
@@ -142,8 +142,8 @@ def test_mrkd_ensembler_input_mixes_a_cached_teacher_beside_teachers_on_the_mixe
 
 @pytest.mark.parametrize("tau", [1.0, 3.0])
 def test_mrkd_teacher_term_distils_the_mixed_teacher(tmp_path, tau):
-    """``kd.with_mrkd: term`` with a teacher-logits file: the second KD term's target is the mixed teacher."""
-    method = _kd_method(tmp_path, "method=mrkd", "kd.with_mrkd=term", "kd.alpha=1.0", f"kd.tau={tau}",
+    """``mrkd.with_teacher: term`` with a teacher-logits file: the second KD term's target is the mixed teacher."""
+    method = _kd_method(tmp_path, "method=mrkd", "mrkd.with_teacher=term", "kd.alpha=1.0", f"kd.tau={tau}",
                         "mrkd.teacher_input=same")
     _, logs = method.loss(STUDENT, torch.zeros(3, 1), mixed_label(0.7), INDEX, 0, True, mixing=mixing(0.7))
     assert logs["loss/kd_teacher"] == pytest.approx(kd_term(mixed_target(TABLE, 0.7, tau), STUDENT, tau), rel=1e-5)
@@ -151,7 +151,7 @@ def test_mrkd_teacher_term_distils_the_mixed_teacher(tmp_path, tau):
 
 @pytest.mark.parametrize("lam, owners", [(0.7, [0, 1, 2]), (0.2, [1, 2, 0])])
 def test_pskd_mixes_the_stored_predictions_and_stores_for_the_dominant_item(lam, owners):
-    method = make_pskd("train.epochs=4", "method_options.alpha_T=0.8")
+    method = make_pskd("train.epochs=4", "pskd.alpha_T=0.8")
     stored = torch.softmax(torch.tensor([[1.0, 0.0, -1.0], [0.0, 2.0, 0.0], [0.5, 0.5, 1.5]]), dim=1)
     method._ensure(3, 3)
     method.predictions[:] = stored
@@ -168,7 +168,7 @@ def test_pskd_mixes_the_stored_predictions_and_stores_for_the_dominant_item(lam,
 
 
 def test_pskd_mixes_an_unseen_items_label_into_its_partners_prediction():
-    method = make_pskd("train.epochs=4", "method_options.alpha_T=0.8")
+    method = make_pskd("train.epochs=4", "pskd.alpha_T=0.8")
     method._ensure(3, 3)
     method.predictions[0] = torch.tensor([0.2, 0.2, 0.6])
     method.seen[0] = True

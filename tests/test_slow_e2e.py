@@ -6,7 +6,7 @@ import pytest
 from audio_mrkd.data import cache
 from audio_mrkd.data.demo_sets import build_birds3
 from audio_mrkd.data.prepare import prepare
-from audio_mrkd.experiment import load_experiment
+from audio_mrkd.registry import load_experiment
 from audio_mrkd.train.engine import train_run
 
 pytestmark = pytest.mark.slow

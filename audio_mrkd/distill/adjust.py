@@ -9,13 +9,13 @@ from torch import Tensor
 
 def _check(logits: Tensor, target: Tensor) -> None:
     if logits.dim() != 2:
-        raise AssertionError(f"mrkd.ka: logits must be B×C, got shape {tuple(logits.shape)}")
+        raise AssertionError(f"knowledge_adjust: logits must be B×C, got shape {tuple(logits.shape)}")
     if target.dim() != 1 or target.shape[0] != logits.shape[0]:
         raise AssertionError(
-            f"mrkd.ka: target must be a vector of {logits.shape[0]} labels, got shape {tuple(target.shape)}"
+            f"knowledge_adjust: target must be a vector of {logits.shape[0]} labels, got shape {tuple(target.shape)}"
         )
     if target.dtype.is_floating_point or target.dtype == torch.bool:
-        raise AssertionError(f"mrkd.ka: target must hold integer class indices, got {target.dtype}")
+        raise AssertionError(f"knowledge_adjust: target must hold integer class indices, got {target.dtype}")
 
 
 def knowledge_adjust(logits: Tensor, target: Tensor) -> tuple[Tensor, Tensor]:

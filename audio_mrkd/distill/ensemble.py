@@ -16,9 +16,9 @@ MODES = typing.get_args(Mode)
 
 def _check_z(z: Tensor, k: int | None = None, n_classes: int | None = None) -> None:
     if z.dim() != 3:
-        raise AssertionError(f"mrkd.ensemble: teacher logits must be K×B×C, got shape {tuple(z.shape)}")
+        raise AssertionError(f"combine_teachers: teacher logits must be K×B×C, got shape {tuple(z.shape)}")
     if (k is not None and z.shape[0] != k) or (n_classes is not None and z.shape[2] != n_classes):
-        raise AssertionError(f"mrkd.ensemble: expected {k}×B×{n_classes} teacher logits, got {tuple(z.shape)}")
+        raise AssertionError(f"combine_teachers: expected {k}×B×{n_classes} teacher logits, got {tuple(z.shape)}")
 
 
 class FCNEnsembler(nn.Module):
@@ -49,9 +49,9 @@ def combine_teachers(z: Tensor, mode: str, fcn: FCNEnsembler | None) -> Tensor:
         return z[0]
     if mode == "fcn":
         if fcn is None:
-            raise AssertionError("mrkd.ensemble: mode 'fcn' needs an FCNEnsembler")
+            raise AssertionError("combine_teachers: mode 'fcn' needs an FCNEnsembler")
         return fcn(z)
-    raise AssertionError(f"mrkd.ensemble: must be one of {', '.join(MODES)}, got {mode!r}")
+    raise AssertionError(f"combine_teachers: mode must be one of {', '.join(MODES)}, got {mode!r}")
 
 
 class LearnedEnsemble:

@@ -5,6 +5,7 @@ Spec: docs/mrkd_method.md. Every default in MrKDConfig is a project choice, not 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ from audio_mrkd.distill.losses import distill_objective, hard_labels, mix_teache
 from audio_mrkd.distill.teachers import TeacherSignal
 from audio_mrkd.distill.snapshots import BackupSchedule, SnapshotBank, Spacing, Unit
 from audio_mrkd.errors import InputError
+from audio_mrkd.runtime import Runtime
 
 # Keys that must agree between a checkpoint and the config it is resumed with.
 _STATE_KEYS = ("k", "spacing", "ensemble", "teacher_input", "fcn_hidden")
@@ -49,6 +51,9 @@ class MrKDConfig:
     α_eff = α · (e + 1) / E, so the teachers are phased in rather than switched on at full weight).
     interval_unit "percent": back up every `interval` % of the run's optimiser steps (e.g. 5 on a 150-epoch run:
     teachers 7.5 epochs apart), whatever the run's length.
+    with_teacher: how a stronger teacher (the ``teacher:`` section) joins, when one is given: "ensembler" (one more
+    input of the ensembler; alone until the bank is full) or "term" (a second KD term, configured by ``kd:``:
+    (1 − kd.alpha)·L_MrKD + kd.alpha·KD toward the teacher).
     """
 
     k: int = 4
@@ -69,6 +74,7 @@ class MrKDConfig:
     fuse_teachers: bool = True
     teacher_graph: bool = True
     teacher_compile: bool = True
+    with_teacher: Literal["ensembler", "term"] = "ensembler"
 
     def validate(self) -> None:
         """Raise InputError("mrkd.<key>: <problem>") on the first bad value."""
@@ -122,46 +128,46 @@ class MrKD:
     torch.compile / DDP wrapper) to after_step/after_epoch and as the load_state_dict template.
     """
 
-    def __init__(self, cfg: MrKDConfig, n_classes: int, device: torch.device,
+    def __init__(self, cfg: MrKDConfig, n_classes: int, device: torch.device, runtime: Runtime | None = None,
                  infer_all: Callable[[nn.Module], Tensor] | None = None,
-                 grad_sync: Callable[[list[Tensor]], None] | None = None,
-                 teacher_dtype: torch.dtype | None = None, channels_last: bool = False,
-                 compile: bool = False, cuda_speedups: bool | None = None, label_smoothing: float = 0.0,
+                 grad_sync: Callable[[list[Tensor]], None] | None = None, label_smoothing: float = 0.0,
                  run_epochs: int | None = None, steps_per_epoch: int | None = None,
-                 external: TeacherSignal | None = None, capturable: bool = False) -> None:
-        """grad_sync: averages the FCN's gradients across processes (data-parallel training), so that every
-        rank's ensembler takes the same step. teacher_dtype / channels_last: the teacher copies' precision and
-        memory format (the engine passes bfloat16 + channels_last on a GPU under bf16 training). compile:
-        torch.compile the per-step tensor work after the teachers (FCN objective; KA + KD + mixing), dozens of
-        small kernels otherwise launched one by one. cuda_speedups: whether the CUDA-only switches (compiled
-        teachers, fused Adam for the FCN) apply — the engine passes its runtime's decision; None: on a CUDA
-        ``device``. label_smoothing: of the student's CE term (``train.label_smoothing``). run_epochs /
-        steps_per_epoch: the run's length (needed by alpha_schedule "linear" and interval_unit "percent").
-        external: teachers from outside the trajectory (``kd.*``, with_mrkd "ensembler"): their logits join the
-        bank's as the last inputs of the ensembler; until the bank is full the student distils from them alone
-        (their mean). capturable: the step runs inside a captured CUDA graph (``train.step_graph``): the FCN's
-        Adam keeps its step count on the device."""
+                 external: TeacherSignal | None = None) -> None:
+        """runtime: the run's device choices (default: plain float32 on ``device``, no CUDA-only speed-ups) —
+        the teacher copies' dtype and memory format, whether the per-step tensor work after the teachers (FCN
+        objective; KA + KD + mixing) is compiled, whether the CUDA-only switches (compiled teachers, fused Adam for
+        the FCN) apply, and whether the step is captured as a CUDA graph (``train.step_graph``: the FCN's Adam keeps
+        its step count on the device, the teachers run as plain forwards inside the capture).
+        grad_sync: averages the FCN's gradients across processes (data-parallel training), so that every rank's
+        ensembler takes the same step. label_smoothing: of the student's CE term (``train.label_smoothing``).
+        run_epochs / steps_per_epoch: the run's length (needed by alpha_schedule "linear" and interval_unit
+        "percent"). external: teachers from outside the trajectory (``teacher:``, with_teacher "ensembler"): their
+        logits join the bank's as the last inputs of the ensembler; until the bank is full the student distils from
+        them alone (their mean)."""
         assert n_classes >= 2, n_classes
         if cfg.teacher_input == "cached" and infer_all is None:
             raise InputError("mrkd.teacher_input: 'cached' needs the engine's infer_all function")
+        runtime = runtime or Runtime.plain(device)
+        if runtime.step_graph:  # a graph cannot replay inside a capture: the teachers run as plain forwards
+            cfg = dataclasses.replace(cfg, teacher_graph=False)
         self.cfg, self.n_classes, self.device = cfg, n_classes, torch.device(device)
-        self.cuda_speedups = self.device.type == "cuda" if cuda_speedups is None else cuda_speedups
+        self.cuda_speedups = runtime.cuda
         self.label_smoothing = label_smoothing
         self.infer_all = infer_all
         self.grad_sync = grad_sync
-        self.bank = SnapshotBank(cfg.k, cfg.spacing, fuse=cfg.fuse_teachers, dtype=teacher_dtype,
-                                 channels_last=channels_last, graph=cfg.teacher_graph,
+        self.bank = SnapshotBank(cfg.k, cfg.spacing, fuse=cfg.fuse_teachers, dtype=runtime.teacher_dtype,
+                                 channels_last=runtime.channels_last, graph=cfg.teacher_graph,
                                  compile=cfg.teacher_compile and self.cuda_speedups)
         self.run_epochs = run_epochs
         self.schedule = _schedule(cfg, run_epochs, steps_per_epoch)
         self.external = external
-        self.capturable = capturable
+        self.capturable = runtime.capture
         self.backups = 0  # snapshots taken in this process: a new one means a new step-graph capture
-        self.ensembler = self._make_ensemble(cfg.k + self.n_external, compile)
+        self.ensembler = self._make_ensemble(cfg.k + self.n_external, runtime.compile)
         self._cache_all: list[Tensor] = []  # cached mode: N×C per kept backup, aligned with the bank, newest first
         self._cache_stack: Tensor | None = None  # the exposed ones stacked (one gather per batch)
         self._active_epoch = -1  # completed epochs at the first loss() with a full bank (alpha ramp origin)
-        self._distill = torch.compile(distill_objective) if compile else distill_objective
+        self._distill = torch.compile(distill_objective) if runtime.compile else distill_objective
 
     def _make_ensemble(self, n_teachers: int, compile: bool) -> LearnedEnsemble | None:
         if self.cfg.ensemble != "fcn":
@@ -370,7 +376,7 @@ class MrKD:
         for key, value in self._meta().items():
             saved = state["meta"].get(key, "none" if key == "external" else None)
             if key == "external" and saved != value:
-                raise InputError("kd.teachers / kd.teacher_logits: not the teachers this run was started with "
+                raise InputError("teacher.runs / teacher.logits: not the teachers this run was started with "
                                  f"(external teachers {saved!r} in the checkpoint, {value!r} now)")
             if saved != value:
                 raise InputError(f"mrkd.{key}: the checkpoint was made with {state['meta'].get(key)!r}, "

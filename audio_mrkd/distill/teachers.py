@@ -1,12 +1,12 @@
 """External teachers: finished runs of this product, or a teacher-logits file, as logits for the student's items.
 
-Two sources (the ``kd.*`` keys, read by ``method: kd`` and by ``method: mrkd`` when a teacher is given):
+Two sources (the ``teacher.*`` keys, read by every method that uses a teacher: ``kd``, and ``mrkd`` when given):
 
-* ``kd.teachers: [RUN_DIR, …]`` — runs trained by this product on the same prepared dataset (any registered
-  model). Each teacher sees inputs normalised with its own run's statistics. ``kd.teacher_input: cached``: each
+* ``teacher.runs: [RUN_DIR, …]`` — runs trained by this product on the same prepared dataset (any registered
+  model). Each teacher sees inputs normalised with its own run's statistics. ``teacher.input: cached``: each
   teacher's logits on every un-augmented train item, computed once when training starts; ``same``: the teachers
   run on the student's augmented batch every step.
-* ``kd.teacher_logits: FILE`` — logits a user brings (an ensemble trained elsewhere): a CSV file with a
+* ``teacher.logits: FILE`` — logits a user brings (an ensemble trained elsewhere): a CSV file with a
   ``filename`` column and one column per class, named by class (the header is the class order), one row per
   clip (see README, "Distillation from a teacher"). Always cached.
 
@@ -18,70 +18,16 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import math
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 import torch
 from torch import Tensor, nn
 
-from audio_mrkd import config as config_io
 from audio_mrkd import fileio
 from audio_mrkd.errors import InputError
-
-
-@dataclass
-class KDConfig:
-    """The ``kd.*`` keys: a teacher stronger than the student and how it is distilled.
-
-    teachers / teacher_logits: the teacher source (one of the two). checkpoint: which checkpoint of a teacher
-    run ("last" | "best"; "best" is the epoch chosen on the teacher's evaluated split, which leaks that split into
-    a student scored on it: a warning says so). teacher_input: "cached" | "same" (see the module). ensemble: several teachers
-    combined by their "mean" or by a learned "fcn" ensembler (MrKD's, with its own Adam: fcn_hidden, fcn_lr).
-    alpha / tau: the student loss is (1 − α)·CE + α·τ²·KL(teacher ‖ student) at temperature τ. ka: Knowledge
-    Adjustment of the teacher signal (off: Hinton's KD). with_mrkd: how ``method: mrkd`` uses the teacher,
-    "ensembler" (one more input of MrKD's ensembler; alone until the snapshot bank is full) or "term" (a second
-    KD term: (1 − α)·L_MrKD + α·KD toward the teacher).
-    """
-
-    teachers: list[str] = field(default_factory=list)
-    teacher_logits: str = ""
-    checkpoint: Literal["best", "last"] = "last"
-    teacher_input: Literal["cached", "same"] = "cached"
-    ensemble: Literal["mean", "fcn"] = "mean"
-    alpha: float = 0.5
-    tau: float = 3.0
-    ka: bool = False
-    fcn_hidden: int = 128
-    fcn_lr: float = 1e-3
-    with_mrkd: Literal["ensembler", "term"] = "ensembler"
-
-    @property
-    def given(self) -> bool:
-        """A teacher source is configured."""
-        return bool(self.teachers or self.teacher_logits)
-
-    def validate(self) -> None:
-        if self.teachers and self.teacher_logits:
-            raise InputError("kd.teachers and kd.teacher_logits: give one teacher source, not both")
-        if self.teacher_logits and self.teacher_input == "same":
-            raise InputError("kd.teacher_input: 'same' needs teacher runs (kd.teachers); a teacher-logits file "
-                             "holds one row per clip (cached)")
-        for key, low, high, low_open in (("alpha", 0.0, 1.0, False), ("tau", 0.0, math.inf, True),
-                                         ("fcn_lr", 0.0, math.inf, True)):
-            value = getattr(self, key)
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-            if not (ok and (value > low if low_open else value >= low) and value <= high):
-                raise InputError(f"kd.{key}: must be a finite number {'>' if low_open else '>='} {low:g}"
-                                 + (f" and <= {high:g}" if math.isfinite(high) else "") + f", got {value!r}")
-        if isinstance(self.fcn_hidden, bool) or not isinstance(self.fcn_hidden, int) or self.fcn_hidden < 1:
-            raise InputError(f"kd.fcn_hidden: must be an integer >= 1, got {self.fcn_hidden!r}")
-        if not isinstance(self.ka, bool):
-            raise InputError(f"kd.ka: must be true or false, got {self.ka!r}")
-        config_io.check_choices(self, "kd")
+from audio_mrkd.experiment import TeacherConfig
 
 
 # ---- the teacher-logits file -----------------------------------------------------------------------------------
@@ -102,7 +48,7 @@ def read_teacher_logits(path: str | Path, filenames: list[str], class_names: lis
     its leading folder (``audio/``). Every fault is one line naming the file and the row or clip."""
     path = Path(path)
     if not path.is_file():
-        raise InputError(f"kd.teacher_logits: {path}: file not found")
+        raise InputError(f"teacher.logits: {path}: file not found")
     try:
         table = _read_rows(path, class_names)
     except (UnicodeDecodeError, csv.Error) as exc:
@@ -205,11 +151,11 @@ def load_teacher_run(run_dir: str | Path, which: str, student_info: dict, load_r
     ``load_run_model(run_dir, which)`` → (network, data.json, config): the engine's run reader."""
     run_dir = Path(run_dir)
     if not (run_dir / "data.json").is_file():
-        raise InputError(f"kd.teachers: {run_dir}: not a run directory of audio-mrkd (no data.json)")
+        raise InputError(f"teacher.runs: {run_dir}: not a run directory of audio-mrkd (no data.json)")
     model, info, _ = load_run_model(run_dir, which)
     for key in ("name", "class_names", "input_shape"):
         if info.get(key) != student_info.get(key):
-            raise InputError(f"kd.teachers: {run_dir}: trained with {key} {info.get(key)!r}, this run has "
+            raise InputError(f"teacher.runs: {run_dir}: trained with {key} {info.get(key)!r}, this run has "
                              f"{student_info.get(key)!r}")
     student_norm = (student_info.get("norm_mean"), student_info.get("norm_std"))
     teacher_norm = (info.get("norm_mean"), info.get("norm_std"))
@@ -227,15 +173,16 @@ def scored_on_the_same_split(teacher_info: dict, student_info: dict) -> bool:
     return all(teacher_info.get(key) == student_info.get(key) for key in _SELECTION_KEYS)
 
 
-def warn_if_best_leaks(kcfg: KDConfig, teacher_infos: list[dict], student_info: dict, log) -> None:
-    """One warning line when ``kd.checkpoint: best`` distils an epoch chosen on the split the student is scored on."""
-    if kcfg.checkpoint != "best":
+def warn_if_best_leaks(tcfg: TeacherConfig, teacher_infos: list[dict], student_info: dict, log) -> None:
+    """One warning line when ``teacher.checkpoint: best`` distils an epoch chosen on the split the student is scored
+    on."""
+    if tcfg.checkpoint != "best":
         return
-    leaking = [run for run, info in zip(kcfg.teachers, teacher_infos) if scored_on_the_same_split(info, student_info)]
+    leaking = [run for run, info in zip(tcfg.runs, teacher_infos) if scored_on_the_same_split(info, student_info)]
     if leaking:
-        log(f"kd.checkpoint: warning: 'best' distils the epoch {len(leaking)} of the {len(kcfg.teachers)} teacher "
+        log(f"teacher.checkpoint: warning: 'best' distils the epoch {len(leaking)} of the {len(tcfg.runs)} teacher "
             f"run(s) (e.g. {leaking[0]}) chose on the split this run is scored on, so that split leaks into the "
-            f"student through its teacher; kd.checkpoint=last does not")
+            f"student through its teacher; teacher.checkpoint=last does not")
 
 
 def _same_norm(a: tuple, b: tuple) -> bool:
@@ -283,16 +230,16 @@ class TeacherSignal:
         return digest.hexdigest()[:16]
 
 
-def build_teacher_signal(kcfg: KDConfig, ctx) -> TeacherSignal:
-    """The teacher signal ``kd.*`` names, for the run ``ctx`` (a :class:`~audio_mrkd.methods.base.TrainContext`)."""
-    if kcfg.teacher_logits:
-        table = read_teacher_logits(kcfg.teacher_logits, ctx.train_filenames, ctx.data_info["class_names"])
+def build_teacher_signal(tcfg: TeacherConfig, ctx) -> TeacherSignal:
+    """The teacher signal ``teacher.*`` names, for the run ``ctx`` (a :class:`~audio_mrkd.methods.base.TrainContext`)."""
+    if tcfg.logits:
+        table = read_teacher_logits(tcfg.logits, ctx.train_filenames, ctx.data_info["class_names"])
         return TeacherSignal(table=torch.from_numpy(table)[None].to(ctx.torch_device))
-    loaded = [load_teacher_run(run, kcfg.checkpoint, ctx.data_info, ctx.load_run_model) for run in kcfg.teachers]
+    loaded = [load_teacher_run(run, tcfg.checkpoint, ctx.data_info, ctx.load_run_model) for run in tcfg.runs]
     models = [model for model, _ in loaded]
-    warn_if_best_leaks(kcfg, [info for _, info in loaded], ctx.data_info,
+    warn_if_best_leaks(tcfg, [info for _, info in loaded], ctx.data_info,
                        lambda line: print(line, file=sys.stderr, flush=True))
-    if kcfg.teacher_input == "cached":
+    if tcfg.input == "cached":
         with torch.inference_mode():
             table = torch.stack([ctx.infer_train(m.to(ctx.torch_device)).float() for m in models])
         return TeacherSignal(table=table.to(ctx.torch_device).clone())

@@ -9,15 +9,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from audio_mrkd import config as config_io
 from audio_mrkd.data.augment import Mixing
-from audio_mrkd.errors import InputError
 from audio_mrkd.runtime import Runtime
 
 
@@ -42,14 +40,17 @@ class TrainContext:
 class Method:
     """Plain cross-entropy behaviour; subclasses override what they change.
 
-    ``Options``: a dataclass of the method's own settings (``method_options.<key>`` in a config), or None. The
-    config loader validates ``method_options`` against it; the method reads them as ``self.options``."""
+    ``Options``: a dataclass of the method's own settings, or None. Its config section is named after the method
+    (``pskd: {alpha_T: 0.7}``); the config loader finds it through the registry and validates it; the method reads
+    it as ``self.options``. ``teacher``: whether the method reads the shared ``teacher:`` section — "none",
+    "optional" or "required" (the loader refuses a teacher given to a method that uses none, and a missing one)."""
 
     Options: type | None = None
+    teacher: Literal["none", "optional", "required"] = "none"
 
     def __init__(self, cfg, ctx: TrainContext) -> None:
         self.cfg, self.ctx = cfg, ctx
-        self.options = method_options(type(self), cfg.method_options)
+        self.options = cfg.options()
 
     def before_batch(self, batch):
         """The batch to train on, given the loader's (before augmentation); a method may add items (e.g. repeat
@@ -96,15 +97,6 @@ def soft_cross_entropy(logits: Tensor, y: Tensor, label_smoothing: float = 0.0) 
     """Cross-entropy to class indices, or to B×C soft targets (mixup), computed in float32, with optional label
     smoothing (``train.label_smoothing``)."""
     return F.cross_entropy(logits.float(), y if y.dim() == 1 else y.float(), label_smoothing=label_smoothing)
-
-
-def method_options(method: type[Method], options: dict):
-    """``options`` checked against ``method.Options`` (one line naming the key when a value is wrong)."""
-    if method.Options is None:
-        if options:
-            raise InputError(f"method_options: this method takes none, got {', '.join(sorted(options))}")
-        return None
-    return config_io.from_dict(method.Options, options, "method_options")
 
 
 def modules_digest(modules: list[nn.Module]) -> str:

@@ -47,9 +47,9 @@ class LastBatchDistillation(Method):
 
         def validate(self) -> None:
             if not (math.isfinite(self.alpha) and self.alpha >= 0):
-                raise InputError(f"method_options.alpha: must be a finite number >= 0, got {self.alpha!r}")
+                raise InputError(f"dlb.alpha: must be a finite number >= 0, got {self.alpha!r}")
             if not (math.isfinite(self.tau) and self.tau > 0):
-                raise InputError(f"method_options.tau: must be a finite number > 0, got {self.tau!r}")
+                raise InputError(f"dlb.tau: must be a finite number > 0, got {self.tau!r}")
 
     def __init__(self, cfg, ctx: TrainContext) -> None:
         super().__init__(cfg, ctx)

@@ -29,7 +29,7 @@ Choices:
   before each update every process takes rank 0's statistics (``ctx.sync_buffers``), so the teachers stay equal
   (checked through :meth:`digest`).
 
-Options (``method_options.<key>``): ``decay`` (0.999, in (0, 1)), ``decay_ramp`` (true), ``alpha`` (0.5, in [0, 1]), ``tau`` (3.0, > 0),
+Options (the ``ema:`` section): ``decay`` (0.999, in (0, 1)), ``decay_ramp`` (true), ``alpha`` (0.5, in [0, 1]), ``tau`` (3.0, > 0),
 ``warmup_steps`` (100, ≥ 0). Logs: ``loss/ce`` (the CE term), ``loss/kd`` (the KD term; 0 during warm-up),
 ``ema/teacher_acc``, ``ema/agreement`` (teacher / student argmax agreement), ``ema/active``.
 """
@@ -64,14 +64,14 @@ class MeanTeacher(Method):
 
         def validate(self) -> None:
             if not (_number(self.decay) and 0.0 < self.decay < 1.0):
-                raise InputError(f"method_options.decay: must be a number in (0, 1), got {self.decay!r}")
+                raise InputError(f"ema.decay: must be a number in (0, 1), got {self.decay!r}")
             if not (_number(self.alpha) and 0.0 <= self.alpha <= 1.0):
-                raise InputError(f"method_options.alpha: must be a number in [0, 1], got {self.alpha!r}")
+                raise InputError(f"ema.alpha: must be a number in [0, 1], got {self.alpha!r}")
             if not (_number(self.tau) and self.tau > 0):
-                raise InputError(f"method_options.tau: must be a finite number > 0, got {self.tau!r}")
+                raise InputError(f"ema.tau: must be a finite number > 0, got {self.tau!r}")
             if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) \
                     or self.warmup_steps < 0:
-                raise InputError(f"method_options.warmup_steps: must be an integer >= 0, got {self.warmup_steps!r}")
+                raise InputError(f"ema.warmup_steps: must be an integer >= 0, got {self.warmup_steps!r}")
 
     def __init__(self, cfg, ctx: TrainContext) -> None:
         super().__init__(cfg, ctx)

@@ -25,7 +25,7 @@ Choices:
   positions in the train split, grown as larger positions arrive); data-parallel training is refused because
   the predictions of items seen by other processes would be missing.
 
-Options (``method_options.<key>``): ``alpha_T`` (default 0.8, in [0, 1]).
+Options (the ``pskd:`` section): ``alpha_T`` (default 0.8, in [0, 1]).
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ class ProgressiveSelfKD(Method):
             value = self.alpha_T
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                     or not 0.0 <= value <= 1.0:
-                raise InputError(f"method_options.alpha_T: must be a number in [0, 1], got {value!r}")
+                raise InputError(f"pskd.alpha_T: must be a number in [0, 1], got {value!r}")
 
     def __init__(self, cfg, ctx: TrainContext) -> None:
         super().__init__(cfg, ctx)

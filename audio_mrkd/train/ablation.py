@@ -20,7 +20,7 @@ training part only, before the variants; a variant names its fold's teachers wit
       seeds: [100, 101, 102]                     # one teacher run per seed and fold: the ensemble
       overrides: [train.epochs=90]               # the teachers' own (the spec's `overrides` are the variants')
     variants:
-      kd: [method=kd, kd.teachers=@teachers]
+      kd: [method=kd, teacher.runs=@teachers]
 
 Every (variant, fold, seed) run is appended to ``runs.jsonl`` as it finishes, so an interrupted ablation
 continues where it stopped, and a run cut off half-way continues from its last epoch checkpoint (its folder,
@@ -50,7 +50,7 @@ import torch
 from audio_mrkd import config as config_io
 from audio_mrkd import fileio, plots
 from audio_mrkd.errors import InputError
-from audio_mrkd.experiment import load_experiment
+from audio_mrkd.registry import load_experiment
 from audio_mrkd.progress import progress
 from audio_mrkd.train import ablation_cluster, ablation_records
 from audio_mrkd.train import checkpoint as ckpt
@@ -273,9 +273,10 @@ def _warn_leaking_teachers(grid: _Grid, log) -> None:
     clips its fold holds out, which are the clips the student is scored on."""
     for variant in grid.spec.variants:
         if grid.taught(variant) and ablation_records.load_given(*grid.given(variant, 0, grid.spec.seeds[0])) \
-                .kd.checkpoint == "best":
-            log(f"ablation: warning: variant {variant} distils its teachers at kd.checkpoint=best, the epoch each "
-                f"chose on the clips its fold holds out, which the student is scored on (kd.checkpoint=last does not)")
+                .teacher.checkpoint == "best":
+            log(f"ablation: warning: variant {variant} distils its teachers at teacher.checkpoint=best, the epoch "
+                f"each chose on the clips its fold holds out, which the student is scored on "
+                f"(teacher.checkpoint=last does not)")
 
 
 def _keep_variants(spec: AblationSpec, only: list[str], spec_path: str | Path) -> None:

@@ -18,7 +18,8 @@ from pathlib import Path
 from audio_mrkd import config as config_io
 from audio_mrkd import fileio
 from audio_mrkd.errors import InputError
-from audio_mrkd.experiment import ExperimentConfig, load_experiment
+from audio_mrkd.experiment import RENAMED, ExperimentConfig
+from audio_mrkd.registry import experiment_from_dict, load_experiment
 
 TEACHERS = "@teachers"  # in a variant's overrides: the run directories of its fold's teachers
 
@@ -31,6 +32,27 @@ _NOT_RECIPE = {"name": None, "data": ("root", "manifest_dir"),
 # they existed: at that value a key is left out of the digest, so the records of earlier studies keep matching (a
 # run that sets another value has another recipe).
 _ADDED = {("data", "final_test"): False, ("train", "milestone_unit"): "epoch"}
+
+
+# sections of their own before every method had one (the others' settings were ``method_options``)
+_SECTIONS_THEN = ("mrkd", "kd")
+
+
+def _in_first_layout(data: dict, cfg: ExperimentConfig) -> None:
+    """The resolved config in the layout studies were first recorded in: ``teacher.*`` and ``mrkd.with_teacher``
+    back under ``kd.*``, the configured method's settings that differ from its defaults as ``method_options``, the
+    other methods' sections left out (their defaults did not exist then)."""
+    for (old_section, old_key), (section, key) in RENAMED.items():
+        data[old_section][old_key] = data[section].pop(key)
+    data.pop("teacher")
+    options = cfg.options()
+    defaults = config_io.to_dict(type(options)()) if options is not None else {}
+    given = config_io.to_dict(options) if options is not None else {}
+    data["method_options"] = {} if cfg.method in _SECTIONS_THEN else \
+        {key: value for key, value in given.items() if value != defaults[key]}
+    for name in cfg.methods:
+        if name not in _SECTIONS_THEN:
+            data.pop(name)
 
 
 def _as_first_recorded(data: dict, taught: bool) -> None:
@@ -46,9 +68,10 @@ def _as_first_recorded(data: dict, taught: bool) -> None:
 
 
 def recipe_digest(cfg: ExperimentConfig, teachers_placeholder: bool = False) -> str:
-    """What decides a run's numbers, as a short digest. ``teachers_placeholder``: ``kd.teachers`` came from
-    ``@teachers`` (the fold's teacher runs, whose own records carry their recipe), so their paths do not count."""
+    """What decides a run's numbers, as a short digest (of the config in its first layout, so that studies recorded
+    before a key moved keep matching). ``teachers_placeholder``: ``teacher.runs`` came from ``@teachers`` (the fold's teacher runs, whose own records carry their recipe), so their paths do not count."""
     data = config_io.to_dict(cfg)
+    _in_first_layout(data, cfg)
     for section, keys in _NOT_RECIPE.items():
         if keys is None:
             data.pop(section, None)
@@ -57,7 +80,7 @@ def recipe_digest(cfg: ExperimentConfig, teachers_placeholder: bool = False) -> 
                 data[section].pop(key, None)
     if teachers_placeholder:
         data["kd"]["teachers"] = TEACHERS
-    _as_first_recorded(data, taught=bool(cfg.kd.teachers or cfg.kd.teacher_logits))
+    _as_first_recorded(data, taught=cfg.teacher.given)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -81,14 +104,14 @@ def _recorded_recipe(record: dict, out_dir: Path) -> str | None:
 
 
 def run_dir_recipe(run_dir: Path, taught: bool) -> str | None:
-    """The recipe of the run whose resolved config is ``run_dir/config.yaml`` (``taught``: its ``kd.teachers`` came
+    """The recipe of the run whose resolved config is ``run_dir/config.yaml`` (``taught``: its ``teacher.runs`` came
     from ``@teachers`` and count as the placeholder); None when there is none or this version cannot read it."""
     saved = run_dir / "config.yaml"
     try:
-        cfg = load_experiment(saved) if saved.is_file() else None
+        cfg = experiment_from_dict(config_io.read_yaml(saved), quiet=True) if saved.is_file() else None
     except InputError:  # written by a version with other keys: unknown
         return None
-    return recipe_digest(cfg, taught and bool(cfg.kd.teachers)) if cfg is not None else None
+    return recipe_digest(cfg, taught and bool(cfg.teacher.runs)) if cfg is not None else None
 
 
 def read_records(path: Path, repair: bool = True) -> list[tuple[int, dict]]:

@@ -9,7 +9,8 @@ import yaml
 
 from audio_mrkd import faults, fileio
 from audio_mrkd.errors import InputError
-from audio_mrkd.experiment import ExperimentConfig, experiment_from_dict
+from audio_mrkd.experiment import ExperimentConfig
+from audio_mrkd.registry import experiment_from_dict
 from audio_mrkd.models import build_model
 
 CHECKPOINTS = ("last", "best")
@@ -96,7 +97,7 @@ def read_run_config(run_dir: str | Path) -> ExperimentConfig:
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
         raise InputError(f"{run_dir}: not a run directory (no config.yaml)")
-    return experiment_from_dict(yaml.safe_load(path.read_text()))
+    return experiment_from_dict(yaml.safe_load(path.read_text()), quiet=True)
 
 
 def read_data_info(run_dir: str | Path) -> dict:

@@ -19,6 +19,7 @@ from audio_mrkd import fileio
 from audio_mrkd.data.dcase import DEVICE_GROUPS
 from audio_mrkd.errors import InputError
 from audio_mrkd.experiment import ExperimentConfig
+from audio_mrkd.registry import experiment_from_dict
 from audio_mrkd.train.checkpoint import checkpoint_path, load_run_model, read_data_info, read_run_config
 from audio_mrkd.train.data import run_bundle, with_run_norm
 from audio_mrkd.train.evaluate import run_logits
@@ -36,7 +37,7 @@ def device_config(base: ExperimentConfig, run_dir: Path, device: str, out: Path,
     extra = [*FINETUNE_DEFAULTS, f"data.train_devices=[{device}]",
              f"train.init_from={checkpoint_path(run_dir, CHECKPOINT)}", f"train.out_dir={out / device}",
              f"name={base.name}_device_{device}", "train.run_name=", *overrides]
-    return config_io.from_dict(ExperimentConfig, config_io.deep_merge(data, config_io.parse_overrides(extra)))
+    return experiment_from_dict(config_io.deep_merge(data, config_io.parse_overrides(extra)))
 
 
 def finetune(run_dir: str | Path, devices: list[str], out: str | Path | None = None,

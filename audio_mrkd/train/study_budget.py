@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from audio_mrkd.errors import InputError
-from audio_mrkd.experiment import load_experiment
+from audio_mrkd.registry import load_experiment
 from audio_mrkd.train.ablation import variant_runs
 
 SAFETY = 0.9          # share of the time left that the schedule may fill; the rest absorbs what was not measured
@@ -62,7 +62,7 @@ def _costs(key: tuple, config: str | Path, overrides: list[str], seconds: float,
     trainer = Trainer(load_experiment(config, overrides))
     trainer.writer, trainer._last_metrics = SummaryWriter(str(trainer.run_dir)), None  # as fit() sets them
     sync = torch.cuda.synchronize if trainer.runtime.cuda else (lambda: None)
-    batches, mrkd = _cycle(trainer.train_loader), trainer.cfg.mrkd
+    batches, mrkd = _cycle(trainer.train_loader), trainer.cfg.options("mrkd")
     trainer.model.train()
     for epoch in range(1, mrkd.k * mrkd.interval + 1):  # MrKD's bank full: its teachers run in every timed step
         trainer.epoch = epoch

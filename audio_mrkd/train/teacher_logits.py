@@ -2,7 +2,7 @@
 
 The runs (e.g. one teacher recipe trained with ``seeds=[…]``) must share a dataset (name, class order, input
 shape); each scores every item with its own normalisation and the file holds the mean of their logits, in the
-format ``kd.teacher_logits`` reads (:func:`audio_mrkd.distill.teachers.write_teacher_logits`).
+format ``teacher.logits`` reads (:func:`audio_mrkd.distill.teachers.write_teacher_logits`).
 """
 from __future__ import annotations
 
