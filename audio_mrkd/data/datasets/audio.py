@@ -6,7 +6,6 @@ recording-grouped fold (``identifier``: a location, kit or recording never sits 
 from __future__ import annotations
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold
 
 from audio_mrkd.data.dataset import FeatureSplit, concat_splits, load_split
 from audio_mrkd.data.datasets.base import DataBundle, DatasetKind
@@ -23,6 +22,7 @@ def with_train_stats(split: FeatureSplit, axis: tuple[int, ...]) -> tuple[np.nda
 
 def cv_split(pool: FeatureSplit, folds: int, fold: int) -> tuple[FeatureSplit, FeatureSplit]:
     """Recording-grouped, class-stratified fold ``fold`` of ``folds`` (fixed assignment, independent of seed)."""
+    from sklearn.model_selection import StratifiedGroupKFold  # here: the config schema imports this registry
     splitter = StratifiedGroupKFold(n_splits=folds, shuffle=True, random_state=0)
     groups = pool.items["identifier"].astype(str).to_numpy()
     train_idx, eval_idx = list(splitter.split(np.zeros(len(pool)), pool.labels, groups))[fold]
