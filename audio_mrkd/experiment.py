@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 import sys
-import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
@@ -20,15 +19,12 @@ from audio_mrkd import config as config_io
 from audio_mrkd.errors import InputError
 from audio_mrkd.paths import MANIFEST_DIR
 
-DataKind = Literal["audio", "cifar10", "cifar100", "cinic10", "fashion_mnist", "synthetic"]
-DATA_KINDS = typing.get_args(DataKind)
-
-
 @dataclass
 class DataConfig:
-    """What to train on. ``kind: audio`` reads a prepared dataset (``name``); image kinds read ``root``."""
+    """What to train on. ``kind``: a name in the dataset registry (``audio`` reads a prepared dataset, ``name``;
+    image kinds read ``root``)."""
 
-    kind: DataKind = "audio"
+    kind: str = "audio"
     name: str | None = None               # prepared audio dataset (data_manifests/<name>)
     root: str | None = None               # image dataset folder (official on-disk format)
     manifest_dir: str = MANIFEST_DIR
@@ -49,20 +45,22 @@ class DataConfig:
 
     def validate(self) -> None:
         config_io.check_choices(self, "data")
-        if self.kind == "audio" and not self.name:
-            raise InputError("data.name: required for audio (the --name given to `audio-mrkd prepare`)")
-        if self.kind not in ("audio", "synthetic") and not self.root:
-            raise InputError(f"data.root: required for data.kind {self.kind}")
         if self.cv_folds < 0 or (self.cv_folds and not 0 <= self.cv_fold < self.cv_folds):
             raise InputError(f"data.cv_fold: {self.cv_fold} not in 0..{self.cv_folds - 1}")
-        if self.final_test:
-            self._check_final_test()
 
-    def _check_final_test(self) -> None:
-        if self.kind in ("audio", "synthetic"):
+    def check_against(self, datasets: Mapping[str, Any]) -> None:
+        """The kind is registered (``datasets``: the dataset registry), and what it needs is given."""
+        if self.kind not in datasets:
+            raise InputError(f"data.kind: {self.kind!r} is not one of {', '.join(map(repr, datasets))}")
+        kind = datasets[self.kind]
+        if kind.source_key == "name" and not self.name:
+            raise InputError(f"data.name: required for {self.kind} (the --name given to `audio-mrkd prepare`)")
+        if kind.source_key == "root" and not self.root:
+            raise InputError(f"data.root: required for data.kind {self.kind}")
+        if self.final_test and not kind.official_test:
             raise InputError(f"data.final_test: only image data sets have an official test split apart from the "
                              f"evaluated one (data.kind is {self.kind})")
-        if self.eval_split == "test" or (not self.holdout and self.kind != "cinic10"):
+        if self.final_test and kind.final_test_is_evaluated(self):
             raise InputError("data.final_test: the evaluated split is already the official test split (use "
                              "data.holdout=N to select on held-back training images)")
 
@@ -264,10 +262,11 @@ def upgrade_keys(data: dict, methods: Mapping[str, Any], warn: Callable[[str], N
     return data
 
 
-def experiment_from_dict(data: dict, methods: Mapping[str, Any],
+def experiment_from_dict(data: dict, methods: Mapping[str, Any], datasets: Mapping[str, Any],
                          warn: Callable[[str], None] | None = deprecation_line) -> ExperimentConfig:
     """A validated :class:`ExperimentConfig` from a mapping. ``methods``: the method registry (name → a class
-    with ``Options``, a dataclass or None, and ``teacher``: "none" | "optional" | "required")."""
+    with ``Options``, a dataclass or None, and ``teacher``: "none" | "optional" | "required"); ``datasets``: the
+    dataset registry (``data.kind`` → its kind)."""
     if not isinstance(data, dict):
         raise InputError(f"config: expected a mapping, got {data!r}")
     data = upgrade_keys(data, methods, warn)
@@ -279,6 +278,8 @@ def experiment_from_dict(data: dict, methods: Mapping[str, Any],
     cfg = config_io.from_dict(ExperimentConfig, {k: v for k, v in data.items() if k in core})
     cfg.methods = {name: config_io.from_dict(options, data.get(name), name) for name, options in sections.items()}
     _check_method(cfg, methods)
+    if "data" in data:  # checked where given, as the other sections (defaults alone name no dataset yet)
+        cfg.data.check_against(datasets)
     return cfg
 
 
@@ -297,8 +298,9 @@ def _check_method(cfg: ExperimentConfig, methods: Mapping[str, Any]) -> None:
 
 
 def load_experiment(path: str | Path | None, overrides: list[str] | None, methods: Mapping[str, Any],
+                    datasets: Mapping[str, Any],
                     warn: Callable[[str], None] | None = deprecation_line) -> ExperimentConfig:
     """Experiment YAML (optional, ``base:`` inheritance) + dotted overrides → validated :class:`ExperimentConfig`."""
     data = config_io.read_with_base(path) if path else {}
     return experiment_from_dict(config_io.deep_merge(data, config_io.parse_overrides(overrides or [])), methods,
-                                warn)
+                                datasets, warn)

@@ -76,20 +76,21 @@ def cpu_name() -> str:
 def calibration_table(run_dir: str, calibration: int, candidates=CANDIDATES) -> None:
     """Print every candidate's train-split and evaluated-split figures against fp32 for the run ``run_dir``."""
     from audio_mrkd.data.dataset import load_split
-    from audio_mrkd.train.checkpoint import load_run_model
+    from audio_mrkd.train.run import Run
 
-    net, info, cfg = load_run_model(run_dir)
-    model = FeatureModel(net, info.get("norm_mean"), info.get("norm_std")).eval()
-    manifests = info.get("manifest_dir", MANIFEST_DIR)
-    train = load_split(info["name"], info.get("train_split", cfg.data.train_split), manifests, in_memory=False)
-    evaluated = load_split(info["name"], info.get("eval_split", cfg.data.eval_split), manifests, in_memory=False)
+    run = Run(run_dir)
+    net, info, cfg = run.model(), run.info, run.config
+    model = FeatureModel(net, info.norm_mean, info.norm_std).eval()
+    manifests = info.manifest_dir or MANIFEST_DIR
+    train = load_split(info.name, info.train_split or cfg.data.train_split, manifests, in_memory=False)
+    evaluated = load_split(info.name, info.eval_split or cfg.data.eval_split, manifests, in_memory=False)
     every = np.arange(len(evaluated))
     print(f"run: {run_dir} ({cfg.model.name}); train split {len(train)} clips, evaluated split {len(evaluated)} "
           f"clips; --calibration {calibration}")
     with tempfile.TemporaryDirectory() as tmp:
         fp32_path = Path(tmp) / "model.onnx"
         torch.manual_seed(0)
-        export_onnx(model, torch.randn(2, *info["input_shape"]), fp32_path, FEATURES_INPUT)
+        export_onnx(model, torch.randn(2, *info.input_shape), fp32_path, FEATURES_INPUT)
         start = time.perf_counter()
         report = choose_int8(fp32_path, Path(tmp) / "model.int8.onnx", train.features, train.labels, calibration,
                              candidates=candidates, keep_dir=tmp)

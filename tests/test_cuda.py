@@ -14,8 +14,8 @@ import torch
 from audio_mrkd.cli import main
 from audio_mrkd.experiment import TrainConfig
 from audio_mrkd.export.commands import export_run
-from audio_mrkd.train.checkpoint import checkpoint_path, load_run_model
-from audio_mrkd.train.data import run_bundle
+from audio_mrkd.train.checkpoint import checkpoint_path
+from audio_mrkd.train.run import Run
 from audio_mrkd.train.engine import Trainer, train_run
 from audio_mrkd.train.evaluate import evaluate_run, run_logits
 from tests.test_crash import cli, comparable
@@ -95,8 +95,8 @@ def inference_copies(method) -> list[torch.nn.Module]:
 def cpu_probabilities(run_dir) -> tuple[list[str], np.ndarray]:
     """The run's `last` checkpoint on its evaluated items, recomputed on the CPU in float32 (evaluate's own path):
     the items' file names and the N×C probabilities."""
-    model, info, cfg = load_run_model(run_dir, "last")
-    data = run_bundle(info, cfg).eval
+    run = Run(run_dir)
+    model, data = run.model("last"), run.data().eval
     names = data.items["filename"].astype(str).str.replace("audio/", "", regex=False).tolist()
     return names, torch.softmax(run_logits(model, data), 1).numpy()
 

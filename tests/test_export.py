@@ -32,7 +32,7 @@ from audio_mrkd.export.parity import feature_parity, parity_warnings  # noqa: E4
 from audio_mrkd.export.quantize import (CANDIDATES, Candidate, FeatureReader, calibration_positions,  # noqa: E402
                                         choose_int8, logits_at, quantize_int8)
 from audio_mrkd.models import build_model  # noqa: E402
-from audio_mrkd.train.checkpoint import load_run_model  # noqa: E402
+from audio_mrkd.train.run import Run  # noqa: E402
 from conftest import make_dcase_tree  # noqa: E402
 
 pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"),
@@ -93,11 +93,11 @@ def cli_main(argv: list[str], monkeypatch=None) -> int:
 # --- export -----------------------------------------------------------------------------------------------
 
 def test_trained_fixture_beats_chance(run):
-    model, info, _ = load_run_model(run["run_dir"])
+    model, info = Run(run["run_dir"]).model(), Run(run["run_dir"]).info
     ev = load_split(NAME, "evaluate", run["manifests"])
     with torch.no_grad():
         logits = model(BatchLoader(ev, 64).features_at(torch.arange(len(ev))))
-    assert (logits.argmax(1).numpy() == ev.labels).mean() > 1 / len(info["class_names"]) + 0.2
+    assert (logits.argmax(1).numpy() == ev.labels).mean() > 1 / len(info.class_names) + 0.2
 
 
 def test_export_writes_every_file(exported, run):
@@ -118,7 +118,7 @@ def test_fp32_graph_has_dynamic_batch_and_takes_raw_logmel(exported, run):
     session = onnx_session(out / "model.onnx")
     inp = session.get_inputs()[0]
     assert inp.name == "features" and inp.shape[1:] == [1, 256, 65] and not isinstance(inp.shape[0], int)
-    model, info, _ = load_run_model(run["run_dir"])
+    model, info = Run(run["run_dir"]).model(), Run(run["run_dir"]).info
     ev = load_split(NAME, "evaluate", run["manifests"])
     raw = np.asarray(ev.features[:7], dtype=np.float32)                    # un-normalised, as the front-end gives
     normalised = BatchLoader(ev, 64).features_at(torch.arange(7))         # what the network saw in training
@@ -177,9 +177,9 @@ def test_badly_calibrated_int8_is_flagged(exported, run, tmp_path):
     silence = np.full((16, 1, 256, 65), np.log(1e-5), dtype=np.float32)
     bad = tmp_path / "bad.int8.onnx"
     quantize_int8(out / "model.onnx", bad, FeatureReader(silence, "features"))
-    model, info, _ = load_run_model(run["run_dir"])
+    model, info = Run(run["run_dir"]).model(), Run(run["run_dir"]).info
     ev = load_split(NAME, "evaluate", run["manifests"])
-    rep = feature_parity(FeatureModel(model, info["norm_mean"], info["norm_std"]), out / "model.onnx", bad,
+    rep = feature_parity(FeatureModel(model, info.norm_mean, info.norm_std), out / "model.onnx", bad,
                          ev.features, ev.labels)
     assert rep["int8_vs_fp32"]["accuracy_drop_pt"] > 2.0 and rep["int8_ok"] is False
     assert any("int8 model loses" in w for w in parity_warnings(rep))
@@ -304,8 +304,8 @@ def test_with_frontend_graph_matches_python_frontend(exported, run):
     cfg = FrontendConfig()
     paths = sorted((run["tree"] / "audio").glob("*.wav"))[:5]
     waves = torch.stack([load_clip(p, cfg) for p in paths])
-    model, info, _ = load_run_model(run["run_dir"])
-    feature_model = FeatureModel(model, info["norm_mean"], info["norm_std"]).eval()
+    model, info = Run(run["run_dir"]).model(), Run(run["run_dir"]).info
+    feature_model = FeatureModel(model, info.norm_mean, info.norm_std).eval()
     with torch.no_grad():
         expected = feature_model(torch.from_numpy(compute_logmel(paths, cfg))[:, None]).numpy()
     got = session.run(None, {"waveform": waves.numpy()})[0]

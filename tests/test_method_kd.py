@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from audio_mrkd.cli import main
+from audio_mrkd.data.info import DataInfo
 from audio_mrkd.distill.teachers import read_teacher_logits, write_teacher_logits
 from audio_mrkd.registry import load_experiment
 from audio_mrkd.methods import TrainContext, build_method
@@ -52,7 +53,7 @@ def _kd_method(tmp_path, *extra):
                                  *extra])
     ctx = TrainContext(model=torch.nn.Linear(1, 3), n_classes=3, torch_device=torch.device("cpu"),
                        runtime=Runtime.from_config(cfg.train), infer_train=None, average_grads=None,
-                       sync_buffers=lambda: None, data_info={"class_names": CLASSES}, train_filenames=names)
+                       sync_buffers=lambda: None, data_info=DataInfo(class_names=CLASSES), train_filenames=names)
     return build_method(cfg, ctx)
 
 
@@ -376,13 +377,13 @@ def test_ablation_trains_a_vanished_teacher_again_when_a_variant_needs_it(prepar
 
 # ---- a teacher's best epoch chosen on the student's split -----------------------------------------------------
 def test_teachers_are_distilled_at_their_last_epoch_by_default(prepared, teachers, tmp_path, capsys, monkeypatch):
-    from audio_mrkd.train.checkpoint import load_run_model as original
-    loaded = []
+    from audio_mrkd.train.run import Run
+    original, loaded = Run.model, []
 
-    def load_run_model(run_dir, which):
+    def model(run, which="best"):
         loaded.append(which)
-        return original(run_dir, which)
-    monkeypatch.setattr("audio_mrkd.train.engine.ckpt.load_run_model", load_run_model)
+        return original(run, which)
+    monkeypatch.setattr(Run, "model", model)
     Trainer(config(prepared, tmp_path, "method=kd", f"teacher.runs=[{teachers[0]},{teachers[1]}]"))
     assert loaded == ["last", "last"] and "teacher.checkpoint" not in capsys.readouterr().err
     Trainer(config(prepared, tmp_path, "method=kd", f"teacher.runs=[{teachers[0]},{teachers[1]}]",

@@ -56,6 +56,15 @@ class FeatureSplit:
                             self.info)
 
 
+def concat_splits(a: FeatureSplit, b: FeatureSplit) -> FeatureSplit:
+    """Two splits of the same dataset as one (items in order a, then b)."""
+    return FeatureSplit(np.concatenate([np.asarray(a.features), np.asarray(b.features)]),
+                        np.concatenate([a.labels, b.labels]), a.class_names,
+                        np.concatenate([a.recording_devices, b.recording_devices]), a.device_names,
+                        np.concatenate([a.rows, b.rows]), pd.concat([a.items, b.items], ignore_index=True),
+                        a.norm_mean, a.norm_std, a.info)
+
+
 def stratified_holdout(labels: np.ndarray, holdout: int, seed: int) -> np.ndarray:
     """Sorted positions of ``holdout`` items drawn per class in proportion to the class sizes (largest
     remainder), at random within each class with ``numpy.random.default_rng(seed)``."""

@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from audio_mrkd import fileio
+from audio_mrkd.data.info import DataInfo
 from audio_mrkd.errors import InputError
 from audio_mrkd.experiment import TeacherConfig
 
@@ -145,40 +146,33 @@ def _norm_tensors(mean, std) -> tuple[Tensor, Tensor]:
     return torch.as_tensor(np.asarray(mean, np.float32)), torch.as_tensor(np.asarray(std, np.float32))
 
 
-def load_teacher_run(run_dir: str | Path, which: str, student_info: dict, load_run_model) -> tuple[nn.Module, dict]:
-    """A finished run's network (eval mode, CPU) taking the student's normalised inputs, and the run's data.json; the
-    run must have been trained on the student's dataset (same name, class order and input shape).
-    ``load_run_model(run_dir, which)`` → (network, data.json, config): the engine's run reader."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "data.json").is_file():
-        raise InputError(f"teacher.runs: {run_dir}: not a run directory of audio-mrkd (no data.json)")
-    model, info, _ = load_run_model(run_dir, which)
-    for key in ("name", "class_names", "input_shape"):
-        if info.get(key) != student_info.get(key):
-            raise InputError(f"teacher.runs: {run_dir}: trained with {key} {info.get(key)!r}, this run has "
-                             f"{student_info.get(key)!r}")
-    student_norm = (student_info.get("norm_mean"), student_info.get("norm_std"))
-    teacher_norm = (info.get("norm_mean"), info.get("norm_std"))
+def load_teacher_run(run_dir: str | Path, which: str, student_info: DataInfo, open_run) -> tuple[nn.Module, DataInfo]:
+    """A finished run's network (eval mode, CPU) taking the student's normalised inputs, and the run's data
+    description; the run must have been trained on the student's dataset (same kind, name, class order and input
+    shape). ``open_run(run_dir)`` → the run (``.info``, ``.model(which)``): the engine's run reader."""
+    run = open_run(Path(run_dir))
+    try:
+        info = run.info
+    except InputError as exc:
+        raise InputError(f"teacher.runs: {exc}") from None
+    model = run.model(which)
+    key = info.dataset_difference(student_info)
+    if key is not None:
+        raise InputError(f"teacher.runs: {run_dir}: trained with {key} {getattr(info, key)!r}, this run has "
+                         f"{getattr(student_info, key)!r}")
+    student_norm = (student_info.norm_mean, student_info.norm_std)
+    teacher_norm = (info.norm_mean, info.norm_std)
     if _same_norm(student_norm, teacher_norm):
         return model, info
     return Renormalized(model, student_norm, teacher_norm).eval(), info
 
 
-# what decides which items a run is scored on (and so chooses its best epoch on)
-_SELECTION_KEYS = ("kind", "name", "root", "train_split", "eval_split", "cv_folds", "cv_fold", "cv_pool", "holdout")
-
-
-def scored_on_the_same_split(teacher_info: dict, student_info: dict) -> bool:
-    """True when a teacher run (its data.json) was evaluated — and chose its ``best`` epoch — on the student's split."""
-    return all(teacher_info.get(key) == student_info.get(key) for key in _SELECTION_KEYS)
-
-
-def warn_if_best_leaks(tcfg: TeacherConfig, teacher_infos: list[dict], student_info: dict, log) -> None:
+def warn_if_best_leaks(tcfg: TeacherConfig, teacher_infos: list[DataInfo], student_info: DataInfo, log) -> None:
     """One warning line when ``teacher.checkpoint: best`` distils an epoch chosen on the split the student is scored
     on."""
     if tcfg.checkpoint != "best":
         return
-    leaking = [run for run, info in zip(tcfg.runs, teacher_infos) if scored_on_the_same_split(info, student_info)]
+    leaking = [run for run, info in zip(tcfg.runs, teacher_infos) if info.scored_on_the_same_split(student_info)]
     if leaking:
         log(f"teacher.checkpoint: warning: 'best' distils the epoch {len(leaking)} of the {len(tcfg.runs)} teacher "
             f"run(s) (e.g. {leaking[0]}) chose on the split this run is scored on, so that split leaks into the "
@@ -233,9 +227,9 @@ class TeacherSignal:
 def build_teacher_signal(tcfg: TeacherConfig, ctx) -> TeacherSignal:
     """The teacher signal ``teacher.*`` names, for the run ``ctx`` (a :class:`~audio_mrkd.methods.base.TrainContext`)."""
     if tcfg.logits:
-        table = read_teacher_logits(tcfg.logits, ctx.train_filenames, ctx.data_info["class_names"])
+        table = read_teacher_logits(tcfg.logits, ctx.train_filenames, ctx.data_info.class_names)
         return TeacherSignal(table=torch.from_numpy(table)[None].to(ctx.torch_device))
-    loaded = [load_teacher_run(run, tcfg.checkpoint, ctx.data_info, ctx.load_run_model) for run in tcfg.runs]
+    loaded = [load_teacher_run(run, tcfg.checkpoint, ctx.data_info, ctx.open_run) for run in tcfg.runs]
     models = [model for model, _ in loaded]
     warn_if_best_leaks(tcfg, [info for _, info in loaded], ctx.data_info,
                        lambda line: print(line, file=sys.stderr, flush=True))

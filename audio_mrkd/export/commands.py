@@ -24,7 +24,8 @@ from audio_mrkd import config as config_io
 from audio_mrkd import fileio
 from audio_mrkd.data.frontend import FrontendConfig, Resampler, load_clip
 from audio_mrkd.errors import InputError
-from audio_mrkd.train.data import evaluated_name, run_bundle
+from audio_mrkd.train.data import evaluated_name
+from audio_mrkd.train.run import Run
 from audio_mrkd.export import INT8_MAX_DROP_PT, complexity, parity
 from audio_mrkd.export.onnx import (FEATURES_INPUT, FRONTEND_FILE, INT8_FILE, MODEL_FILE, WAVEFORM_INPUT,
                                     FeatureModel, WaveformModel, export_onnx)
@@ -41,13 +42,6 @@ class ExportResult:
     complexity: dict
     parity: dict
     warnings: list[str] = field(default_factory=list)
-
-
-def run_frontend_config(info: dict, where: str) -> FrontendConfig:
-    """The front-end a run's features were made with (its data.json), or one line naming ``where``."""
-    if not isinstance(info.get("features"), dict):
-        raise InputError(f"{where}: 'features' (the front-end configuration) missing")
-    return config_io.from_dict(FrontendConfig, info["features"], "features")
 
 
 def _frontend_clips(split, cfg: FrontendConfig, n: int) -> tuple[torch.Tensor, str]:
@@ -77,16 +71,17 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, int8: bool = 
     run_dir = Path(run_dir)
     if calibration < 1:
         raise InputError(f"--calibration: must be >= 1, got {calibration}")
-    net, info, cfg, feat_cfg = _load_run(run_dir, checkpoint)
-    input_shape, class_names = [1, *feat_cfg.shape], list(info["class_names"])
-    model = FeatureModel(net, info.get("norm_mean"), info.get("norm_std")).eval()
+    run, net, feat_cfg = _load_run(run_dir, checkpoint)
+    cfg, info = run.config, run.info
+    input_shape, class_names = [1, *feat_cfg.shape], list(info.class_names)
+    model = FeatureModel(net, info.norm_mean, info.norm_std).eval()
     out = Path(out) if out else run_dir / "export"
     out.mkdir(parents=True, exist_ok=True)
     files = _write_model_files(out, model, feat_cfg, class_names, {
         "class_names": class_names, "features": config_io.to_dict(feat_cfg), "run_dir": str(run_dir),
         "checkpoint": checkpoint, "model": cfg.model.name}, log)
 
-    quant_settings, bundle = None, run_bundle(info, cfg)  # the run's own train and evaluated items (CV folds too)
+    quant_settings, bundle = None, run.data()  # the run's own train and evaluated items (CV folds too)
     if int8:
         train = bundle.train
         quant_settings = _export_int8(out, train, calibration, int8_activations, log)
@@ -114,25 +109,15 @@ def export_run(run_dir: str | Path, out: str | Path | None = None, int8: bool = 
     return ExportResult(out, files, comp, report, parity.parity_warnings(report))
 
 
-def _load_run(run_dir: Path, checkpoint: str):
-    """(network, data.json, config, front-end config) of an audio run, or one InputError line."""
-    from audio_mrkd.train.checkpoint import load_run_model
-
+def _load_run(run_dir: Path, checkpoint: str) -> tuple[Run, torch.nn.Module, FrontendConfig]:
+    """(the run, its network, its front-end config) of an audio run, or one InputError line."""
     if not run_dir.exists():
         raise InputError(f"{run_dir}: run directory not found")
     if not run_dir.is_dir():
         raise InputError(f"{run_dir}: not a run directory (a file)")
-    net, info, cfg = load_run_model(run_dir, checkpoint)
-    where = str(run_dir / "data.json")
-    if info.get("kind", "audio") != "audio":
-        raise InputError(f"{where}: kind '{info.get('kind')}': export supports audio runs only "
-                         "(the exported graphs take log-mels or waveforms)")
-    feat_cfg = run_frontend_config(info, where)
-    input_shape = list(info.get("input_shape") or [])
-    if input_shape != [1, *feat_cfg.shape]:
-        raise InputError(f"{where}: input_shape {input_shape} does not match the front-end's [1, {feat_cfg.n_mels}, "
-                         f"{feat_cfg.n_frames}]")
-    return net, info, cfg, feat_cfg
+    run = Run(run_dir)
+    net = run.model(checkpoint)
+    return run, net, run.frontend()
 
 
 def _write_model_files(out: Path, model: FeatureModel, feat_cfg: FrontendConfig, class_names: list[str],

@@ -32,13 +32,12 @@ import torch
 
 from audio_mrkd import fileio
 from audio_mrkd.errors import InputError
-from audio_mrkd.export.commands import run_frontend_config
 from audio_mrkd.export.complexity import complexity_report
 from audio_mrkd.data.frontend import LogMel
 from audio_mrkd.export.onnx import FEATURES_INPUT, FeatureModel, export_onnx
 from audio_mrkd.models import model_constructor
 from audio_mrkd.progress import progress
-from audio_mrkd.train.checkpoint import load_run_model
+from audio_mrkd.train.run import Run
 from audio_mrkd.versions import versions
 
 LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9]*_[A-Za-z0-9]+_task1$")
@@ -46,16 +45,21 @@ TEMPLATE = Path(__file__).with_name("package_template.py")
 
 
 def _models(run_dir: Path, finetuned: Path | None, checkpoint: str) -> dict[str, tuple]:
-    """``{"general": (network, data.json), "device_<id>": …}`` from the run and its fine-tuned device runs."""
-    net, info, cfg = load_run_model(run_dir, checkpoint)
+    """``{"general": (network, data info, config), "device_<id>": …}`` from the run and its fine-tuned device
+    runs."""
+    general = Run(run_dir)
+    net = general.model(checkpoint)
+    info, cfg = general.info, general.config
     models = {"general": (net, info, cfg)}
     if finetuned is not None:
         report = finetuned / "metrics.json"
         if not report.is_file():
             raise InputError(f"--finetuned {finetuned}: no metrics.json (the output folder of `audio-mrkd finetune`)")
         for device, device_run in json.loads(report.read_text())["device_runs"].items():
-            d_net, d_info, d_cfg = load_run_model(device_run, checkpoint)
-            if d_info["class_names"] != info["class_names"] or d_cfg.model != cfg.model:
+            folder = Run(device_run)
+            d_net = folder.model(checkpoint)
+            d_info, d_cfg = folder.info, folder.config
+            if d_info.class_names != info.class_names or d_cfg.model != cfg.model:
                 raise InputError(f"{device_run}: another model or class list than {run_dir}")
             models[f"device_{device}"] = (d_net, d_info, d_cfg)
     return models
@@ -82,7 +86,7 @@ def build_package(run_dir: str | Path, label: str, out: str | Path, finetuned: s
     run_dir = Path(run_dir)
     models = _models(run_dir, Path(finetuned) if finetuned else None, checkpoint)
     info = models["general"][1]
-    frontend = run_frontend_config(info, str(run_dir / "data.json"))
+    frontend = Run(run_dir).frontend()
     complexity = _complexity(models, [1, *frontend.shape], allow_over_limits)
     module = f"{label}_{slot}"
     with fileio.building_dir(Path(out) / label) as tmp:
@@ -97,14 +101,14 @@ def build_package(run_dir: str | Path, label: str, out: str | Path, finetuned: s
         _write_models(resources, models, frontend, log)
         _copy_network_source(tmp / label / "networks", models["general"][2].model.name)
         fileio.write_json(resources / "config.json", {
-            "label": label, "slot": slot, "class_names": list(info["class_names"]),
+            "label": label, "slot": slot, "class_names": list(info.class_names),
             "devices": [name.removeprefix("device_") for name in models if name != "general"],
             "train_device_ids": [name.removeprefix("device_") for name in models if name != "general"],
             "sample_rate": frontend.sample_rate, "clip_seconds": frontend.clip_seconds,
-            "features": info["features"], "general_run": str(run_dir), "checkpoint": checkpoint,
+            "features": info.features, "general_run": str(run_dir), "checkpoint": checkpoint,
             "model": {"module": model_module(models["general"][2].model.name),
                       "constructor": models["general"][2].model.name, "options": models["general"][2].model.options,
-                      "in_channels": info["input_shape"][0], "normalized": info.get("norm_mean") is not None},
+                      "in_channels": info.input_shape[0], "normalized": info.normalized},
             "built_with": versions()})
     log(f"package: {Path(out) / label} ({len(models)} models: {', '.join(models)}); install with "
         f"`pip install {Path(out) / label}`, then `import {label}.{module}`")
@@ -117,7 +121,7 @@ def _write_models(resources: Path, models: dict, frontend, log) -> None:
     batch = torch.export.Dim("batch", max=65536)
     features_example = torch.zeros(2, 1, *frontend.shape)
     for name, (net, info, _) in progress(models.items(), desc="package", unit="model"):
-        features = FeatureModel(net, info.get("norm_mean"), info.get("norm_std")).eval()
+        features = FeatureModel(net, info.norm_mean, info.norm_std).eval()
         if name == "general":  # the front-end as a program: the package needs none of its source
             wave = torch.zeros(2, frontend.n_samples)
             torch.export.save(torch.export.export(LogMel(frontend).eval(), (wave,), dynamic_shapes=({0: batch},)),

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from audio_mrkd.data.augment import Mixing
+from audio_mrkd.data.info import DataInfo
 from audio_mrkd.runtime import Runtime
 
 
@@ -32,9 +33,9 @@ class TrainContext:
     sync_buffers: Callable[[], None]                   # rank 0's BatchNorm statistics to every process
     run_epochs: int = 0                                # the run's length: train.epochs …
     steps_per_epoch: int = 0                           # … of this many optimiser steps
-    data_info: dict | None = None                      # the run's data.json (name, classes, input shape, norm)
+    data_info: DataInfo | None = None                  # the run's data description (name, classes, input shape, norm)
     train_filenames: list[str] | None = None           # the train items' file names, in item-index order
-    load_run_model: Callable | None = None             # (run_dir, "best" | "last") → (network, data.json, config)
+    open_run: Callable | None = None                   # run_dir → its Run (.info: DataInfo, .model("best" | "last"))
 
 
 class Method:

@@ -60,7 +60,7 @@ class ProgressiveSelfKD(Method):
         self.predictions: Tensor | None = None  # N×C float32: the last softmax per item
         self.seen: Tensor | None = None         # N bool: the item has a stored prediction
         info = getattr(ctx, "data_info", None)
-        self.n_items = int(info["n_train"]) if info else 0
+        self.n_items = int(info.n_train) if info else 0
         self.n_classes = getattr(ctx, "n_classes", 0)
         if self.n_items:  # the whole store up front: no item index is read back to size it
             self._ensure(self.n_items, self.n_classes)

@@ -19,7 +19,8 @@ from audio_mrkd import config as config_io
 from audio_mrkd import fileio
 from audio_mrkd.errors import InputError
 from audio_mrkd.experiment import RENAMED, ExperimentConfig
-from audio_mrkd.registry import experiment_from_dict, load_experiment
+from audio_mrkd.registry import load_experiment
+from audio_mrkd.train.run import Run
 
 TEACHERS = "@teachers"  # in a variant's overrides: the run directories of its fold's teachers
 
@@ -104,14 +105,13 @@ def _recorded_recipe(record: dict, out_dir: Path) -> str | None:
 
 
 def run_dir_recipe(run_dir: Path, taught: bool) -> str | None:
-    """The recipe of the run whose resolved config is ``run_dir/config.yaml`` (``taught``: its ``teacher.runs`` came
-    from ``@teachers`` and count as the placeholder); None when there is none or this version cannot read it."""
-    saved = run_dir / "config.yaml"
+    """The recipe of the run in ``run_dir`` (``taught``: its ``teacher.runs`` came from ``@teachers`` and count as
+    the placeholder); None when its folder has no config or this version cannot read it."""
     try:
-        cfg = experiment_from_dict(config_io.read_yaml(saved), quiet=True) if saved.is_file() else None
-    except InputError:  # written by a version with other keys: unknown
+        cfg = Run(run_dir).config
+    except InputError:  # no run folder, or written by a version with other keys: unknown
         return None
-    return recipe_digest(cfg, taught and bool(cfg.teacher.runs)) if cfg is not None else None
+    return recipe_digest(cfg, taught and bool(cfg.teacher.runs))
 
 
 def read_records(path: Path, repair: bool = True) -> list[tuple[int, dict]]:

@@ -1,17 +1,13 @@
-"""Checkpoints (tensors and plain containers only, loadable with ``weights_only=True``) and run-dir loading."""
+"""Checkpoints (tensors and plain containers only, loadable with ``weights_only=True``); a run folder is read by
+:class:`audio_mrkd.train.run.Run`."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
-import yaml
 
 from audio_mrkd import faults, fileio
 from audio_mrkd.errors import InputError
-from audio_mrkd.experiment import ExperimentConfig
-from audio_mrkd.registry import experiment_from_dict
-from audio_mrkd.models import build_model
 
 CHECKPOINTS = ("last", "best")
 #: What every training checkpoint holds (Trainer._state); a file without them is some other torch file.
@@ -91,28 +87,3 @@ def model_state(path: str | Path) -> dict:
     if not isinstance(state, dict) or not isinstance(state.get("model"), dict):
         check_training_state(state, path)
     return state["model"]
-
-
-def read_run_config(run_dir: str | Path) -> ExperimentConfig:
-    path = Path(run_dir) / "config.yaml"
-    if not path.is_file():
-        raise InputError(f"{run_dir}: not a run directory (no config.yaml)")
-    return experiment_from_dict(yaml.safe_load(path.read_text()), quiet=True)
-
-
-def read_data_info(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / "data.json"
-    if not path.is_file():
-        raise InputError(f"{run_dir}: not a run directory (no data.json)")
-    return json.loads(path.read_text())
-
-
-def load_run_model(run_dir: str | Path, which: str = "best") -> tuple[torch.nn.Module, dict, ExperimentConfig]:
-    """The trained student of a run (eval mode, CPU), its data description (data.json) and its config."""
-    cfg = read_run_config(run_dir)
-    info = read_data_info(run_dir)
-    model = build_model(cfg.model.name, n_classes=len(info["class_names"]), in_channels=info["input_shape"][0],
-                        **cfg.model.options)
-    path = checkpoint_path(run_dir, which)
-    load_model_weights(model, model_state(path), path, cfg.model.name)
-    return model.eval(), info, cfg

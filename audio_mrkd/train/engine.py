@@ -3,7 +3,7 @@
 The loop knows no method: a :class:`~audio_mrkd.methods.base.Method` supplies the loss of a batch and reacts to
 the hooks after each optimiser step and each epoch. Device and precision choices come from one
 :class:`~audio_mrkd.runtime.Runtime`; Lightning Fabric does device placement, precision and torch.distributed.
-Everything a run produces goes into its run directory (:mod:`audio_mrkd.train.run_files`).
+Everything a run produces goes into its run directory (:class:`audio_mrkd.train.run.Run`).
 """
 from __future__ import annotations
 
@@ -23,6 +23,7 @@ from torch.utils.tensorboard import SummaryWriter
 from audio_mrkd import faults, fileio
 from audio_mrkd.data.augment import Mixing, augment_batch
 from audio_mrkd.data.dataset import BatchLoader
+from audio_mrkd.data.info import DataInfo
 from audio_mrkd.experiment import ExperimentConfig, TrainConfig
 from audio_mrkd.methods import TrainContext, build_method
 from audio_mrkd.models import build_model
@@ -34,7 +35,7 @@ from audio_mrkd.train.metrics import classification_metrics
 from audio_mrkd.train.optim import make_lr_scheduler, make_optimizer, use_device_lr
 from audio_mrkd.train.step import TrainingStep
 from audio_mrkd.train.step_graph import CaptureFailed, StaticStep
-from audio_mrkd.train.run_files import data_info, named_run_dir, new_run_dir, write_predictions, write_run_files
+from audio_mrkd.train.run import Run
 from audio_mrkd.train.tb import log_eval, log_scalars, write_hparams
 
 
@@ -99,9 +100,9 @@ class Trainer:
             model=self.model, n_classes=self.n_classes, torch_device=self.fabric.device, runtime=self.runtime,
             infer_train=self._infer_train, sync_buffers=self._sync_buffers,
             run_epochs=cfg.train.epochs, steps_per_epoch=self.steps_per_epoch,
-            data_info=data_info(cfg, self.data),
+            data_info=DataInfo.of(cfg.data, self.data),
             train_filenames=self.data.train.items["filename"].astype(str).tolist(),
-            load_run_model=ckpt.load_run_model,
+            open_run=Run,
             average_grads=self._average_grads if self.fabric.world_size > 1 else None))
         self.epoch, self.global_step, self.best, self.history = 0, 0, None, []
         self.training_step = TrainingStep(self.augment, self.forward, self.method, self.optimizer, self.fabric)
@@ -109,7 +110,7 @@ class Trainer:
         self.static_step = StaticStep(self.training_step, self.runtime.capture, full_batch, self.augment_rng) \
             if self.runtime.step_graph else None
         self._epoch_losses: list[float] = []
-        named = named_run_dir(cfg)
+        named = Run.named_dir(cfg)
         if resume_from is None and named is not None and ckpt.checkpoint_path(named, "last").is_file():
             resume_from = named  # train.run_name: a restarted command (e.g. a torchrun restart) continues its run
         if resume_from:
@@ -123,7 +124,8 @@ class Trainer:
                 print(f"train.run_name: resuming {self.run_dir} from its last checkpoint (step {self.global_step}, "
                       f"{self.epoch} epochs done)", file=sys.stderr)
         else:
-            self.run_dir = Path(self.fabric.broadcast(str(new_run_dir(cfg)), src=0))  # one run dir for all ranks
+            self.run_dir = Path(self.fabric.broadcast(str(Run.new_dir(cfg)), src=0))  # one run dir for all ranks
+        self.run = Run(self.run_dir)
         self.writer = None
 
     def _build_model(self) -> torch.nn.Module:
@@ -253,7 +255,7 @@ class Trainer:
         loader = BatchLoader(split, self.cfg.train.batch_size, self.fabric.device, resident=self.cfg.data.resident,
                              normalize=self.cfg.data.normalize, dtype=self.runtime.input_dtype)
         metrics, probs = self._metrics(self._logits(self.model, loader), split)
-        write_predictions(self.run_dir / "predictions_test.csv", probs, split)
+        self.run.write_predictions("predictions_test.csv", probs, split)
         scores = {"last": {**metrics, "epoch": self.epoch}}
         best_path = ckpt.checkpoint_path(self.run_dir, "best")
         if self.best and self.best["epoch"] == self.epoch:
@@ -345,9 +347,9 @@ class Trainer:
             log_eval(self.writer, metrics, self.data.class_names, self.global_step, epoch=self.epoch)
             self.writer.add_scalar("eval/epoch", self.epoch, self.global_step)
             self.writer.flush()  # eval results visible in a running TensorBoard right away
-        write_predictions(self.run_dir / "predictions.csv", probs, self.data.eval)
+        self.run.write_predictions("predictions.csv", probs, self.data.eval)
         if improved:
-            write_predictions(self.run_dir / "predictions_best.csv", probs, self.data.eval)
+            self.run.write_predictions("predictions_best.csv", probs, self.data.eval)
         if self.cfg.train.save_checkpoints:
             state = self._state()
             ckpt.save_checkpoint(state, ckpt.checkpoint_path(self.run_dir, "last"))
@@ -371,7 +373,7 @@ class Trainer:
         """Train up to ``train.epochs`` (or stop after epoch ``stop_after``, for tests of resume)."""
         self._last_metrics = None
         if self.is_main:
-            write_run_files(self.run_dir, self.cfg, self.data)
+            self.run.write_start(self.cfg, self.data)
             # resumed: drop the events logged after the checkpoint (its own step, with its evaluation, stays)
             purge = self.global_step + 1 if self.global_step else None
             self.writer = SummaryWriter(str(self.run_dir), purge_step=purge)
@@ -428,6 +430,6 @@ def train_run(cfg: ExperimentConfig, data: DataBundle | None = None,
 
 def resume_run(run_dir: str | Path) -> tuple[Path, dict]:
     """Continue a run from its ``last`` checkpoint with its saved configuration."""
-    cfg = ckpt.read_run_config(run_dir)
+    cfg = Run(run_dir).config
     trainer = Trainer(cfg, resume_from=run_dir, fabric=launched_fabric(cfg.train))
     return trainer.run_dir, trainer.fit()

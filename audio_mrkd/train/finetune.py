@@ -16,14 +16,13 @@ import torch
 
 from audio_mrkd import config as config_io
 from audio_mrkd import fileio
-from audio_mrkd.data.dcase import DEVICE_GROUPS
 from audio_mrkd.errors import InputError
 from audio_mrkd.experiment import ExperimentConfig
 from audio_mrkd.registry import experiment_from_dict
-from audio_mrkd.train.checkpoint import checkpoint_path, load_run_model, read_data_info, read_run_config
-from audio_mrkd.train.data import run_bundle, with_run_norm
+from audio_mrkd.train.checkpoint import checkpoint_path
 from audio_mrkd.train.evaluate import run_logits
 from audio_mrkd.train.metrics import classification_metrics
+from audio_mrkd.train.run import Run
 
 FINETUNE_DEFAULTS = ["train.epochs=50", "train.lr=0.0005", "train.warmup_steps=200", "augment.mixstyle_p=0",
                      "seeds=[]"]
@@ -45,13 +44,14 @@ def finetune(run_dir: str | Path, devices: list[str], out: str | Path | None = N
     """Train one model per device from ``run_dir``'s weights, then the routed evaluation (``<out>/metrics.json``)."""
     from audio_mrkd.train.engine import train_run
     run_dir = Path(run_dir)
-    base, info = read_run_config(run_dir), read_data_info(run_dir)
-    if info["kind"] != "audio":
-        raise InputError(f"{run_dir}: finetune needs an audio run (recording devices), not {info['kind']}")
-    unknown = [d for d in devices if d not in info["device_names"]]
+    run = Run(run_dir)
+    base, info = run.config, run.info
+    if not run.dataset.recording_devices:
+        raise InputError(f"{run_dir}: finetune needs an audio run (recording devices), not {info.kind}")
+    unknown = [d for d in devices if d not in info.device_names]
     if unknown or not devices:
         raise InputError(f"--devices: {', '.join(unknown) or 'none given'}; the dataset's devices are "
-                         f"{', '.join(info['device_names'])}")
+                         f"{', '.join(info.device_names)}")
     out = Path(out) if out else run_dir / "finetuned"
     device_runs = {}
     for device in devices:
@@ -71,21 +71,22 @@ def _probs(model: torch.nn.Module, split) -> np.ndarray:
 
 def routed_evaluation(run_dir: Path, device_runs: dict[str, Path]) -> dict:
     """Each evaluated clip scored by its device's model (else the general one), against the general model alone."""
-    general, info, cfg = load_run_model(run_dir, CHECKPOINT)
-    split = run_bundle(info, cfg).eval
+    run = Run(run_dir)
+    general = run.model(CHECKPOINT)
+    split = run.data().eval
     names = np.asarray(split.device_names)[split.recording_devices]
     general_probs = _probs(general, split)
     routed = general_probs.copy()
     for device, device_dir in device_runs.items():
         rows = np.flatnonzero(names == device)
         if len(rows):
-            model, device_info, _ = load_run_model(device_dir, CHECKPOINT)
-            routed[rows] = _probs(model, with_run_norm(split.subset(rows), device_info))
+            device_run = Run(device_dir)
+            routed[rows] = _probs(device_run.model(CHECKPOINT), device_run.normalized(split.subset(rows)))
     seen = np.isin(names, list(device_runs))
 
     def scores(probs: np.ndarray) -> dict:
         metrics = classification_metrics(probs, split.labels, split.class_names, split.recording_devices,
-                                         split.device_names, DEVICE_GROUPS)
+                                         split.device_names, run.dataset.device_groups)
         hits = probs.argmax(1) == split.labels
         return {"accuracy": metrics["accuracy"], "macro_accuracy": metrics["macro_accuracy"],
                 "per_device": metrics["per_device"],

@@ -12,10 +12,8 @@ import numpy as np
 
 from audio_mrkd.distill.teachers import write_teacher_logits
 from audio_mrkd.errors import InputError
-from audio_mrkd.train.checkpoint import load_run_model
-from audio_mrkd.train.evaluate import run_logits, run_split
-
-SAME_DATA_KEYS = ("kind", "name", "class_names", "input_shape")
+from audio_mrkd.train.evaluate import run_logits
+from audio_mrkd.train.run import Run
 
 
 def ensemble_logits(run_dirs: list[str | Path], which: str = "last",
@@ -23,17 +21,18 @@ def ensemble_logits(run_dirs: list[str | Path], which: str = "last",
     """(file names, class names, N×C mean logits of the runs) for every item of ``split``."""
     total, names, first = None, None, None
     for run_dir in run_dirs:
-        model, info, cfg = load_run_model(run_dir, which)
+        run = Run(run_dir)
+        model, info = run.model(which), run.info
         first = first or (run_dir, info)
-        for key in SAME_DATA_KEYS:
-            if info.get(key) != first[1].get(key):
-                raise InputError(f"{run_dir}: {key} {info.get(key)!r} differs from {first[0]}'s "
-                                 f"{first[1].get(key)!r}: an ensemble's teachers share one dataset")
-        data = run_split(info, cfg, split)
+        key = info.dataset_difference(first[1])
+        if key is not None:
+            raise InputError(f"{run_dir}: {key} {getattr(info, key)!r} differs from {first[0]}'s "
+                             f"{getattr(first[1], key)!r}: an ensemble's teachers share one dataset")
+        data = run.split(split)
         logits = run_logits(model, data, bar_desc=Path(run_dir).name).numpy().astype(np.float64)
         names = data.items["filename"].astype(str).tolist()
         total = logits if total is None else total + logits
-    return names, list(first[1]["class_names"]), (total / len(run_dirs)).astype(np.float32)
+    return names, list(first[1].class_names), (total / len(run_dirs)).astype(np.float32)
 
 
 def write_ensemble_logits(run_dirs: list[str | Path], out: str | Path, which: str = "last", split: str = "all",
