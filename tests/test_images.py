@@ -14,7 +14,8 @@ import pytest
 
 from audio_mrkd.data import images
 from audio_mrkd.data.dataset import BatchLoader, FeatureSplit
-from audio_mrkd.data.images import fetch_fashion_mnist, load_image_splits, stratified_holdout
+from audio_mrkd.data.datasets import dataset
+from audio_mrkd.data.images import fetch_fashion_mnist, stratified_holdout
 from audio_mrkd.errors import InputError
 from image_formats import (CIFAR10_CLASSES, CINIC_CLASSES, Global, Reduce, cifar_batch, idx_bytes, py2_pickle,
                            random_images, write_cifar10, write_cifar100, write_cinic10, write_fashion_mnist,
@@ -28,7 +29,7 @@ def quiet(_msg: str) -> None:
 
 
 def load(kind: str, root: Path, **kw) -> dict[str, FeatureSplit]:
-    return load_image_splits(kind, root, log=quiet, **kw)
+    return dataset(kind).read_splits(root, log=quiet, **kw)
 
 
 def expect_error(call, *fragments: str) -> str:
@@ -296,7 +297,7 @@ def test_cinic10_decodes_once_then_reuses_the_cache(tmp_path, monkeypatch):
     written = write_cinic10(root)
     cache_dir = tmp_path / "cache"
     messages: list[str] = []
-    splits = load_image_splits("cinic10", tmp_path, cache_dir=cache_dir, log=messages.append)
+    splits = dataset("cinic10").read_splits(tmp_path, cache_dir=cache_dir, log=messages.append)
     assert splits["train"].info["root"] == str(root)
     for name, source in (("train", "train"), ("evaluate", "valid"), ("test", "test")):
         split = splits[name]
@@ -320,7 +321,7 @@ def test_cinic10_decodes_once_then_reuses_the_cache(tmp_path, monkeypatch):
         raise AssertionError(f"decoded {path} again")
 
     monkeypatch.setattr(images, "decode_png", no_decoding)
-    again = load_image_splits("cinic10", root, cache_dir=cache_dir, log=messages.append)
+    again = dataset("cinic10").read_splits(root, cache_dir=cache_dir, log=messages.append)
     np.testing.assert_array_equal(again["train"].features, splits["train"].features)
     np.testing.assert_array_equal(again["evaluate"].labels, splits["evaluate"].labels)
     assert any("reusing" in m for m in messages)
@@ -475,7 +476,7 @@ def test_fetch_real_fashion_mnist(tmp_path):
         pytest.skip("apt-get/dpkg not available: Fashion-MNIST comes from Debian's dataset-fashion-mnist")
     start = time.perf_counter()
     folder = fetch_fashion_mnist(tmp_path / "work")
-    splits = load_image_splits("fashion_mnist", folder, log=print)
+    splits = dataset("fashion_mnist").read_splits(folder, log=print)
     print(f"fetch + load: {time.perf_counter() - start:.1f} s")
     assert len(splits["train"]) == 60000 and len(splits["test"]) == 10000
     np.testing.assert_array_equal(np.bincount(splits["train"].labels, minlength=10), [6000] * 10)

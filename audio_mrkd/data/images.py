@@ -450,12 +450,13 @@ def _feature_split(images, labels, names, rows, classes, mean, std, info) -> Fea
 
 
 def load_image_splits(kind: str, root: str | Path, holdout: int = 0, seed: int = 0, coarse_labels: bool = False,
-                      cache_dir: Path | None = None, log: Log = print) -> dict[str, FeatureSplit]:
+                      cache_dir: Path | None = None, log: Log = print, evaluated: str = "test") -> dict[str, FeatureSplit]:
     """``{"train", "evaluate", "test"}`` splits of an image dataset in its official on-disk format.
 
     ``kind``: cifar10 | cifar100 | cinic10 | fashion_mnist. ``root``: the dataset folder or its parent.
     ``evaluate`` = ``holdout`` training items held back (stratified, deterministic by ``seed``) when
-    ``holdout > 0``, else the official test split (CINIC-10: ``valid``); ``test`` = the official test split.
+    ``holdout > 0``, else the official split ``evaluated`` (the dataset registry's choice: ``test``, or CINIC-10's
+    ``valid``); ``test`` = the official test split.
     ``coarse_labels``: CIFAR-100's 20 superclasses. ``cache_dir`` (CINIC-10 only): the cache root, default
     :func:`audio_mrkd.data.cache.default_cache_dir`; decoded images go to ``<cache_dir>/images/cinic10/<key>/``.
     """
@@ -487,7 +488,7 @@ def load_image_splits(kind: str, root: str | Path, holdout: int = 0, seed: int =
         train_x, train_y = np.ascontiguousarray(train_x[keep]), train_y[keep]
         train_names, train_rows = [train_names[i] for i in keep], keep
     else:
-        official = splits["valid" if kind == "cinic10" else "test"]
+        official = splits[evaluated]
         evaluate = (*official, np.arange(len(official[1])))
     test_x, test_y, test_names = splits["test"]
     mean, std = channel_stats(train_x)

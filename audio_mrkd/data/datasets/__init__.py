@@ -15,7 +15,7 @@ DATASETS: dict[str, DatasetKind] = {
     "audio": PreparedAudio(),                       # a dataset prepared by `audio-mrkd prepare` (DCASE layout)
     "cifar10": ImageKind("cifar10"),
     "cifar100": ImageKind("cifar100"),
-    "cinic10": ImageKind("cinic10", valid_split=True),
+    "cinic10": ImageKind("cinic10", evaluated="valid"),
     "fashion_mnist": ImageKind("fashion_mnist"),
     "synthetic": Synthetic(),                       # random separable features (tests, benchmarks)
 }

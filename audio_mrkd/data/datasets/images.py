@@ -18,14 +18,19 @@ class ImageKind(DatasetKind):
     source_key = "root"
     official_test = True
 
-    def __init__(self, kind: str, valid_split: bool = False) -> None:
+    def __init__(self, kind: str, evaluated: str = "test") -> None:
         self.kind = kind
-        self.valid_split = valid_split  # without a hold-out, the evaluated split is a validation split, not test
+        self.evaluated = evaluated  # the official split evaluated without a hold-out (CINIC-10: its validation split)
+
+    def read_splits(self, root, **options) -> dict[str, FeatureSplit]:
+        """The train / evaluate / test splits of the dataset in ``root`` (``options``: those of
+        :func:`~audio_mrkd.data.images.load_image_splits`)."""
+        from audio_mrkd.data.images import load_image_splits
+        return load_image_splits(self.kind, root, evaluated=self.evaluated, **options)
 
     def splits(self, cfg) -> dict[str, FeatureSplit]:
         # the held-back selection split is the same for every seed, so runs stay paired
-        from audio_mrkd.data.images import load_image_splits
-        return load_image_splits(self.kind, cfg.root, holdout=cfg.holdout, seed=0, coarse_labels=cfg.coarse_labels)
+        return self.read_splits(cfg.root, holdout=cfg.holdout, seed=0, coarse_labels=cfg.coarse_labels)
 
     def load(self, cfg) -> DataBundle:
         splits = self.splits(cfg)
@@ -47,4 +52,4 @@ class ImageKind(DatasetKind):
         return splits[name]
 
     def final_test_is_evaluated(self, cfg) -> bool:
-        return cfg.eval_split == "test" or (not cfg.holdout and not self.valid_split)
+        return cfg.eval_split == "test" or (not cfg.holdout and self.evaluated == "test")
