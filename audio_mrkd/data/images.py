@@ -36,7 +36,6 @@ from audio_mrkd.errors import InputError
 from audio_mrkd.fileio import building_dir
 from audio_mrkd.progress import progress
 
-KINDS = ("cifar10", "cifar100", "cinic10", "fashion_mnist")
 IMAGE_SHAPE = (3, 32, 32)
 ROW_BYTES = 3 * 32 * 32
 
@@ -61,6 +60,8 @@ IDX_IMAGES_MAGIC = 0x00000803
 IDX_LABELS_MAGIC = 0x00000801
 
 Log = Callable[[str], None]
+#: A dataset's reader: (root, coarse=, cache_dir=, log=) → (its folder, class names, {split: (images, labels, names)})
+Reader = Callable[..., tuple[Path, list[str], dict]]
 
 
 # ----------------------------------------------------------------------------------------- restricted pickle
@@ -201,7 +202,8 @@ def _check_files(folder: Path, files: tuple[str, ...], title: str) -> None:
             raise InputError(f"{folder / name}: missing ({title} needs {', '.join(files)})")
 
 
-def read_cifar10(root: Path) -> tuple[Path, list[str], dict]:
+def read_cifar10(root: Path, coarse: bool = False, cache_dir: Path | None = None,
+                 log: Log = print) -> tuple[Path, list[str], dict]:
     folder = _cifar_folder(root, CIFAR10_DIR, (*CIFAR10_TRAIN, CIFAR10_TEST, CIFAR10_META), "CIFAR-10")
     _check_files(folder, (*CIFAR10_TRAIN, CIFAR10_TEST, CIFAR10_META), "CIFAR-10")
     classes = _class_names(folder / CIFAR10_META, "label_names")
@@ -209,7 +211,8 @@ def read_cifar10(root: Path) -> tuple[Path, list[str], dict]:
                              "test": _cifar_split(folder, (CIFAR10_TEST,), "labels", len(classes))}
 
 
-def read_cifar100(root: Path, coarse: bool) -> tuple[Path, list[str], dict]:
+def read_cifar100(root: Path, coarse: bool = False, cache_dir: Path | None = None,
+                  log: Log = print) -> tuple[Path, list[str], dict]:
     folder = _cifar_folder(root, CIFAR100_DIR, CIFAR100_FILES, "CIFAR-100")
     _check_files(folder, CIFAR100_FILES, "CIFAR-100")
     level = "coarse" if coarse else "fine"
@@ -296,7 +299,8 @@ def _build_cinic_cache(root: Path, entry: Path, classes: list[str], listing: dic
                            "counts": {s: len(v) for s, v in listing.items()}})
 
 
-def read_cinic10(root: Path, cache_dir: Path | None, log: Log) -> tuple[Path, list[str], dict]:
+def read_cinic10(root: Path, coarse: bool = False, cache_dir: Path | None = None,
+                 log: Log = print) -> tuple[Path, list[str], dict]:
     from filelock import FileLock
 
     root = _cinic_root(root)
@@ -370,7 +374,8 @@ def _idx_path(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def read_fashion_mnist(root: Path) -> tuple[Path, list[str], dict]:
+def read_fashion_mnist(root: Path, coarse: bool = False, cache_dir: Path | None = None,
+                       log: Log = print) -> tuple[Path, list[str], dict]:
     folder = _fashion_folder(root)
     paths = {}
     for part, stems in FASHION_FILES.items():
@@ -449,32 +454,21 @@ def _feature_split(images, labels, names, rows, classes, mean, std, info) -> Fea
                         info=dict(info))
 
 
-def load_image_splits(kind: str, root: str | Path, holdout: int = 0, seed: int = 0, coarse_labels: bool = False,
-                      cache_dir: Path | None = None, log: Log = print, evaluated: str = "test") -> dict[str, FeatureSplit]:
+def load_image_splits(kind: str, read: Reader, root: str | Path, holdout: int = 0, seed: int = 0,
+                      coarse_labels: bool = False, cache_dir: Path | None = None, log: Log = print,
+                      evaluated: str = "test") -> dict[str, FeatureSplit]:
     """``{"train", "evaluate", "test"}`` splits of an image dataset in its official on-disk format.
 
-    ``kind``: cifar10 | cifar100 | cinic10 | fashion_mnist. ``root``: the dataset folder or its parent.
-    ``evaluate`` = ``holdout`` training items held back (stratified, deterministic by ``seed``) when
-    ``holdout > 0``, else the official split ``evaluated`` (the dataset registry's choice: ``test``, or CINIC-10's
-    ``valid``); ``test`` = the official test split.
-    ``coarse_labels``: CIFAR-100's 20 superclasses. ``cache_dir`` (CINIC-10 only): the cache root, default
-    :func:`audio_mrkd.data.cache.default_cache_dir`; decoded images go to ``<cache_dir>/images/cinic10/<key>/``.
+    ``kind``: its name (in messages and the splits' info); ``read``: its reader (``read_cifar10``, …: the dataset
+    registry's line). ``root``: the dataset folder or its parent. ``evaluate`` = ``holdout`` training items held back
+    (stratified, deterministic by ``seed``) when ``holdout > 0``, else the official split ``evaluated`` (``test``, or
+    CINIC-10's ``valid``); ``test`` = the official test split. ``coarse_labels``: CIFAR-100's 20 superclasses.
+    ``cache_dir`` (CINIC-10 only): the cache root, default :func:`audio_mrkd.data.cache.default_cache_dir`; decoded
+    images go to ``<cache_dir>/images/cinic10/<key>/``.
     """
-    if kind not in KINDS:
-        raise InputError(f"data.kind: {kind!r} is not an image dataset ({', '.join(KINDS)})")
-    if coarse_labels and kind != "cifar100":
-        raise InputError(f"data.coarse_labels: only cifar100 has coarse labels, not {kind}")
     if holdout < 0:
         raise InputError(f"data.holdout: {holdout} is negative")
-    root = Path(root).expanduser()
-    if kind == "cifar10":
-        folder, classes, splits = read_cifar10(root)
-    elif kind == "cifar100":
-        folder, classes, splits = read_cifar100(root, coarse_labels)
-    elif kind == "cinic10":
-        folder, classes, splits = read_cinic10(root, cache_dir, log)
-    else:
-        folder, classes, splits = read_fashion_mnist(root)
+    folder, classes, splits = read(Path(root).expanduser(), coarse=coarse_labels, cache_dir=cache_dir, log=log)
     info = {"kind": kind, "root": str(folder)}
 
     train_x, train_y, train_names = splits["train"]

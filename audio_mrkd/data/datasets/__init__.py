@@ -9,14 +9,15 @@ from audio_mrkd.data.datasets.audio import PreparedAudio
 from audio_mrkd.data.datasets.base import DataBundle, DatasetKind
 from audio_mrkd.data.datasets.images import ImageKind
 from audio_mrkd.data.datasets.synthetic import Synthetic
+from audio_mrkd.data.images import read_cifar10, read_cifar100, read_cinic10, read_fashion_mnist
 from audio_mrkd.errors import InputError
 
 DATASETS: dict[str, DatasetKind] = {
     "audio": PreparedAudio(),                       # a dataset prepared by `audio-mrkd prepare` (DCASE layout)
-    "cifar10": ImageKind("cifar10"),
-    "cifar100": ImageKind("cifar100"),
-    "cinic10": ImageKind("cinic10", evaluated="valid"),
-    "fashion_mnist": ImageKind("fashion_mnist"),
+    "cifar10": ImageKind("cifar10", read_cifar10),
+    "cifar100": ImageKind("cifar100", read_cifar100, coarse_labels=True),
+    "cinic10": ImageKind("cinic10", read_cinic10, evaluated="valid"),
+    "fashion_mnist": ImageKind("fashion_mnist", read_fashion_mnist),
     "synthetic": Synthetic(),                       # random separable features (tests, benchmarks)
 }
 

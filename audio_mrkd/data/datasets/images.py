@@ -1,5 +1,5 @@
-"""The image kinds (CIFAR-10, CIFAR-100, CINIC-10, Fashion-MNIST): one class, one instance per kind, over the
-adapters of :mod:`audio_mrkd.data.images`.
+"""The image kinds (CIFAR-10, CIFAR-100, CINIC-10, Fashion-MNIST): one class, one instance per kind, each given its
+reader from :mod:`audio_mrkd.data.images` in its registry line (adding an image dataset: a reader + a line).
 
 Splits: ``train``; ``evaluate`` (``data.holdout`` train items held back, or else the official test split — CINIC-10:
 its ``valid`` split); ``test`` (the official test split); ``all`` (train, held-back and test items).
@@ -10,6 +10,7 @@ import functools
 
 from audio_mrkd.data.dataset import FeatureSplit, concat_splits
 from audio_mrkd.data.datasets.base import DataBundle, DatasetKind
+from audio_mrkd.data.images import Reader, load_image_splits
 from audio_mrkd.errors import InputError
 
 
@@ -18,15 +19,18 @@ class ImageKind(DatasetKind):
     source_key = "root"
     official_test = True
 
-    def __init__(self, kind: str, evaluated: str = "test") -> None:
-        self.kind = kind
+    def __init__(self, kind: str, read: Reader, evaluated: str = "test", coarse_labels: bool = False) -> None:
+        self.kind, self.read = kind, read  # its name, and the reader of its on-disk format
         self.evaluated = evaluated  # the official split evaluated without a hold-out (CINIC-10: its validation split)
+        self.coarse_labels = coarse_labels  # it has coarse labels too (CIFAR-100's superclasses)
 
-    def read_splits(self, root, **options) -> dict[str, FeatureSplit]:
-        """The train / evaluate / test splits of the dataset in ``root`` (``options``: those of
-        :func:`~audio_mrkd.data.images.load_image_splits`)."""
-        from audio_mrkd.data.images import load_image_splits
-        return load_image_splits(self.kind, root, evaluated=self.evaluated, **options)
+    def read_splits(self, root, coarse_labels: bool = False, **options) -> dict[str, FeatureSplit]:
+        """The train / evaluate / test splits of the dataset in ``root`` (``options``: holdout, seed, cache_dir, log
+        of :func:`~audio_mrkd.data.images.load_image_splits`)."""
+        if coarse_labels and not self.coarse_labels:
+            raise InputError(f"data.coarse_labels: only cifar100 has coarse labels, not {self.kind}")
+        return load_image_splits(self.kind, self.read, root, coarse_labels=coarse_labels, evaluated=self.evaluated,
+                                 **options)
 
     def splits(self, cfg) -> dict[str, FeatureSplit]:
         # the held-back selection split is the same for every seed, so runs stay paired
