@@ -89,7 +89,7 @@ def test_state_round_trip_gives_the_same_next_loss(registered):
     assert loss_a.item() == loss_b.item()
     assert not torch.equal(state["predictions"], a.predictions)  # the saved state is a copy, not the live store
     assert make("train.epochs=3").state_dict() == {}
-    assert a.hparams() == {"pskd.alpha_T": 0.8}
+    assert a.hparams() == {"pskd.alpha_T": 0.8, "pskd.store": "dominant"}
 
 
 def test_options_and_one_process_only(registered):

@@ -167,6 +167,72 @@ def test_pskd_mixes_the_stored_predictions_and_stores_for_the_dominant_item(lam,
     assert torch.allclose(method.predictions[torch.tensor(owners)], new)
 
 
+class BatchStatNet(torch.nn.Module):
+    """A network whose output depends on each row alone in eval mode but on the batch in training mode (BatchNorm):
+    what a forward on the un-mixed rows must reproduce, without moving the running statistics."""
+
+    def __init__(self):
+        super().__init__()
+        self.norm = torch.nn.BatchNorm1d(2)
+        self.linear = torch.nn.Linear(2, 3)
+        with torch.no_grad():
+            self.linear.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.5]]))
+            self.linear.bias.zero_()
+
+    def forward(self, x):
+        return self.linear(self.norm(x))
+
+
+CLEAN = torch.tensor([[1.0, 0.0], [0.0, 2.0], [1.0, 1.0]])  # the three rows before mixing
+
+
+def _pskd_with_store(store: str) -> ProgressiveSelfKD:
+    method = make_pskd("train.epochs=4", "pskd.alpha_T=0.8", f"pskd.store={store}")
+    method.ctx.model = BatchStatNet().train()
+    method._ensure(3, 3)
+    method.predictions[:] = OLD
+    method.seen[:] = True
+    return method
+
+
+OLD = torch.full((3, 3), 1 / 3)
+
+
+@pytest.mark.parametrize("lam", [0.95, 0.7, 0.2, 0.05])
+def test_pskd_store_choices_under_mixup(lam):
+    """dominant: the mixed row's prediction for its dominant item; confident: the same only when one clip weighs
+    >= 0.9, else the old predictions stay; clean: each item's prediction on its own un-mixed row, computed by hand
+    (batch statistics of the clean rows), with the BatchNorm running statistics left as they were."""
+    mix = Mixing(PERM, torch.tensor(lam), LABELS, CLEAN)
+    owners = INDEX if lam >= 0.5 else INDEX[PERM]
+    on_mix = torch.softmax(STUDENT, dim=1)
+
+    dominant = _pskd_with_store("dominant")
+    dominant.loss(STUDENT, None, mixed_label(lam), INDEX, 1, False, mixing=mix)
+    assert torch.allclose(dominant.predictions[owners], on_mix)
+
+    confident = _pskd_with_store("confident")
+    confident.loss(STUDENT, None, mixed_label(lam), INDEX, 1, False, mixing=mix)
+    weak = max(lam, 1 - lam) < 0.9
+    assert torch.allclose(confident.predictions[owners], OLD if weak else on_mix)
+
+    clean = _pskd_with_store("clean")
+    net = clean.ctx.model
+    running = net.norm.running_mean.clone(), net.norm.running_var.clone(), net.norm.num_batches_tracked.clone()
+    clean.loss(STUDENT, None, mixed_label(lam), INDEX, 1, False, mixing=mix)
+    normed = (CLEAN - CLEAN.mean(0)) / torch.sqrt(CLEAN.var(0, unbiased=False) + net.norm.eps)
+    by_hand = torch.softmax(normed @ net.linear.weight.detach().T, dim=1)
+    assert torch.allclose(clean.predictions[INDEX], by_hand, atol=1e-6)  # every item, its own row
+    assert not torch.allclose(by_hand, on_mix)
+    for before, after in zip(running, (net.norm.running_mean, net.norm.running_var, net.norm.num_batches_tracked)):
+        assert torch.equal(before, after)
+
+
+def test_pskd_store_is_checked():
+    with pytest.raises(Exception, match="pskd.store: must be one of dominant, confident, clean, got 'newest'"):
+        make_pskd("pskd.store=newest")
+
+
 def test_pskd_mixes_an_unseen_items_label_into_its_partners_prediction():
     method = make_pskd("train.epochs=4", "pskd.alpha_T=0.8")
     method._ensure(3, 3)

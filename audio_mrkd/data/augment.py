@@ -94,11 +94,13 @@ def freq_mixstyle(x: torch.Tensor, p: float, alpha: float, eps: float = 1e-6,
 
 class Mixing(NamedTuple):
     """How a mixup batch was made: row r is ``lam·x[r] + (1 − lam)·x[perm[r]]``; ``labels`` are the rows' own
-    (unmixed) class indices. All three stay on the device (no host sync, capture-safe)."""
+    (unmixed) class indices, ``inputs`` the rows before mixing (augmented otherwise), for a method that needs the
+    network's view of each clip on its own. All stay on the device (no host sync, capture-safe)."""
 
     perm: Tensor    # B long: each row's partner
     lam: Tensor     # 0-dim float: the weight of the row's own item
     labels: Tensor  # B long: the rows' own labels
+    inputs: Tensor | None = None  # B×…: the rows before mixing
 
     def rows(self, values: Tensor) -> Tensor:
         """Per-item values (…×B×C, e.g. probabilities) mixed like the inputs: λ·v[r] + (1 − λ)·v[perm[r]]."""
@@ -107,12 +109,26 @@ class Mixing(NamedTuple):
 
 
 def mixup(x: torch.Tensor, y: torch.Tensor, n_classes: int, alpha: float,
-          generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, Mixing]:
-    """Mixup with one Beta(alpha, alpha) weight per batch → (mixed x, soft targets B×n_classes, the mixing)."""
+          generator: torch.Generator | None = None,
+          groups: tuple[int, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor, Mixing]:
+    """Mixup with one Beta(alpha, alpha) weight per batch → (mixed x, soft targets B×n_classes, the mixing).
+    ``groups``: sizes of consecutive row groups whose rows are paired only within their group (None: one group,
+    the whole batch)."""
     lam = beta(alpha, (), x, generator)
-    perm = torch.randperm(x.shape[0], device=x.device, generator=generator)
+    perm = _pairing(x, groups, generator)
     onehot = torch.nn.functional.one_hot(y, n_classes).float()
-    return lam * x + (1 - lam) * x[perm], lam * onehot + (1 - lam) * onehot[perm], Mixing(perm, lam, y)
+    return lam * x + (1 - lam) * x[perm], lam * onehot + (1 - lam) * onehot[perm], Mixing(perm, lam, y, x)
+
+
+def _pairing(x: torch.Tensor, groups: tuple[int, ...] | None, generator: torch.Generator | None) -> torch.Tensor:
+    """Each row's partner: a random permutation of the batch, or of each group of rows within itself."""
+    if groups is None or len(groups) == 1:
+        return torch.randperm(x.shape[0], device=x.device, generator=generator)
+    if sum(groups) != x.shape[0] or min(groups) < 0:
+        raise AssertionError(f"mixup: row groups {groups} do not partition a batch of {x.shape[0]}")
+    starts = [sum(groups[:i]) for i in range(len(groups))]
+    return torch.cat([start + torch.randperm(size, device=x.device, generator=generator)
+                      for start, size in zip(starts, groups)])
 
 
 def random_crop(x: torch.Tensor, padding: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -136,9 +152,10 @@ def random_hflip(x: torch.Tensor, generator: torch.Generator | None = None) -> t
 
 
 def augment_batch(x: torch.Tensor, y: torch.Tensor, cfg: AugmentConfig, n_classes: int,
-                  generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor, Mixing | None]:
+                  generator: torch.Generator | None = None,
+                  groups: tuple[int, ...] | None = None) -> tuple[torch.Tensor, torch.Tensor, Mixing | None]:
     """Apply the configured augmentations; returns (x, y, mixing): under mixup y becomes soft targets and
-    ``mixing`` says how the rows were paired (else None)."""
+    ``mixing`` says how the rows were paired (else None); ``groups``: see :func:`mixup`."""
     x = time_roll(x, cfg.roll, generator) if cfg.roll > 0 else x
     x = freq_mixstyle(x, cfg.mixstyle_p, cfg.mixstyle_alpha, generator=generator)
     x = spec_mask(x, cfg.freq_mask, axis=2, generator=generator)
@@ -146,5 +163,5 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor, cfg: AugmentConfig, n_classe
     x = random_crop(x, cfg.crop_padding, generator)
     x = random_hflip(x, generator) if cfg.hflip else x
     if cfg.mixup_alpha > 0:
-        return mixup(x, y, n_classes, cfg.mixup_alpha, generator)
+        return mixup(x, y, n_classes, cfg.mixup_alpha, generator, groups)
     return x, y, None

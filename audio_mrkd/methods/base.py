@@ -8,6 +8,7 @@ state (teachers, auxiliary networks and their optimisers) goes into the checkpoi
 from __future__ import annotations
 
 import hashlib
+from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Callable, Literal
 
@@ -68,6 +69,11 @@ class Method:
         loss = soft_cross_entropy(logits, y, self.cfg.train.label_smoothing)
         return loss, ({"loss/ce": loss.item()} if with_logs else {})
 
+    def mixup_groups(self) -> tuple[int, ...] | None:
+        """Under mixup, the sizes of consecutive row groups of this step's batch whose rows are paired only within
+        their group (None: any row with any other)."""
+        return None
+
     def graph_key(self, epoch: int):
         """None if this method's step cannot be captured as a CUDA graph (host syncs, Python branches on values);
         else a hashable key of the Python-level state its step depends on — a new key means a new capture."""
@@ -98,6 +104,20 @@ def soft_cross_entropy(logits: Tensor, y: Tensor, label_smoothing: float = 0.0) 
     """Cross-entropy to class indices, or to B×C soft targets (mixup), computed in float32, with optional label
     smoothing (``train.label_smoothing``)."""
     return F.cross_entropy(logits.float(), y if y.dim() == 1 else y.float(), label_smoothing=label_smoothing)
+
+
+def unmixed_logits(model: nn.Module, x: Tensor, runtime: Runtime | None = None) -> Tensor:
+    """The network's logits on rows ``x`` (the un-mixed rows of a mixup batch), as the training step computes them
+    (training mode, the step's autocast) but without gradient and without moving its BatchNorm statistics: the
+    network's view of each clip on its own, at the step's weights."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [{k: v.clone() for k, v in m.named_buffers(recurse=False)} for m in norms]
+    with torch.no_grad(), (runtime.autocast() if runtime is not None else nullcontext()):
+        logits = model(x)
+    for module, buffers in zip(norms, saved):
+        for name, value in buffers.items():
+            getattr(module, name).copy_(value)
+    return logits
 
 
 def modules_digest(modules: list[nn.Module]) -> str:

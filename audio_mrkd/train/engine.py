@@ -271,7 +271,8 @@ class Trainer:
     def augment(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, Mixing | None]:
         """The configured augmentations, drawing from the run's own generator, in the runtime's memory format;
         with mixup, how the rows were mixed (for the method's per-item teachers)."""
-        x, y, mixing = augment_batch(x, y, self.cfg.augment, self.n_classes, self.augment_rng)
+        x, y, mixing = augment_batch(x, y, self.cfg.augment, self.n_classes, self.augment_rng,
+                                     self.method.mixup_groups())
         if self.runtime.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y, mixing
