@@ -115,9 +115,10 @@ def test_options_are_checked(dlb, option, value):
         dlb(f"dlb.{option}={value}")
 
 
-def test_engine_run_logs_and_resumes_exactly(prepared, tmp_path, monkeypatch):  # noqa: F811
+@pytest.mark.parametrize("mixup", [[], ["augment.mixup_alpha=0.4"]], ids=["plain", "mixup"])
+def test_engine_run_logs_and_resumes_exactly(prepared, tmp_path, monkeypatch, mixup):  # noqa: F811
     monkeypatch.setitem(methods.METHODS, "dlb", LastBatchDistillation)
-    extra = ["method=dlb", "train.epochs=2", "dlb.alpha=0.5"]
+    extra = ["method=dlb", "train.epochs=2", "dlb.alpha=0.5", *mixup]
     run_dir, straight = train_run(config(prepared, tmp_path / "a", *extra))
     assert straight["complete"] and straight["method"] == "dlb"
     acc, repeated = scalars(run_dir, "dlb/repeated")

@@ -268,3 +268,71 @@ def test_the_engine_hands_the_mixing_to_the_method(prepared, tmp_path, step_grap
         assert mix is not None and torch.equal(mix.labels, batch.y)
         assert torch.allclose(y, mix.rows(F.one_hot(batch.y, trainer.n_classes).float()))
     assert not torch.equal(seen[0][1].perm, seen[1][1].perm) or seen[0][1].lam != seen[1][1].lam
+
+
+def _dlb(tau: float):
+    from types import SimpleNamespace
+
+    from audio_mrkd.methods.dlb import LastBatchDistillation
+    from audio_mrkd.registry import load_experiment
+    cfg = load_experiment(None, ["data.kind=synthetic", "method=dlb", "dlb.alpha=1.0", f"dlb.tau={tau}"])
+    return LastBatchDistillation(cfg, SimpleNamespace(model=BatchStatNet().train(), runtime=None))
+
+
+def _dlb_step(method, x, y, index, logits, perm, lam):
+    """One DLB step as the engine runs it: before_batch, mixup inside the groups the method names, the loss."""
+    from audio_mrkd.data.dataset import Batch
+    batch = method.before_batch(Batch(x=x, y=y, recording_device=torch.zeros_like(y), index=index))
+    groups = method.mixup_groups()
+    rows = torch.tensor(perm)
+    for start, size in zip([0, groups[0]], groups):  # the pairing stays inside each group
+        assert sorted(rows[start:start + size].tolist()) == list(range(start, start + size))
+    mix = Mixing(rows, torch.tensor(lam), batch.y, batch.x)
+    soft = mix.rows(F.one_hot(batch.y, 3).float())
+    return method.loss(logits, mix.lam * batch.x + (1 - mix.lam) * batch.x[rows], soft, batch.index, 0, True,
+                       mixing=mix), groups
+
+
+@pytest.mark.parametrize("lam", [0.8, 0.3])
+@pytest.mark.parametrize("tau", [1.0, 3.0])
+def test_dlb_under_mixup_distils_the_earlier_outputs_on_the_content_the_row_holds(lam, tau):
+    """Step 1: four new clips (the last two are retained). Step 2: four new clips + the two repeated ones, the
+    repeated rows mixed with each other (weight λ). The KD target of a repeated row is the network's step-1 output on
+    each of its two clips alone (by hand: BatchNorm over the two clean rows, then the linear layer), mixed with
+    step 2's pairing and weight at τ — not the step-1 output on the mixed row that clip sat in."""
+    method = _dlb(tau)
+    g = torch.Generator().manual_seed(3)
+    x1, x2 = torch.randn(4, 2, generator=g), torch.randn(4, 2, generator=g)
+    y1, y2 = torch.tensor([0, 1, 2, 0]), torch.tensor([1, 2, 0, 1])
+    logits1 = torch.randn(4, 3, generator=g)
+    (_, logs1), groups1 = _dlb_step(method, x1, y1, torch.arange(4), logits1, [1, 0, 3, 2], 0.6)
+    assert groups1 == (4, 0) and logs1["loss/kd"] == 0.0
+
+    net = method.ctx.model
+    clean = x1[2:]  # the retained clips, each on its own
+    normed = (clean - clean.mean(0)) / torch.sqrt(clean.var(0, unbiased=False) + net.norm.eps)
+    outputs = normed @ net.linear.weight.detach().T  # the network's step-1 output on each retained clip
+    logits2 = torch.randn(6, 3, generator=g)
+    (_, logs2), groups2 = _dlb_step(method, x2, y2, torch.arange(4, 8), logits2, [2, 3, 0, 1, 5, 4], lam)
+    assert groups2 == (4, 2)
+    p = torch.softmax(outputs.double() / tau, dim=1)
+    target = torch.stack([lam * p[0] + (1 - lam) * p[1], lam * p[1] + (1 - lam) * p[0]])
+    assert logs2["loss/kd"] == pytest.approx(kd_term(target, logits2[4:], tau), rel=1e-5)
+    # the former target — step 1's output on the mixed rows the clips sat in — is another one
+    former = torch.softmax(logits1[2:].double() / tau, dim=1)
+    assert logs2["loss/kd"] != pytest.approx(kd_term(former, logits2[4:], tau), rel=1e-3)
+
+
+def test_mixup_pairs_within_groups_and_one_group_draws_as_before():
+    from audio_mrkd.data.augment import mixup
+    x, y = torch.randn(6, 1, 2, 2), torch.tensor([0, 1, 2, 0, 1, 2])
+    _, _, whole = mixup(x, y, 3, 0.4, torch.Generator().manual_seed(5))
+    _, _, one = mixup(x, y, 3, 0.4, torch.Generator().manual_seed(5), groups=(6,))
+    g = torch.Generator().manual_seed(5)
+    from audio_mrkd.data.augment import beta
+    beta(0.4, (), x, g)
+    assert torch.equal(whole.perm, torch.randperm(6, generator=g)) and torch.equal(whole.perm, one.perm)
+    for seed in range(20):
+        _, _, split = mixup(x, y, 3, 0.4, torch.Generator().manual_seed(seed), groups=(4, 2))
+        assert sorted(split.perm[:4].tolist()) == [0, 1, 2, 3] and sorted(split.perm[4:].tolist()) == [4, 5]
+    assert torch.equal(one.inputs, x)

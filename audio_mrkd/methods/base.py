@@ -108,16 +108,12 @@ def soft_cross_entropy(logits: Tensor, y: Tensor, label_smoothing: float = 0.0) 
 
 def unmixed_logits(model: nn.Module, x: Tensor, runtime: Runtime | None = None) -> Tensor:
     """The network's logits on rows ``x`` (the un-mixed rows of a mixup batch), as the training step computes them
-    (training mode, the step's autocast) but without gradient and without moving its BatchNorm statistics: the
-    network's view of each clip on its own, at the step's weights."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    saved = [{k: v.clone() for k, v in m.named_buffers(recurse=False)} for m in norms]
+    (training mode, the step's autocast) but without gradient and without touching its BatchNorm statistics (the
+    forward updates copies of the buffers: the live ones are saved for the step's backward and must not change):
+    the network's view of each clip on its own, at the step's weights."""
+    copies = {name: buffer.clone() for name, buffer in model.named_buffers()}
     with torch.no_grad(), (runtime.autocast() if runtime is not None else nullcontext()):
-        logits = model(x)
-    for module, buffers in zip(norms, saved):
-        for name, value in buffers.items():
-            getattr(module, name).copy_(value)
-    return logits
+        return torch.func.functional_call(model, copies, (x,))
 
 
 def modules_digest(modules: list[nn.Module]) -> str:

@@ -15,9 +15,21 @@ detached predictions on that item from the first. In this engine:
   scaling is inside it, so α weights it directly, as DLB's ``loss = CE + α·τ²·KL``.
 * First step of a run: no repeated rows, KD term 0. At an epoch boundary the retained items carry over into the
   next epoch's first step (as in DLB), and they are part of :meth:`state_dict`, so a resumed run is exact.
-* With mixup (``augment``), the repeated rows' stored ``y`` is the loader's raw label: mixup re-draws its pairs and
-  weights each step over the whole 1.5·B batch; the KD target (stored logits) is the previous iteration's output on
-  the previous (differently augmented / mixed) version of the item.
+* With mixup the KD target of a repeated row is the network's earlier output on the content that row now holds.
+  A repeated row holds two clips, ``λ·x_r + (1 − λ)·x_k``, and last step's output on a mixed row belonged to
+  another pair, so storing it (the former behaviour) pulled the row toward a mix that was mostly another clip
+  whenever λ < 0.5. Instead:
+
+  - mixup pairs the repeated rows only among themselves (and the new rows among themselves:
+    :meth:`mixup_groups`), so both clips of a repeated row were retained last step;
+  - what is stored for each retained clip is the network's output on that clip alone — its un-mixed, otherwise
+    augmented row — from a forward without gradient at the step's weights
+    (:func:`~audio_mrkd.methods.base.unmixed_logits`; it costs one forward pass over ⌈B/2⌉ rows per step);
+  - the target of the row is the stored outputs mixed with this step's pairing and weight, as probabilities at τ
+    (:func:`~audio_mrkd.distill.losses.mix_teacher_logits`, as for every per-item teacher signal).
+
+  The alternative of re-mixing each repeated clip with its former partner and weight would need per-row weights
+  in mixup and would keep a clip's partner for two steps; pairing within the group keeps mixup as it is.
 * Data parallel: each process retains and repeats the last ⌈b/2⌉ of its own share b of the batch.
 """
 from __future__ import annotations
@@ -30,9 +42,9 @@ from torch import Tensor
 
 from audio_mrkd.data.augment import Mixing
 from audio_mrkd.data.dataset import Batch
-from audio_mrkd.distill.losses import kd_loss
+from audio_mrkd.distill.losses import kd_loss, mix_teacher_logits
 from audio_mrkd.errors import InputError
-from audio_mrkd.methods.base import Method, TrainContext, soft_cross_entropy
+from audio_mrkd.methods.base import Method, TrainContext, soft_cross_entropy, unmixed_logits
 
 _FIELDS = ("x", "y", "recording_device", "index")
 
@@ -54,7 +66,8 @@ class LastBatchDistillation(Method):
     def __init__(self, cfg, ctx: TrainContext) -> None:
         super().__init__(cfg, ctx)
         self.retained: dict[str, Tensor] | None = None  # raw fields of the items to repeat next step
-        self.stored_logits: Tensor | None = None         # their detached float32 logits from the last loss call
+        self.stored_logits: Tensor | None = None         # their detached logits from the last step (on each clip alone
+                                                         # under mixup)
         self._pending: dict | None = None                # set by before_batch, consumed by loss
 
     # ---- the batch ------------------------------------------------------------------------------------------
@@ -69,6 +82,11 @@ class LastBatchDistillation(Method):
         self._pending = {"n_new": n_new, "n_rep": n_rep, "keep": keep, "retain": to_retain}
         return batch
 
+    def mixup_groups(self) -> tuple[int, ...] | None:
+        """New rows pair with new rows, repeated rows with repeated rows (so both clips of a repeated row have a
+        stored output)."""
+        return None if self._pending is None else (self._pending["n_new"], self._pending["n_rep"])
+
     # ---- the loss -------------------------------------------------------------------------------------------
     def loss(self, logits: Tensor, x: Tensor, y: Tensor, index: Tensor, epoch: int,
              with_logs: bool, mixing: Mixing | None = None) -> tuple[Tensor, dict[str, float]]:
@@ -82,6 +100,8 @@ class LastBatchDistillation(Method):
         if n_rep:
             current = logits[n_new:]
             stored = self.stored_logits.to(logits.device)
+            if mixing is not None:  # the stored clips' outputs mixed like the repeated rows now are
+                stored = mix_teacher_logits(stored, _group(mixing, n_new), self.options.tau)
             kd = kd_loss(current, stored, self.options.tau)
             loss = ce + self.options.alpha * kd
         else:
@@ -95,7 +115,11 @@ class LastBatchDistillation(Method):
                 logs["dlb/agreement"] = agree.item()
         # the last `keep` new rows are repeated next step: keep their raw fields and this iteration's logits
         self.retained = pending["retain"]
-        self.stored_logits = logits[n_new - keep:n_new].detach().float().clone()
+        if mixing is None:
+            self.stored_logits = logits[n_new - keep:n_new].detach().float().clone()
+        else:
+            clips = mixing.inputs[n_new - keep:n_new]
+            self.stored_logits = unmixed_logits(self.ctx.model, clips, self.ctx.runtime).float()
         return loss, logs
 
     # ---- checkpoint -----------------------------------------------------------------------------------------
@@ -116,3 +140,9 @@ class LastBatchDistillation(Method):
 
     def hparams(self) -> dict:
         return {"dlb.alpha": float(self.options.alpha), "dlb.tau": float(self.options.tau)}
+
+
+def _group(mixing: Mixing, start: int) -> Mixing:
+    """The mixing of rows ``start…`` (a group paired within itself), with partners counted from ``start``."""
+    return mixing._replace(perm=mixing.perm[start:] - start, labels=mixing.labels[start:],
+                           inputs=None if mixing.inputs is None else mixing.inputs[start:])
