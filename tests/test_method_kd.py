@@ -529,7 +529,8 @@ def test_a_damaged_origin_record_is_one_line(prepared, logits_files, tmp_path, c
     path = tmp_path / "t.csv"
     shutil.copy(logits_files["best"], path)
     record = json.loads(logits_files["best"].with_name("best.csv.origin.json").read_text())
-    text = {"not json": '{"format": 1, "checkpoint": ', "not an object": "[1, 2]"}.get(case) or json.dumps(_damage(record, case))
+    text = {"not json": '{"format": 1, "checkpoint": ', "not an object": "[1, 2]"}.get(case) \
+        or json.dumps(_damage(record, case))
     path.with_name("t.csv.origin.json").write_text(text)
     assert main(["train", "--config", "configs/experiments/dcase_ce.yaml",
                  *overrides(prepared, tmp_path / "runs", "method=kd", f"teacher.logits={path}")]) == 2
