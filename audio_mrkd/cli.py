@@ -245,7 +245,8 @@ def _add_training_parsers(sub) -> None:
     p = sub.add_parser("teacher-logits", help="a teacher ensemble's mean logits for every item of its dataset, "
                                               "as a file teacher.logits reads")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="finished runs on one dataset (the ensemble)")
-    p.add_argument("--out", required=True, help="the CSV to write (filename + one column per class)")
+    p.add_argument("--out", required=True, help="the CSV to write (filename + one column per class), and its "
+                                                "origin beside it (OUT.origin.json)")
     p.add_argument("--checkpoint", default="last", choices=["best", "last"],
                    help="which checkpoint of each run (default last: a best epoch was chosen on the run's evaluated "
                         "split, which a student scored on that split would then see through its teacher)")

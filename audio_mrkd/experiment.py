@@ -151,9 +151,10 @@ class TeacherConfig:
     runs / logits: the source, one of the two — finished runs of this product on the same prepared dataset, or a
     teacher-logits CSV file a user brings. checkpoint: which checkpoint of a teacher run ("last" | "best"; "best"
     is the epoch chosen on the teacher's evaluated split, which leaks that split into a student scored on it: a
-    warning says so). input: "cached" (each teacher's logits on every un-augmented train item, computed once) |
-    "same" (the teachers run on the student's augmented batch every step). ensemble: several teachers combined by
-    their "mean" or by a learned "fcn" ensembler (MrKD's, with its own Adam: fcn_hidden, fcn_lr).
+    warning says so, for a file as the origin ``audio-mrkd teacher-logits`` writes beside it says). input: "cached"
+    (each teacher's logits on every un-augmented train item, computed once) | "same" (the teachers run on the
+    student's augmented batch every step). ensemble: several teachers combined by their "mean" or by a learned
+    "fcn" ensembler (MrKD's, with its own Adam: fcn_hidden, fcn_lr).
     """
 
     runs: list[str] = field(default_factory=list)

@@ -252,6 +252,16 @@ def teacher_logits_wrong_classes(w):
                 ("t.csv", "missing: street"))
 
 
+@case
+def teacher_logits_origin_damaged(w):
+    names = [r.split(",")[1] for r in (w / "man" / "tiny" / "train.csv").read_text().splitlines()[1:]]
+    (w / "t.csv").write_text("filename,metro,park,street\n" + "".join(f"{n},1,2,3\n" for n in names))
+    (w / "t.csv.origin.json").write_text('{"format": 1, "logits_sha256": "' + "0" * 64 + '", "checkpoint": '
+                                         '"sometimes", "split": "all", "runs": []}')
+    return Case(["train", *train_args(w), "method=kd", f"teacher.logits={w / 't.csv'}"],
+                ("t.csv.origin.json", "key 'checkpoint'", "'sometimes'"))
+
+
 # ---- resume, evaluate -------------------------------------------------------------------------------------------
 def resume(w):
     return ["train", "--resume", str(run_dir(w))]

@@ -413,3 +413,127 @@ def test_ablation_warns_of_a_variant_distilling_best_teachers(prepared, tmp_path
     run_ablation(spec, tmp_path / "abl", log=lines.append, train=False)  # plans and warns, trains nothing
     warnings = [line for line in lines if "warning" in line]
     assert len(warnings) == 1 and "variant kd_best distils its teachers at teacher.checkpoint=best" in warnings[0]
+
+
+# ---- a teacher-logits file's origin: the same leak check as teacher runs ----------------------------------------
+@pytest.fixture(scope="module")
+def logits_files(teachers, tmp_path_factory):
+    """Teacher-logits files of the teacher ensemble written by the command at its best and at its last epoch."""
+    out = tmp_path_factory.mktemp("logits")
+    for which in ("best", "last"):
+        assert main(["teacher-logits", str(teachers[0]), str(teachers[1]), "--out", str(out / f"{which}.csv"),
+                     "--checkpoint", which]) == 0
+    return {which: out / f"{which}.csv" for which in ("best", "last")}
+
+
+def _leak_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if "warning: 'best' distils" in line]
+
+
+def test_teacher_logits_file_records_its_origin(prepared, teachers, logits_files):
+    origin = json.loads(logits_files["best"].with_name("best.csv.origin.json").read_text())
+    assert origin["checkpoint"] == "best" and origin["split"] == "all"
+    assert [r["run_dir"] for r in origin["runs"]] == [str(teachers[0].resolve()), str(teachers[1].resolve())]
+    info = json.loads((teachers[0] / "data.json").read_text())
+    assert origin["runs"][0]["data"] == info  # the run's data description, as its run folder holds it
+
+
+@pytest.mark.parametrize("method", [["method=kd"], ["method=mrkd", "mrkd.k=2"],
+                                    ["method=mrkd", "mrkd.k=2", "mrkd.with_teacher=term"]])
+def test_a_file_of_best_teachers_scored_on_the_student_split_warns_as_the_runs_do(prepared, teachers, logits_files,
+                                                                                 tmp_path, capsys, method):
+    runs = f"teacher.runs=[{teachers[0].resolve()},{teachers[1].resolve()}]"
+    Trainer(config(prepared, tmp_path / "runs", *method, runs, "teacher.checkpoint=best"))
+    from_runs = _leak_lines(capsys.readouterr().err)
+    Trainer(config(prepared, tmp_path / "file", *method, f"teacher.logits={logits_files['best']}"))
+    err = capsys.readouterr().err
+    from_file = _leak_lines(err)
+    assert len(from_runs) == 1 and len(from_file) == 1 and len(err.strip().splitlines()) == 1, err
+    assert from_file[0].startswith(f"teacher.logits: {logits_files['best']}: warning: 'best' distils the epoch "
+                                   f"2 of the 2 teacher run(s)")
+    # the same sentence, whichever the source; only the setting to change differs
+    assert from_file[0].split("warning: ")[1].split("; ")[0] == from_runs[0].split("warning: ")[1].split("; ")[0]
+    assert from_file[0].endswith("a file written by teacher-logits --checkpoint last does not")
+
+
+def test_a_file_of_last_teachers_or_of_best_teachers_scored_elsewhere_is_no_leak(prepared, logits_files, tmp_path,
+                                                                                  capsys):
+    _, summary = train_run(config(prepared, tmp_path / "last", "method=kd",
+                                  f"teacher.logits={logits_files['last']}", "train.epochs=1"))
+    assert summary["complete"]
+    assert "teacher.logits" not in capsys.readouterr().err
+    # the student scored on a fold of its own (data.cv_fold): the teachers chose their best epoch elsewhere
+    Trainer(config(prepared, tmp_path / "fold", "method=kd", f"teacher.logits={logits_files['best']}",
+                   "data.cv_folds=2", "data.cv_fold=0"))
+    assert "teacher.logits" not in capsys.readouterr().err
+
+
+def test_a_file_without_its_origin_says_once_that_a_leak_cannot_be_checked(prepared, logits_files, tmp_path,
+                                                                            capsys):
+    bare = tmp_path / "brought.csv"
+    shutil.copy(logits_files["best"], bare)  # a file brought from elsewhere (or written before files had origins)
+    _, summary = train_run(config(prepared, tmp_path / "runs", "method=kd", f"teacher.logits={bare}",
+                                  "train.epochs=2"))
+    assert summary["complete"]  # still loads
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"teacher.logits: {bare}: origin unknown (no brought.csv.origin.json beside it), so whether its "
+                   f"teachers' checkpoint leaks the split this run is scored on cannot be checked"]
+
+
+def test_a_file_changed_after_its_origin_was_written_has_an_unknown_origin(prepared, logits_files, tmp_path, capsys):
+    edited = tmp_path / "edited.csv"
+    shutil.copy(logits_files["best"], edited)
+    shutil.copy(logits_files["best"].with_name("best.csv.origin.json"), tmp_path / "edited.csv.origin.json")
+    Trainer(config(prepared, tmp_path / "same", "method=kd", f"teacher.logits={edited}"))
+    assert len(_leak_lines(capsys.readouterr().err)) == 1  # the record describes this very content
+    lines = edited.read_text().splitlines()
+    head, first = lines[1].split(",", 1)
+    lines[1] = f"{head},{','.join('0.0' for _ in first.split(','))}"  # another teacher for one clip
+    edited.write_text("\n".join(lines) + "\n")
+    Trainer(config(prepared, tmp_path / "edited", "method=kd", f"teacher.logits={edited}"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "origin unknown (edited.csv.origin.json describes another content of the file" in err[0]
+
+
+def test_writing_a_file_without_an_origin_removes_a_stale_record(tmp_path):
+    path = tmp_path / "t.csv"
+    path.with_name("t.csv.origin.json").write_text("{}")
+    write_teacher_logits(path, ["audio/a.wav"], CLASSES, np.zeros((1, 3), np.float32))
+    assert not path.with_name("t.csv.origin.json").exists()
+
+
+def _damage(record: dict, case: str) -> dict:
+    if case == "checkpoint":
+        record["checkpoint"] = "sometimes"
+    elif case == "runs":
+        del record["runs"]
+    elif case == "data":
+        record["runs"][1]["data"] = "tiny"
+    elif case == "eval_split":
+        record["runs"][0]["data"]["eval_split"] = ["evaluate"]
+    return record
+
+
+BAD_ORIGINS = {
+    "not json": "not a JSON origin record (Expecting value at line 1)",
+    "not an object": "not an origin record (a JSON object)",
+    "checkpoint": "key 'checkpoint': 'sometimes' is not 'best' or 'last'",
+    "runs": "key 'runs': missing",
+    "data": "key 'runs[1].data': missing or not a run's data description",
+    "eval_split": "key 'runs[0].data.eval_split': ['evaluate'] is not a name or a number",
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_ORIGINS))
+def test_a_damaged_origin_record_is_one_line(prepared, logits_files, tmp_path, capsys, case):
+    path = tmp_path / "t.csv"
+    shutil.copy(logits_files["best"], path)
+    record = json.loads(logits_files["best"].with_name("best.csv.origin.json").read_text())
+    text = {"not json": '{"format": 1, "checkpoint": ', "not an object": "[1, 2]"}.get(case) \
+        or json.dumps(_damage(record, case))
+    path.with_name("t.csv.origin.json").write_text(text)
+    assert main(["train", "--config", "configs/experiments/dcase_ce.yaml",
+                 *overrides(prepared, tmp_path / "runs", "method=kd", f"teacher.logits={path}")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{path}.origin.json: " in err[0] and BAD_ORIGINS[case] in err[0], err
+    assert "Traceback" not in err[0]

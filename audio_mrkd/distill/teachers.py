@@ -8,7 +8,9 @@ Two sources (the ``teacher.*`` keys, read by every method that uses a teacher: `
   run on the student's augmented batch every step.
 * ``teacher.logits: FILE`` — logits a user brings (an ensemble trained elsewhere): a CSV file with a
   ``filename`` column and one column per class, named by class (the header is the class order), one row per
-  clip (see README, "Distillation from a teacher"). Always cached.
+  clip (see README, "Distillation from a teacher"). Always cached. A file written by ``audio-mrkd teacher-logits``
+  carries its origin beside it (``FILE.origin.json``, :class:`LogitsOrigin`): the runs, their checkpoint and the
+  split each chose its ``best`` epoch on, so that a leak is checked as for runs.
 
 Cached logits follow the items through shuffles and resumes: they are indexed by the items' positions in the
 train split (``Batch.index``). A cached teacher gives one item's view: under mixup the methods mix it with the
@@ -18,7 +20,9 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import json
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,20 +30,27 @@ import torch
 from torch import Tensor, nn
 
 from audio_mrkd import fileio
-from audio_mrkd.data.info import DataInfo
+from audio_mrkd.data.info import SAME_SPLIT, DataInfo
 from audio_mrkd.errors import InputError
 from audio_mrkd.experiment import TeacherConfig
 
 
 # ---- the teacher-logits file -----------------------------------------------------------------------------------
-def write_teacher_logits(path: str | Path, filenames: list[str], class_names: list[str], logits: np.ndarray) -> None:
-    """The documented CSV: ``filename,<class 1>,…,<class C>``, one row per clip, floats written exactly."""
+def write_teacher_logits(path: str | Path, filenames: list[str], class_names: list[str], logits: np.ndarray,
+                         origin: "LogitsOrigin | None" = None) -> None:
+    """The documented CSV: ``filename,<class 1>,…,<class C>``, one row per clip, floats written exactly; with
+    ``origin``, its record beside it (:func:`origin_path`), else no record (a stale one is removed)."""
     assert logits.shape == (len(filenames), len(class_names)), logits.shape
+    path = Path(path)
     with fileio.atomic_path(path) as tmp, tmp.open("w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["filename", *class_names])
         for name, row in zip(filenames, np.asarray(logits, dtype=np.float32)):
             writer.writerow([name, *(repr(float(v)) for v in row)])
+    if origin is None:
+        origin_path(path).unlink(missing_ok=True)
+    else:  # after the CSV: the record names the CSV's bytes, so a crash between the two leaves no false record
+        fileio.write_json(origin_path(path), origin.to_json(_sha256(path)))
 
 
 def read_teacher_logits(path: str | Path, filenames: list[str], class_names: list[str]) -> np.ndarray:
@@ -122,6 +133,118 @@ def _is_float(text: str) -> bool:
     except ValueError:
         return False
 
+# ---- where a teacher-logits file came from ---------------------------------------------------------------------
+ORIGIN_FORMAT = 1
+
+
+def origin_path(path: str | Path) -> Path:
+    """The origin record of the teacher-logits file ``path``: ``<path>.origin.json`` beside it.
+
+    A sidecar, not a header inside the CSV: the CSV stays exactly the documented format, which users' own
+    ensembles write and any CSV tool reads (an extra header line would be a data row to them, and an older version
+    of this product would refuse it). The record holds the SHA-256 of the CSV's bytes, so a record that does not
+    describe the file beside it (the CSV replaced or edited later, or a crash between the two atomic writes) is
+    recognised and read as no record: a file's origin is never a wrong one."""
+    path = Path(path)
+    return path.with_name(path.name + ".origin.json")
+
+
+@dataclass
+class LogitsOrigin:
+    """Where a teacher-logits file came from: the ``runs`` whose mean logits it holds, their ``checkpoint``
+    ("last" | "best"), the items scored (``split``: "all" or a split's name) and each run's data description
+    (``infos``; :data:`~audio_mrkd.data.info.SAME_SPLIT` says which split chose its best epoch). Plain JSON."""
+
+    runs: list[str]
+    checkpoint: str
+    split: str
+    infos: list[DataInfo]
+
+    def to_json(self, logits_sha256: str) -> dict:
+        return {"format": ORIGIN_FORMAT, "logits_sha256": logits_sha256, "checkpoint": self.checkpoint,
+                "split": self.split,
+                "runs": [{"run_dir": run, "data": info.to_json()} for run, info in zip(self.runs, self.infos)]}
+
+    @classmethod
+    def from_json(cls, where: Path, content) -> tuple["LogitsOrigin", str]:
+        """(the origin, the SHA-256 of the CSV it describes) of a record's content; a fault is one InputError line
+        naming the record ``where`` and the key."""
+        def bad(key: str, what: str) -> InputError:
+            return InputError(f"{where}: key {key!r}: {what}; write the teacher-logits file again, or remove this "
+                              f"origin record")
+
+        if not isinstance(content, dict):
+            raise InputError(f"{where}: not an origin record (a JSON object); write the teacher-logits file again, "
+                             f"or remove this origin record")
+        for key in ("format", "logits_sha256", "checkpoint", "split", "runs"):
+            if key not in content:
+                raise bad(key, "missing")
+        if content["format"] != ORIGIN_FORMAT:
+            raise bad("format", f"{content['format']!r}, this version reads format {ORIGIN_FORMAT}")
+        digest = content["logits_sha256"]
+        if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+            raise bad("logits_sha256", f"{digest!r} is not a SHA-256 (64 hex digits)")
+        if content["checkpoint"] not in ("best", "last"):
+            raise bad("checkpoint", f"{content['checkpoint']!r} is not 'best' or 'last'")
+        if not isinstance(content["split"], str):
+            raise bad("split", f"{content['split']!r} is not a split's name")
+        runs = content["runs"]
+        if not isinstance(runs, list) or not runs:
+            raise bad("runs", "not a non-empty list of runs")
+        dirs, infos = [], []
+        for i, run in enumerate(runs):
+            if not isinstance(run, dict) or not isinstance(run.get("run_dir"), str):
+                raise bad(f"runs[{i}].run_dir", "missing or not a path")
+            data = run.get("data")
+            if not isinstance(data, dict):
+                raise bad(f"runs[{i}].data", "missing or not a run's data description (a JSON object)")
+            for key in SAME_SPLIT:  # what decides the split a run chose its best epoch on (absent: None)
+                value = data.get(key)
+                if value is not None and (isinstance(value, bool) or not isinstance(value, (str, int))):
+                    raise bad(f"runs[{i}].data.{key}", f"{value!r} is not a name or a number")
+            dirs.append(run["run_dir"])
+            infos.append(DataInfo.from_json(data))
+        return cls(dirs, content["checkpoint"], content["split"], infos), digest
+
+
+def read_logits_origin(path: str | Path) -> tuple[LogitsOrigin | None, str]:
+    """(the origin of the teacher-logits file ``path``, "") or (None, why it is unknown: no record, or one of
+    another content of the file). A damaged record is one InputError line naming it and the key."""
+    where = origin_path(path)
+    if not where.is_file():
+        return None, f"no {where.name} beside it"
+    try:
+        content = json.loads(where.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise InputError(f"{where}: not a UTF-8 JSON origin record; write the teacher-logits file again, or "
+                         f"remove this origin record") from None
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{where}: not a JSON origin record ({exc.msg} at line {exc.lineno}); write the "
+                         f"teacher-logits file again, or remove this origin record") from None
+    origin, digest = LogitsOrigin.from_json(where, content)
+    if digest != _sha256(Path(path)):
+        return None, f"{where.name} describes another content of the file, which changed after it was written"
+    return origin, ""
+
+
+def check_logits_origin(path: str | Path, student_info: DataInfo, log) -> None:
+    """One line when the teacher-logits file ``path`` leaks the split the student is scored on (the same warning as
+    teacher runs give, :func:`warn_if_best_leaks`), or when its origin is unknown, so that cannot be checked."""
+    origin, unknown = read_logits_origin(path)
+    if origin is None:
+        log(f"teacher.logits: {path}: origin unknown ({unknown}), so whether its teachers' checkpoint leaks the "
+            f"split this run is scored on cannot be checked")
+        return
+    warn_if_best_leaks(origin.checkpoint, origin.runs, origin.infos, student_info, log, logits_file=path)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
 
 # ---- teacher runs ----------------------------------------------------------------------------------------------
 class Renormalized(nn.Module):
@@ -167,16 +290,20 @@ def load_teacher_run(run_dir: str | Path, which: str, student_info: DataInfo, op
     return Renormalized(model, student_norm, teacher_norm).eval(), info
 
 
-def warn_if_best_leaks(tcfg: TeacherConfig, teacher_infos: list[DataInfo], student_info: DataInfo, log) -> None:
-    """One warning line when ``teacher.checkpoint: best`` distils an epoch chosen on the split the student is scored
-    on."""
-    if tcfg.checkpoint != "best":
+def warn_if_best_leaks(checkpoint: str, runs: list[str], teacher_infos: list[DataInfo], student_info: DataInfo,
+                       log, logits_file: str | Path | None = None) -> None:
+    """One warning line when the ``best`` checkpoint of teacher ``runs`` is an epoch chosen on the split the student
+    is scored on: runs distilled directly (``teacher.checkpoint``), or through the teacher-logits file
+    ``logits_file`` they wrote (its :class:`LogitsOrigin`)."""
+    if checkpoint != "best":
         return
-    leaking = [run for run, info in zip(tcfg.runs, teacher_infos) if info.scored_on_the_same_split(student_info)]
+    leaking = [run for run, info in zip(runs, teacher_infos) if info.scored_on_the_same_split(student_info)]
     if leaking:
-        log(f"teacher.checkpoint: warning: 'best' distils the epoch {len(leaking)} of the {len(tcfg.runs)} teacher "
+        where, remedy = (("teacher.checkpoint", "teacher.checkpoint=last") if logits_file is None else
+                         (f"teacher.logits: {logits_file}", "a file written by teacher-logits --checkpoint last"))
+        log(f"{where}: warning: 'best' distils the epoch {len(leaking)} of the {len(runs)} teacher "
             f"run(s) (e.g. {leaking[0]}) chose on the split this run is scored on, so that split leaks into the "
-            f"student through its teacher; teacher.checkpoint=last does not")
+            f"student through its teacher; {remedy} does not")
 
 
 def _same_norm(a: tuple, b: tuple) -> bool:
@@ -228,11 +355,11 @@ def build_teacher_signal(tcfg: TeacherConfig, ctx) -> TeacherSignal:
     """The teacher signal ``teacher.*`` names, for the run ``ctx`` (a :class:`~audio_mrkd.methods.base.TrainContext`)."""
     if tcfg.logits:
         table = read_teacher_logits(tcfg.logits, ctx.train_filenames, ctx.data_info.class_names)
+        check_logits_origin(tcfg.logits, ctx.data_info, _warn)
         return TeacherSignal(table=torch.from_numpy(table)[None].to(ctx.torch_device))
     loaded = [load_teacher_run(run, tcfg.checkpoint, ctx.data_info, ctx.open_run) for run in tcfg.runs]
     models = [model for model, _ in loaded]
-    warn_if_best_leaks(tcfg, [info for _, info in loaded], ctx.data_info,
-                       lambda line: print(line, file=sys.stderr, flush=True))
+    warn_if_best_leaks(tcfg.checkpoint, tcfg.runs, [info for _, info in loaded], ctx.data_info, _warn)
     if tcfg.input == "cached":
         with torch.inference_mode():
             table = torch.stack([ctx.infer_train(m.to(ctx.torch_device)).float() for m in models])
@@ -243,3 +370,7 @@ def build_teacher_signal(tcfg: TeacherConfig, ctx) -> TeacherSignal:
         if ctx.runtime.channels_last:
             m.to(memory_format=torch.channels_last)
     return TeacherSignal(models=models, dtype=dtype)
+
+
+def _warn(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
