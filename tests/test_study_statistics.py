@@ -1,17 +1,46 @@
-"""What a study can resolve (audio_mrkd/train/study_statistics.py), each number checked against an independent
-computation: scipy.stats.ttest_rel / ttest_1samp on fold means made by hand, Holm's correction by hand, power by
-Monte Carlo."""
+"""What a study can resolve (audio_mrkd/train/study_statistics.py and the ablate summary built on it), each number
+checked against an independent computation: scipy.stats.ttest_rel / ttest_1samp on fold means made by hand, Holm's
+correction by hand, power by Monte Carlo; and ``ablate --summary`` on every study kept in docs/studies."""
+import json
 import math
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import stats
 
 from audio_mrkd.train import study_statistics as ss
+from audio_mrkd.train.ablation import AblationSpec, format_table, study_resolution, summarize
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA_ROOT = ["--run", "data.root=/nowhere"]  # the image studies' recipes name a data root; --summary reads no data
+#: Every records file kept in docs/studies, with the spec and the overrides its study was run with
+#: (docs/studies/README.md).
+STUDIES = {
+    "drums_kd": ("configs/ablations/drums_kd.yaml", []),
+    "drums_kd_mixup": ("configs/ablations/drums_kd_mixup.yaml", []),
+    "fmnist_self_kd": ("configs/ablations/fmnist_self_kd.yaml", DATA_ROOT),
+    "fmnist_kd": ("configs/ablations/fmnist_kd.yaml", DATA_ROOT),
+    "fmnist_self_kd_test": ("configs/ablations/fmnist_self_kd.yaml",
+                            [*DATA_ROOT, "--run", "data.eval_split=test", "--variants", "ce_ls", "pskd"]),
+    "fmnist_kd_wrn": ("configs/ablations/fmnist_kd_wrn.yaml", DATA_ROOT),
+    "fmnist_kd_wrn_test": ("docs/studies/fmnist_kd_wrn_test.spec.yaml", [*DATA_ROOT, "--run", "data.eval_split=test"]),
+}
 
 
 def grid(values: dict[tuple[int, int], float]) -> list[tuple[int, int, float]]:
     return [(f, s, d) for (f, s), d in values.items()]
+
+
+def records(reference: dict, **variants: dict) -> list[dict]:
+    """runs.jsonl-like records: ``{(fold, seed): last_macro_accuracy}`` per variant (best = last − 0.01)."""
+    out = []
+    for name, values in {"ce": reference, **variants}.items():
+        for (fold, seed), value in values.items():
+            out.append({"variant": name, "fold": fold, "seed": seed, "last_macro_accuracy": value,
+                        "best_macro_accuracy": value - 0.01, "last_accuracy": value, "last_log_loss": 1 - value})
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------- the test
@@ -43,6 +72,20 @@ def test_one_fold_falls_back_to_its_seeds():
     assert got["p"] == pytest.approx(expected.pvalue)
     ci = expected.confidence_interval(0.95)
     assert got["ci95"] == pytest.approx([ci.low, ci.high])
+
+
+def test_missing_pairs_use_the_complete_ones():
+    """Runs without their reference (or reference runs without the variant's) are left out; a fold left with none is
+    not a unit; n says how many pairs were complete."""
+    ref = {k: v for k, v in REF.items() if k not in {(1, 2), (3, 0), (3, 1), (3, 2)}}  # fold 3: no reference at all
+    summary = summarize(records(ref, x=VAR), AblationSpec(config="-", variants={"ce": [], "x": []}, folds=4,
+                                                            seeds=[0, 1, 2]))
+    d = summary["x"]["delta_last_macro_accuracy"]
+    means = [np.mean([VAR[(f, s)] - REF[(f, s)] for s in range(3) if (f, s) in ref]) for f in range(3)]
+    assert (d["n"], d["units"], d["df"]) == (8, 3, 2)
+    assert d["p"] == pytest.approx(stats.ttest_1samp(means, 0.0).pvalue)
+    table = format_table(summary, AblationSpec(config="-", variants={"ce": [], "x": []}, folds=4, seeds=[0, 1, 2]))
+    assert "] n=8 |" in table  # the interval says it stands on 8 of the 12 pairs
 
 
 def test_nothing_to_test_is_said_not_invented():
@@ -77,6 +120,18 @@ def test_holm_by_hand():
     assert ss.holm(p) == pytest.approx({"a": 0.04, "b": 0.09, "c": 0.09, "d": 0.025, "e": 0.5, "ref": None})
     assert ss.holm({"a": 0.3, "b": 0.4, "c": 0.9}) == pytest.approx({"a": 0.9, "b": 0.9, "c": 0.9})
     assert ss.holm({"a": 0.6, "b": 0.7}) == {"a": 1.0, "b": 1.0}  # capped at 1
+
+
+def test_the_summary_holm_corrects_over_the_variants_against_the_reference():
+    other = {k: v + 0.002 * (k[1] - 1) for k, v in REF.items()}
+    spec = AblationSpec(config="-", variants={"ce": [], "x": [], "y": []}, folds=4, seeds=[0, 1, 2])
+    summary = summarize(records(REF, x=VAR, y=other), spec)
+    raw = {v: summary[v]["delta_last_macro_accuracy"]["p"] for v in ("x", "y")}
+    assert summary["x"]["delta_last_macro_accuracy"]["p_holm"] == pytest.approx(ss.holm(raw)["x"])
+    assert summary["y"]["delta_last_macro_accuracy"]["p_holm"] == pytest.approx(ss.holm(raw)["y"])
+    assert "p" not in summary["ce"]["delta_last_macro_accuracy"]  # the reference is not tested against itself
+    for metric in ("last_macro_accuracy", "best_macro_accuracy"):  # a family per metric
+        assert summary["x"][f"delta_{metric}"]["p_holm"] >= summary["x"][f"delta_{metric}"]["p"]
 
 
 # ---------------------------------------------------------------------------------------------------- power
@@ -145,3 +200,55 @@ def test_a_design_the_pairs_cannot_yet_tell_is_said_so():
     r = ss.resolution(one_seed, folds=4, seeds=1, target=0.02)
     assert r["detectable"] == pytest.approx(ss.detectable(math.sqrt(one_seed["sigma2_fold"]), 4))
     assert r["seeds_needed"] is None and r["power_any_seeds"] is None and r["folds_needed"] >= 2
+
+
+def test_study_resolution_pools_the_variants_and_the_table_says_it():
+    other = {k: v + 0.002 * (k[1] - 1) + 0.004 * (k[0] % 2) for k, v in REF.items()}
+    spec = AblationSpec(config="-", variants={"ce": [], "x": [], "y": []}, folds=4, seeds=[0, 1, 2])
+    recs = records(REF, x=VAR, y=other)
+    study = study_resolution(recs, spec, target=0.05)
+    pooled = ss.variance_components([grid({k: VAR[k] - REF[k] for k in REF}),
+                                     grid({k: other[k] - REF[k] for k in REF})])
+    got = study["last_macro_accuracy"]
+    assert got["sigma2_fold"] == pytest.approx(pooled["sigma2_fold"]) and got["variants"] == 2
+    assert got["detectable"] == pytest.approx(ss.resolution(pooled, 4, 3)["detectable"])
+    table = format_table(summarize(recs, spec), spec, study=study)
+    assert "| CI95 | p (Holm) |" in table and "paired t-test of the fold means of Δ (4 folds, df 3)" in table
+    assert f"detectable at 80 % power (two-sided α 0.05) with 4 folds × 3 seeds: {100 * got['detectable']:.1f} pt" \
+        in table
+    assert "--target 5 pt at 80 % power: " in table
+
+
+# ---------------------------------------------------------------------------------------------------- the studies
+def test_every_kept_study_is_listed_here():
+    assert {p.name.split(".")[0] for p in (ROOT / "docs" / "studies").glob("*.runs.jsonl")} == set(STUDIES)
+
+
+@pytest.mark.parametrize("name", sorted(STUDIES))
+def test_ablate_summary_of_a_kept_study_says_what_it_resolves(name, tmp_path, capsys, monkeypatch):
+    from audio_mrkd import plots
+    from audio_mrkd.cli import main
+    monkeypatch.setattr(plots, "ablation_picture", lambda *a, **k: None)  # the table is what is checked here
+    spec, extra = STUDIES[name]
+    out = tmp_path / name
+    out.mkdir()
+    shutil.copy(ROOT / "docs" / "studies" / f"{name}.runs.jsonl", out / "runs.jsonl")
+    monkeypatch.chdir(ROOT)
+    assert main(["ablate", spec, "--out", str(out), *extra, "--summary", "--target", "1.0"]) == 0
+    printed = capsys.readouterr().out
+    header = "| Δ last macro (sem) | wins | CI95 | p (Holm) | Δ best macro (sem) | CI95 best | p best (Holm) |"
+    assert header in printed
+    assert "Smallest Δ last macro accuracy detectable at 80 % power" in printed
+    assert "--target 1 pt at 80 % power: " in printed
+    summary = json.loads((out / "ablation.json").read_text())
+    reference = next(v for v, e in summary.items() if v not in ("study", "teachers") and "p" not in
+                     e["delta_last_macro_accuracy"])
+    tested = {v: e["delta_last_macro_accuracy"] for v, e in summary.items()
+              if v not in ("study", "teachers", reference)}
+    assert tested and all(d["p_holm"] is not None and d["ci95"][0] < d["estimate"] < d["ci95"][1]
+                          for d in tested.values())
+    assert {v: d["p_holm"] for v, d in tested.items()} == pytest.approx(ss.holm({v: d["p"] for v, d in tested.items()}))
+    for variant, d in tested.items():  # each row's cells are the JSON's numbers
+        low, high = (100 * x for x in d["ci95"])
+        assert f"| [{low:+.1f}, {high:+.1f}] | " in printed, variant
+    assert summary["study"]["last_macro_accuracy"]["detectable"] > 0
