@@ -111,7 +111,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     from audio_mrkd.train.ablation_cluster import Placement
     print(run_ablation(args.spec, args.out, args.overrides, jobs=args.jobs, run_overrides=args.run,
                        reuse=args.reuse, only=args.variants, train=not args.summary, cluster=args.cluster,
-                       placement=Placement(args.cpus_per_run, args.gpus_per_run)))
+                       placement=Placement(args.cpus_per_run, args.gpus_per_run),
+                       target=None if args.target is None else args.target / 100))
     return 0
 
 
@@ -280,6 +281,9 @@ def _add_ablate_parser(sub) -> None:
                    help="run only these variants (the reference always), e.g. the chosen ones on the reported split")
     p.add_argument("--summary", action="store_true",
                    help="train nothing: the table and picture of the runs recorded so far (a study under way)")
+    p.add_argument("--target", type=float, default=None, metavar="D",
+                   help="a difference in points of macro accuracy, e.g. 1.0: the table says how many folds x seeds "
+                        "would detect it at 80%% power")
     p.add_argument("--reuse", action="append", default=[], metavar="DIR",
                    help="take the runs another study (its --out folder) already made with the same recipe, fold "
                         "and seed instead of training them again (repeatable)")

@@ -100,11 +100,28 @@ def method_colours(labels: Iterable[str]) -> dict[str, str]:
     return {label: PALETTE[i % len(PALETTE)] for i, label in enumerate(dict.fromkeys(labels))}
 
 
+@dataclass(frozen=True)
+class Interval:
+    """A paired difference's 95 % confidence interval from its test, around the test's ``estimate`` (the mean of its
+    units), with the Holm-corrected p-value; ``unit`` and ``units``: what the test counted (fold means or seeds)."""
+    estimate: float
+    low: float
+    high: float
+    p_holm: float
+    unit: str = "fold"
+    units: int = 0
+
+    @property
+    def significant(self) -> bool:
+        return self.p_holm < 0.05
+
+
 @dataclass
 class ForestRow:
     label: str
     diffs: list[float]
     colour: str = OTHER_COLOUR  # the variant's colour in the curves, when it has one there
+    interval: Interval | None = None  # drawn instead of mean ± s.e. when given
     stats: dict = field(init=False)
 
     def __post_init__(self) -> None:
@@ -112,7 +129,11 @@ class ForestRow:
 
 
 # ---------------------------------------------------------------------------------------------------- drawing
-def _numbers(stats: dict, scale: float) -> str:
+def _numbers(stats: dict, scale: float, interval: Interval | None = None) -> str:
+    if interval is not None:
+        p = "<0.001" if interval.p_holm < 0.001 else f"{interval.p_holm:.3f}"
+        return (f"{scale * interval.estimate:+.1f} [{scale * interval.low:+.1f}, {scale * interval.high:+.1f}]"
+                f"{' *' if interval.significant else ''}\np Holm {p}, wins {stats['wins']}/{stats['n']}")
     if stats["n"] == 1:
         return f"{scale * stats['mean']:+.1f}\n1 pair: no s.e."
     return f"{scale * stats['mean']:+.1f} ± {scale * stats['sem']:.1f}\nwins {stats['wins']}/{stats['n']}"
@@ -134,15 +155,21 @@ def _forest(ax, rows: list[ForestRow], xlabel: str, title: str, scale: float) ->
         if len(diffs) > 1:
             ax.scatter(diffs, y + rng.uniform(-0.18, 0.18, len(diffs)), s=14, color=colour, alpha=0.35,
                        linewidths=0, zorder=2)
-        st = row.stats
-        ax.errorbar(scale * st["mean"], y, xerr=scale * st["sem"], fmt="s", color=colour, markersize=7,
-                    capsize=4, elinewidth=2, zorder=3)
+        st, ci = row.stats, row.interval
+        if ci is None:
+            ax.errorbar(scale * st["mean"], y, xerr=scale * st["sem"], fmt="s", color=colour, markersize=7,
+                        capsize=4, elinewidth=2, zorder=3)
+            continue
+        # the 95 % CI; a filled marker where the Holm-corrected p is below 0.05, hollow where not
+        ax.errorbar(scale * ci.estimate, y, xerr=[[scale * (ci.estimate - ci.low)], [scale * (ci.high - ci.estimate)]],
+                    fmt="s", color=colour, markersize=7, capsize=4, elinewidth=2, zorder=3,
+                    markerfacecolor=colour if ci.significant else "white", markeredgewidth=2)
     ax.set_yticks(range(len(rows)), [r.label for r in rows], fontsize=9)
     ax.set_ylim(len(rows) - 0.5, -0.5)  # first row on top
     # the numbers, as tick labels on the right (so the layout engine makes room for them)
     right = ax.twinx()
     right.set_ylim(ax.get_ylim())
-    right.set_yticks(range(len(rows)), [_numbers(r.stats, scale) for r in rows], fontsize=8)
+    right.set_yticks(range(len(rows)), [_numbers(r.stats, scale, r.interval) for r in rows], fontsize=8)
     right.tick_params(length=0)
     ax.spines["top"].set_visible(False)
     right.spines["top"].set_visible(False)
@@ -204,9 +231,14 @@ def draw_study(path: str | Path, rows: list[ForestRow], curves: list[tuple[Curve
     FigureCanvasAgg(fig)
     fig.get_layout_engine().set(wspace=0.06)  # room between the forest's numbers and the curves' axis label
     left, right = fig.subplots(1, 2, gridspec_kw={"width_ratios": [1, 1]})
+    intervals = [r.interval for r in rows if r.interval is not None]
+    if intervals:
+        tested = sorted({f"{i.units} {i.unit} {'means' if i.unit == 'fold' else 'differences'}" for i in intervals})
+        what = (f": estimate and 95 % CI (t-test on {' / '.join(tested)});\nfilled, *: Holm-corrected p < 0.05")
+    else:
+        what = f": mean ± s.e. over {n_text} {units}" if rows else ""
     _forest(left, rows, xlabel=f"Δ {which} {name} vs {reference}{unit}",
-            title=f"Paired difference to {reference}" + (f": mean ± s.e. over {n_text} {units}" if rows else ""),
-            scale=scale)
+            title=f"Paired difference to {reference}{what}", scale=scale)
     _curves(right, curves, ylabel=f"{name}{' (%)' if scale == 100 else ''}",
             title="Learning curves on the evaluated split", scale=scale)
     path = Path(path)
@@ -257,15 +289,18 @@ def ablation_run_dirs(out_dir: str | Path, records: list[dict]) -> dict[str, lis
 
 
 def ablation_picture(out_dir: str | Path, records: list[dict], variants: Iterable[str], reference: str,
-                     metric: str = "last_macro_accuracy") -> Path:
+                     metric: str = "last_macro_accuracy", intervals: dict[str, Interval] | None = None) -> Path:
     """``<out_dir>/ablation.png``: forest plot of every variant against ``reference`` (paired by fold and seed) and
-    the learning curves of the reference and the variant with the largest mean paired difference. A ``test_`` metric
-    (the official test split, ``data.final_test``) → ``ablation_test.png``, the curves still of the evaluated split."""
+    the learning curves of the reference and the variant with the largest mean paired difference. ``intervals``: per
+    variant, the 95 % CI and Holm p of its test (drawn instead of the standard error, significant ones filled). A
+    ``test_`` metric (the official test split, ``data.final_test``) → ``ablation_test.png``, the curves still of the
+    evaluated split."""
     variants = list(variants)
     diffs = paired_differences(records, reference, metric, variants)
     best = max(diffs, key=lambda v: mean_sem(diffs[v])["mean"]) if diffs else None
     colours = method_colours([reference, *([best] if best else [])])  # the other variants: grey, no curve
-    rows = [ForestRow(v, diffs[v], colours.get(v, OTHER_COLOUR)) for v in variants if v in diffs]
+    rows = [ForestRow(v, diffs[v], colours.get(v, OTHER_COLOUR), (intervals or {}).get(v))
+            for v in variants if v in diffs]
     run_dirs = ablation_run_dirs(out_dir, records)
     curves = []
     test = metric.startswith("test_")

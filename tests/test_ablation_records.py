@@ -85,7 +85,7 @@ def test_reuse_takes_the_runs_another_study_made_with_the_same_recipe(tmp_path, 
         assert (tmp_path / "b" / b[mine]["run_dir"]).resolve() == (tmp_path / "a" / a[theirs]["run_dir"]).resolve()
     assert "reused_from" not in b["ls"]
     summary = json.loads((tmp_path / "b" / "ablation.json").read_text())
-    assert set(summary) == {"ce", "ls", "self"}
+    assert set(summary) == {"ce", "ls", "self", "study"}  # the variants, and what the study resolves
     # what reuse stands on: the same recipe trained again gives the same numbers
     run_ablation(second, tmp_path / "c", log=SILENT)
     c = records(tmp_path / "c")
@@ -140,10 +140,13 @@ def test_summary_tables_a_study_under_way_without_training(tmp_path, capsys):
     printed = capsys.readouterr().out
     assert f"2 of 4 runs recorded in {out / 'runs.jsonl'}; nothing trained" in printed
     assert (out / "runs.jsonl").read_text() == before and "| ls |" in printed
+    assert "| — (1 seed) | — |" in printed  # one pair so far: nothing to test yet, and it says so
     summary = json.loads((out / "ablation.json").read_text())
     a = records(out)
     assert summary["ls"]["delta_last_macro_accuracy"]["mean"] == pytest.approx(
         a["ls"]["last_macro_accuracy"] - a["ce"]["last_macro_accuracy"])
+    assert main(["ablate", str(spec), "--out", str(out), "--summary", "--target", "0"]) == 2
+    assert "--target: a difference greater than 0" in capsys.readouterr().err
 
 
 def _slow_first(cfg):

@@ -114,6 +114,23 @@ def test_ablation_writes_forest_and_curves(ablation):
     assert rgb(plots.REFERENCE_COLOUR) in curves
 
 
+def test_the_forest_plot_draws_each_variants_confidence_interval(ablation, monkeypatch):
+    """The forest rows carry the summary's 95 % CI and Holm p (not the standard error), a significant one marked."""
+    root, _, _ = ablation
+    drawn = []
+    monkeypatch.setattr(plots, "draw_study", lambda path, rows, *a, **k: drawn.append(rows) or path)
+    run_ablation(root / "spec.yaml", root / "abl", log=SILENT)  # complete: nothing re-run, only re-summarised
+    tested = json.loads((root / "abl" / "ablation.json").read_text())["mrkd"]["delta_last_macro_accuracy"]
+    (row,) = drawn[0]
+    assert (row.interval.low, row.interval.high) == pytest.approx(tested["ci95"])
+    assert row.interval.p_holm == pytest.approx(tested["p_holm"]) and row.interval.unit == "seed"
+    assert f"[{100 * tested['ci95'][0]:+.1f}, {100 * tested['ci95'][1]:+.1f}]" in plots._numbers(row.stats, 100,
+                                                                                              row.interval)
+    marked = plots.Interval(0.02, 0.01, 0.03, p_holm=0.01)
+    assert marked.significant and " *\n" in plots._numbers(plots.mean_sem([0.02, 0.021]), 100, marked)
+    assert not plots.Interval(0.02, -0.01, 0.05, p_holm=0.2).significant
+
+
 def test_ablation_curves_come_from_each_runs_metrics_json(ablation):
     root, _, records = ablation
     out = root / "abl"

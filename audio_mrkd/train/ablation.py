@@ -28,9 +28,11 @@ continues where it stopped, and a run cut off half-way continues from its last e
 only); each finished run prints a line (a bar on a terminal) —
 ``ablation: 5/12 runs (42%), 3:10 elapsed, ~4:26 left, variant=mean, fold=1, seed=0, last_macro_acc=0.7125`` —
 counting the runs already in ``runs.jsonl``. The table gives mean ± std over folds × seeds of the last- and
-best-epoch metrics and the paired difference to the reference (same fold, same seed), with its standard error and
-win count; ``ablation.png`` draws those paired differences (forest plot) and the learning curves of the reference
-and the best variant (read from each run's ``metrics.json``, located by the ``run_dir`` of its record).
+best-epoch metrics and the paired difference to the reference (same fold, same seed), with its standard error, win
+count, 95 % CI and p-value (t-test on the fold means, Holm-corrected over the variants; :mod:`study_statistics`),
+then the smallest difference the design detects at 80 % power (and, with ``target``, the folds × seeds a given one
+needs); ``ablation.png`` draws those paired differences with their CIs (forest plot) and the learning curves of the
+reference and the best variant (read from each run's ``metrics.json``, located by the ``run_dir`` of its record).
 ``--cluster ADDRESS`` runs the same grid as tasks of a Ray cluster (:mod:`ablation_cluster`), with the same records.
 """
 from __future__ import annotations
@@ -52,7 +54,7 @@ from audio_mrkd import fileio, plots
 from audio_mrkd.errors import InputError
 from audio_mrkd.registry import load_experiment
 from audio_mrkd.progress import progress
-from audio_mrkd.train import ablation_cluster, ablation_records
+from audio_mrkd.train import ablation_cluster, ablation_records, study_statistics
 from audio_mrkd.train import checkpoint as ckpt
 from audio_mrkd.train.ablation_records import TEACHERS
 from audio_mrkd.train.metrics import mean_std
@@ -211,7 +213,8 @@ def variant_runs(spec_path: str | Path, overrides: list[str] | None = None,
 def run_ablation(spec_path: str | Path, out_dir: str | Path, overrides: list[str] | None = None,
                  train_fn=None, jobs: int = 1, run_overrides: list[str] | None = None, log=print,
                  reuse: list[str | Path] | None = None, only: list[str] | None = None, train: bool = True,
-                 cluster: str | None = None, placement: ablation_cluster.Placement | None = None) -> str:
+                 cluster: str | None = None, placement: ablation_cluster.Placement | None = None,
+                 target: float | None = None) -> str:
     """Run every missing (variant, fold, seed) — in ``jobs`` processes of one thread each when jobs > 1 —, with a
     progress line per finished run on stderr (``log`` says how many runs were already in ``runs.jsonl``, and how many
     were taken from the studies in ``reuse``: same recipe, fold and seed, see :mod:`ablation_records`),
@@ -221,7 +224,10 @@ def run_ablation(spec_path: str | Path, out_dir: str | Path, overrides: list[str
     variants (and the reference), e.g. the ones a selection study chose, once on the reported split.
     ``train=False``: no run is trained; the table of the runs recorded so far (a study still under way).
     ``cluster``: the runs are tasks of the Ray cluster at that address instead (:mod:`ablation_cluster`), each
-    asking for ``placement``'s CPUs and GPUs."""
+    asking for ``placement``'s CPUs and GPUs. ``target``: a difference of the headline metric (a fraction) for which
+    the summary says how many folds × seeds would detect it at 80 % power."""
+    if target is not None and not target > 0:
+        raise InputError(f"--target: a difference greater than 0 (in points of macro accuracy), got {100 * target:g}")
     spec, config = load_spec(spec_path, overrides)
     if only:
         _keep_variants(spec, only, spec_path)
@@ -239,7 +245,7 @@ def run_ablation(spec_path: str | Path, out_dir: str | Path, overrides: list[str
     done = {(r["variant"], r["fold"], r["seed"]): r for _, r in records}
     if not train:
         log(f"ablation: {len(set(done) & set(keys))} of {len(keys)} runs recorded in {records_path}; nothing trained")
-        return _write_results(out_dir, list(done.values()), spec)
+        return _write_results(out_dir, list(done.values()), spec, target)
     if reuse:
         _take_reused(reuse, {key: recipes[key] for key in keys if key not in done and key[0] != "teacher"
                              and not grid.taught(key[0])}, records_path, done, log)
@@ -265,7 +271,7 @@ def run_ablation(spec_path: str | Path, out_dir: str | Path, overrides: list[str
         bar.close()
         if runner is not None:
             runner.close()
-    return _write_results(out_dir, list(done.values()), spec)
+    return _write_results(out_dir, list(done.values()), spec, target)
 
 
 def _warn_leaking_teachers(grid: _Grid, log) -> None:
@@ -376,23 +382,36 @@ def _take_gpu(slots) -> None:
         pass
 
 
-def _write_results(out_dir: Path, records: list[dict], spec: AblationSpec) -> str:
+def _write_results(out_dir: Path, records: list[dict], spec: AblationSpec, target: float | None = None) -> str:
     """ablation.json, ablation.md (the tables) and ablation.png (+ ablation_test.png with data.final_test); returns
-    the tables and the pictures' paths."""
+    the tables and the pictures' paths. ``target``: a difference (fraction) the study's design is asked about."""
     summary = summarize(records, spec)
     teachers = teacher_summary(records)
-    fileio.write_json(out_dir / "ablation.json", summary | ({"teachers": teachers} if teachers else {}))
-    text = format_table(summary, spec, teachers)
+    study = study_resolution(records, spec, target)
+    fileio.write_json(out_dir / "ablation.json", summary | ({"study": study} if study else {})
+                      | ({"teachers": teachers} if teachers else {}))
+    text = format_table(summary, spec, teachers, study)
     metrics = ["last_macro_accuracy"]
     if records and all("test_last_macro_accuracy" in r for r in records if r["variant"] != "teacher"):
         metrics.append("test_last_macro_accuracy")  # data.final_test: the official test split's forest plot too
-    pictures = [plots.safely(lambda m=m: plots.ablation_picture(out_dir, records, spec.variants, spec.reference, m),
+    pictures = [plots.safely(lambda m=m: plots.ablation_picture(out_dir, records, spec.variants, spec.reference, m,
+                                                                _intervals(summary, m)),
                              out_dir / f"ablation{'_test' if m.startswith('test_') else ''}.png") for m in metrics]
     pictures = [p for p in pictures if p]
     embed = "".join(f"\n\n![Δ to `{spec.reference}` per variant{' on the test split' if 'test' in p.name else ''} "
                     f"and learning curves]({p.name})" for p in pictures)
     fileio.write_text(out_dir / "ablation.md", text + embed + "\n")
     return text + "".join(f"\n\npicture: {p}" for p in pictures)
+
+
+def _intervals(summary: dict, metric: str) -> dict[str, plots.Interval]:
+    """The forest plot's interval of each tested variant: its 95 % CI and whether its Holm p is below 0.05."""
+    out = {}
+    for variant, e in summary.items():
+        d = e.get(f"delta_{metric}") or {}
+        if d.get("ci95") is not None:
+            out[variant] = plots.Interval(d["estimate"], *d["ci95"], d["p_holm"], d["unit"], d["units"])
+    return out
 
 
 def teacher_summary(records: list[dict]) -> dict:
@@ -409,7 +428,9 @@ PAIRED = ("last_macro_accuracy", "best_macro_accuracy", "last_log_loss")
 
 
 def summarize(records: list[dict], spec: AblationSpec) -> dict:
-    """Per variant: mean ± std of each metric and the paired difference to the reference (same fold and seed)."""
+    """Per variant: mean ± std of each metric and the paired difference to the reference (same fold and seed), each
+    difference with its test (:func:`study_statistics.paired_test`) and the p-value Holm-corrected over the variants
+    compared to the reference (``p_holm``)."""
     by_key = {(r["variant"], r["fold"], r["seed"]): r for r in records}
     out = {}
     for variant in spec.variants:
@@ -422,24 +443,63 @@ def summarize(records: list[dict], spec: AblationSpec) -> dict:
                       if all(prefix + m in r for r in rows)}
             entry |= _paired(rows, by_key, spec.reference, [prefix + m for m in PAIRED])
         out[variant] = entry
+    for key in {k for e in out.values() for k in e if k.startswith("delta_")}:
+        family = {v: e[key]["p"] for v, e in out.items() if v != spec.reference and key in e}
+        for variant, p in study_statistics.holm(family).items():
+            out[variant][key]["p_holm"] = p
     return out
 
 
-def _paired(rows: list[dict], by_key: dict, reference: str, metrics: list[str]) -> dict:
-    """``delta_<metric>``: mean ± std, standard error and wins of the differences to the reference's run."""
-    diffs = {m: [] for m in metrics}
+def _pairs(rows: list[dict], by_key: dict, reference: str, metric: str) -> list[tuple[int, int, float]]:
+    """``(fold, seed, difference)`` of each run in ``rows`` whose reference run (same fold and seed) is recorded."""
+    pairs = []
     for r in rows:
         ref = by_key.get((reference, r["fold"], r["seed"]))
-        for m in metrics:
-            if ref is not None and m in r and m in ref:
-                diffs[m].append(r[m] - ref[m])
+        if ref is not None and metric in r and metric in ref:
+            pairs.append((r["fold"], r["seed"], r[metric] - ref[metric]))
+    return pairs
+
+
+def _paired(rows: list[dict], by_key: dict, reference: str, metrics: list[str]) -> dict:
+    """``delta_<metric>``: mean ± std, standard error and wins of the differences to the reference's run, and (not for
+    the reference itself) their test on the complete pairs: ``ci95``, ``p``, ``unit``, ``units``, ``df``,
+    ``estimate``."""
     out = {}
-    for m, values in diffs.items():
-        if values:
-            stat = mean_std(values)
-            stat["sem"] = stat["std"] / np.sqrt(len(values)) if len(values) > 1 else 0.0
-            stat["wins"] = int(sum(v > 0 for v in values))
-            out[f"delta_{m}"] = stat
+    for m in metrics:
+        pairs = _pairs(rows, by_key, reference, m)
+        if not pairs:
+            continue
+        values = [d for _, _, d in pairs]
+        stat = mean_std(values)
+        stat["sem"] = stat["std"] / np.sqrt(len(values)) if len(values) > 1 else 0.0
+        stat["wins"] = int(sum(v > 0 for v in values))
+        if rows[0]["variant"] != reference:
+            test = study_statistics.paired_test(pairs)
+            stat |= {k: test[k] for k in ("ci95", "p", "unit", "units", "df", "estimate")}
+        out[f"delta_{m}"] = stat
+    return out
+
+
+#: The metrics whose study-level resolution (detectable difference, --target) is stated: the headline one, and the
+#: same on the official test split when the runs were scored there.
+RESOLVED = ("last_macro_accuracy", "test_last_macro_accuracy")
+
+
+def study_resolution(records: list[dict], spec: AblationSpec, target: float | None = None) -> dict:
+    """Per metric of :data:`RESOLVED` the runs have: the variance components of the paired differences, pooled over
+    the variants compared to the reference, and what the spec's design (folds × seeds) resolves with them — the
+    difference detectable at 80 % power and, for a ``target`` difference (a fraction, like the metric), the seeds or
+    folds that would detect it (:func:`study_statistics.resolution`)."""
+    by_key = {(r["variant"], r["fold"], r["seed"]): r for r in records}
+    out = {}
+    for metric in RESOLVED:
+        groups = [_pairs([r for r in records if r["variant"] == v], by_key, spec.reference, metric)
+                  for v in spec.variants if v != spec.reference]
+        groups = [g for g in groups if g]
+        if groups:
+            components = study_statistics.variance_components(groups)
+            out[metric] = components | {"variants": len(groups)} | study_statistics.resolution(
+                components, max(spec.folds, 1), len(spec.seeds), target)
     return out
 
 
@@ -447,44 +507,135 @@ def _ms(s: dict, scale: float = 100) -> str:
     return f"{scale * s['mean']:.1f} ± {scale * s['std']:.1f}"
 
 
-def _deltas(e: dict, prefix: str = "") -> str:
-    """The table cells ``Δ last macro (sem) | wins | Δ best macro (sem)`` of a summary entry."""
+def _p(p: float) -> str:
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _tested(d: dict | None, pairs: int) -> str:
+    """The cells ``CI95 | p (Holm)`` of one paired difference: empty for the reference, — where it cannot be tested;
+    ``n=`` in the interval's cell when fewer than the design's ``pairs`` were complete."""
+    if not d or "p" not in d:
+        return "|"
+    if d["ci95"] is None:
+        return f"— ({d['units']} {d['unit']}{'s' if d['units'] != 1 else ''}) | —"
+    low, high = (100 * x for x in d["ci95"])
+    n = f" n={d['n']}" if d["n"] < pairs else ""
+    return f"[{low:+.1f}, {high:+.1f}]{n} | {_p(d['p'])} ({_p(d['p_holm'])})"
+
+
+def _deltas(e: dict, pairs: int, prefix: str = "") -> str:
+    """The table cells ``Δ last macro (sem) | wins | CI95 | p (Holm) | Δ best macro (sem) | CI95 best |
+    p best (Holm)`` of a summary entry; ``pairs``: the (fold, seed) pairs of the design."""
     d_last, d_best = e.get(f"delta_{prefix}last_macro_accuracy"), e.get(f"delta_{prefix}best_macro_accuracy")
     delta = f"{100 * d_last['mean']:+.1f} ± {100 * d_last['std']:.1f} ({100 * d_last['sem']:.1f})" if d_last else ""
     wins = f"{d_last['wins']}/{d_last['n']}" if d_last else ""
     delta_b = f"{100 * d_best['mean']:+.1f} ({100 * d_best['sem']:.1f})" if d_best else ""
-    return f"{delta} | {wins} | {delta_b}"
+    return f"{delta} | {wins} | {_tested(d_last, pairs)} | {delta_b} | {_tested(d_best, pairs)}"
 
 
-def format_table(summary: dict, spec: AblationSpec, teachers: dict | None = None) -> str:
+EMPTY_DELTAS = "| | | | | | | |"
+
+
+def format_table(summary: dict, spec: AblationSpec, teachers: dict | None = None, study: dict | None = None) -> str:
+    """The Markdown table of :func:`summarize`, then what the study resolves (:func:`study_resolution`)."""
     where = f"{spec.folds} recording-grouped folds" if spec.folds else "the evaluated split"
+    pairs = max(spec.folds, 1) * len(spec.seeds)
     lines = [f"{where} × {len(spec.seeds)} seeds {spec.seeds}; Δ = paired difference "
              f"to `{spec.reference}` (same fold and seed), mean ± std (± standard error); accuracies in %.", "",
              "| variant | overrides | last macro acc | best macro acc | last log loss | Δ last macro (sem) | wins "
-             "| Δ best macro (sem) |", "|---|---|---|---|---|---|---|---|"]
+             "| CI95 | p (Holm) | Δ best macro (sem) | CI95 best | p best (Holm) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for variant, e in summary.items():
         over = " ".join(spec.variants[variant]) or "—"
         lines.append(f"| {variant} | `{over}` | {_ms(e['last_macro_accuracy'])} | {_ms(e['best_macro_accuracy'])} | "
-                     f"{e['last_log_loss']['mean']:.3f} | {_deltas(e)} |")
+                     f"{e['last_log_loss']['mean']:.3f} | {_deltas(e, pairs)} |")
     if teachers:
         lines.append(f"| teacher (each run alone) | `{Path(spec.teachers.config).name}` "
                      f"{' '.join(spec.teachers.overrides)} | {_ms(teachers['last_macro_accuracy'])} | "
-                     f"{_ms(teachers['best_macro_accuracy'])} | {teachers['last_log_loss']['mean']:.3f} | | | |")
-    return "\n".join(lines + _test_table(summary, spec))
+                     f"{_ms(teachers['best_macro_accuracy'])} | {teachers['last_log_loss']['mean']:.3f} "
+                     f"{EMPTY_DELTAS}")
+    lines += _notes(summary, spec, (study or {}).get("last_macro_accuracy"), "last macro accuracy")
+    return "\n".join(lines + _test_table(summary, spec, (study or {}).get("test_last_macro_accuracy")))
 
 
-def _test_table(summary: dict, spec: AblationSpec) -> list[str]:
+def _pt(fraction: float) -> str:
+    return f"{100 * fraction:.1f} pt"
+
+
+def _notes(summary: dict, spec: AblationSpec, resolved: dict | None, name: str, prefix: str = "") -> list[str]:
+    """The lines under a table: which test gave CI95 and p, and what the design resolves (and --target)."""
+    key = f"delta_{prefix}last_macro_accuracy"
+    tested = [e[key] for v, e in summary.items() if v != spec.reference and key in e]
+    if not tested:
+        return []
+    family = sum(d["p"] is not None for d in tested)
+    holm = (f"p (Holm): two-sided p, then Holm-corrected over the {family} variant{'s' if family != 1 else ''} "
+            f"against `{spec.reference}`" if family else "—: fewer than two units to test so far")
+    folds, seeds = max(spec.folds, 1), len(spec.seeds)
+    if folds > 1:
+        test = (f"CI95 and p: paired t-test of the fold means of Δ ({folds} folds, df {folds - 1}): the fold is the "
+                f"unit of replication (the seeds of a fold share its data and only reduce the noise within it)")
+    else:
+        test = (f"CI95 and p: one evaluated split, so no fold replication: the seeds are the unit (paired t-test on "
+                f"the {seeds} seed differences, df {seeds - 1}), and they speak of this split only")
+    lines = ["", f"{test}; {holm}; n=: complete pairs, where fewer than {folds * seeds}."]
+    return lines + ([_resolution_line(resolved, name), *_target_line(resolved)] if resolved else [])
+
+
+def _resolution_line(r: dict, name: str) -> str:
+    pooled = f"pooled over {r['variants']} variant{'s' if r['variants'] != 1 else ''}"
+    one_fold = r["unit"] == "seed"
+    design = f"on this split with {r['seeds']} seeds" if one_fold else f"with {r['folds']} folds × {r['seeds']} seeds"
+    said = f"Smallest Δ {name} detectable at 80 % power (two-sided α 0.05) {design}: "
+    if r["detectable"] is None:
+        return said + f"not estimable from the pairs so far (fewer than two {r['unit']}s)."
+    if one_fold:
+        spread = (f"between seeds σ_s {_pt(r['sigma2_seed'] ** 0.5)}, {pooled}; the variation between splits is not "
+                  f"estimable from one")
+    elif r["sigma2_seed"] is not None:
+        spread = (f"between folds σ_f {_pt(r['sigma2_fold'] ** 0.5)}, between the seeds of a fold σ_s "
+                  f"{_pt(r['sigma2_seed'] ** 0.5)}, {pooled}")
+    else:
+        spread = (f"σ of a fold's Δ {_pt(r['sigma2_fold'] ** 0.5)}, {pooled}; one seed per fold: seed noise not "
+                  f"separable")
+    return said + f"{_pt(r['detectable'])} (variance components of the paired differences: {spread})."
+
+
+def _target_line(r: dict) -> list[str]:
+    """The --target answer: the seeds with these folds, or that none suffice and the folds that would."""
+    if "target" not in r:
+        return []
+    said = f"--target {100 * r['target']:g} pt at 80 % power: "
+    if r["detectable"] is None:
+        return [said + "not estimable from the pairs so far."]
+    seeds = (f"{r['seeds_needed']} seeds" if r["seeds_needed"] is not None
+             else f"more than {study_statistics.MOST} seeds")
+    folds = (f"{r['folds_needed']} folds × {r['seeds']} seeds" if r["folds_needed"] is not None
+             else f"more than {study_statistics.MOST} folds of {r['seeds']} seeds")
+    if r["unit"] == "seed":
+        return [said + f"{seeds} on this split (the folds it would need are not estimable from one split)."]
+    if r["sigma2_seed"] is None:
+        return [said + f"{folds} (what more seeds per fold would bring is not estimable from one seed per fold)."]
+    if r["power_any_seeds"] < study_statistics.POWER:
+        return [said + f"no number of seeds suffices with {r['folds']} folds (the variation between folds alone "
+                       f"leaves {100 * r['power_any_seeds']:.0f} % power); {folds} would."]
+    return [said + f"{r['folds']} folds × {seeds}, or {folds}."]
+
+
+def _test_table(summary: dict, spec: AblationSpec, resolved: dict | None = None) -> list[str]:
     """The official test split's table (runs with ``data.final_test``), or no lines."""
     tested = {v: e for v, e in summary.items() if "test_last_macro_accuracy" in e}
     if not tested:
         return []
+    pairs = max(spec.folds, 1) * len(spec.seeds)
     lines = ["", f"The official test split, scored once after the last epoch — the last model, and the best epoch's "
                  f"checkpoint (chosen on the evaluated split) — never used to choose; Δ to `{spec.reference}` as "
                  f"above:", "",
              "| variant | test last macro acc | test best macro acc | test last acc | test last log loss "
-             "| Δ test last macro (sem) | wins | Δ test best macro (sem) |", "|---|---|---|---|---|---|---|---|"]
+             "| Δ test last macro (sem) | wins | CI95 | p (Holm) | Δ test best macro (sem) | CI95 best "
+             "| p best (Holm) |", "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for variant, e in tested.items():
         best = _ms(e["test_best_macro_accuracy"]) if "test_best_macro_accuracy" in e else ""
         lines.append(f"| {variant} | {_ms(e['test_last_macro_accuracy'])} | {best} | {_ms(e['test_last_accuracy'])} "
-                     f"| {e['test_last_log_loss']['mean']:.3f} | {_deltas(e, 'test_')} |")
-    return lines
+                     f"| {e['test_last_log_loss']['mean']:.3f} | {_deltas(e, pairs, 'test_')} |")
+    return lines + _notes(tested, spec, resolved, "test last macro accuracy", "test_")
