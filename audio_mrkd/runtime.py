@@ -15,6 +15,13 @@ import torch
 from audio_mrkd.errors import InputError
 
 
+def loss_precision(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in the precision losses, targets and mixing are computed in: float64 when it is float64
+    (``train.precision=64``, the reference mode, so that nothing in its step is rounded to float32), else float32
+    (never half precision)."""
+    return t if t.dtype == torch.float64 else t.float()
+
+
 @dataclass(frozen=True)
 class Runtime:
     accelerator: str          # "cuda" | "cpu"
@@ -71,7 +78,9 @@ class Runtime:
     def teacher_dtype(self) -> torch.dtype | None:
         """The dtype of inference-only copies (MrKD's and kd's teachers): bf16 under bf16 training, on CUDA and on
         the CPU alike (a teacher left in float32 outside the training step's autocast ran at fp32 speed, 3x a bf16
-        forward on an AMX CPU), else unchanged."""
+        forward on an AMX CPU), float64 under ``train.precision=64``, else unchanged."""
+        if self.precision == "64-true":
+            return torch.float64
         return torch.bfloat16 if self.precision.startswith("bf16") else None
 
     def autocast(self):

@@ -72,6 +72,9 @@ MIXUP = "augment.mixup_alpha=0.3"
 # MrKD with step backups: k=3 teachers, one backup every 3 steps → the bank is full after step 9, distillation is
 # active in steps 10…30 (21 of 30), and from step 12 on each backup evicts the oldest snapshot.
 STEP_BANK = ["method=mrkd", "mrkd.k=3", "mrkd.interval=3", "mrkd.interval_unit=step"]
+# kd's teachers: TEACHER_RUN is replaced by a teacher run trained first on the same data (method ce, the BASE
+# recipe, seed 1, in the case's precision), TEACHER_LOGITS by the teacher-logits file written from it
+TEACHER_RUN, TEACHER_LOGITS = "@teacher_run", "@teacher_logits"
 CASES: dict[str, list[str]] = {
     "ce_mixup": ["method=ce", MIXUP],
     "mrkd_same_mixup": [*STEP_BANK, "mrkd.teacher_input=same", MIXUP],
@@ -79,11 +82,28 @@ CASES: dict[str, list[str]] = {
     "ce_plain": ["method=ce"],
     # the default backup unit (epochs) and hard labels: k=2 → the bank is full after epoch 2, active in steps 13…30
     "mrkd_epoch_plain": ["method=mrkd", "mrkd.k=2"],
+    # every other method, with and without mixup
+    "kd_file_plain": ["method=kd", f"teacher.logits={TEACHER_LOGITS}"],
+    "kd_file_mixup": ["method=kd", f"teacher.logits={TEACHER_LOGITS}", MIXUP],
+    "kd_runs_plain": ["method=kd", f"teacher.runs=[{TEACHER_RUN}]"],
+    "kd_runs_mixup": ["method=kd", f"teacher.runs=[{TEACHER_RUN}]", MIXUP],
+    "kd_runs_same_mixup": ["method=kd", f"teacher.runs=[{TEACHER_RUN}]", "teacher.input=same", MIXUP],
+    "pskd_plain": ["method=pskd"],
+    "pskd_mixup": ["method=pskd", MIXUP],
+    "pskd_clean_mixup": ["method=pskd", "pskd.store=clean", MIXUP],
+    "dlb_plain": ["method=dlb"],
+    "dlb_mixup": ["method=dlb", MIXUP],
+    # the EMA teacher distils from step 10 on
+    "ema_plain": ["method=ema", "ema.warmup_steps=9"],
+    "ema_mixup": ["method=ema", "ema.warmup_steps=9", MIXUP],
 }
 CASES |= {f"{name}{FP64}": [*overrides, "train.precision=64"] for name, overrides in list(CASES.items())}
 # the first step with distillation on, per MrKD case (checked by the test, so the recording can't silently be CE)
 FIRST_ACTIVE = {"mrkd_same_mixup": 10, "mrkd_cached_mixup": 10, "mrkd_epoch_plain": 13}
 FIRST_ACTIVE |= {f"{name}{FP64}": step for name, step in list(FIRST_ACTIVE.items())}
+# the loss tags of the other methods' cases and the tag of the term that must be on (> 0) from the step given
+METHOD_TERMS = {"kd": ({"loss/ce", "loss/kd"}, "loss/kd", 1), "pskd": ({"loss/ce", "loss/pskd"}, None, 1),
+                "dlb": ({"loss/ce", "loss/kd"}, "loss/kd", 2), "ema": ({"loss/ce", "loss/kd"}, "loss/kd", 10)}
 # changes applied to a run for the tolerance's own tests (python -m tests.equivalence --perturb NAME)
 PERTURBATIONS = ("lr", "draw", "ulp")
 
@@ -223,8 +243,12 @@ def run_case(name: str, root: Path, perturb: str | None = None) -> dict:
     from audio_mrkd.train.engine import Trainer
     out = root / "runs" / name
     lr = ["train.lr=0.01001"] if perturb == "lr" else []  # the fourth significant digit of 0.01
+    overrides = CASES[name]
+    if any(TEACHER_RUN in o or TEACHER_LOGITS in o for o in overrides):
+        run_dir, logits = teacher(root, "64" if name.endswith(FP64) else "32")
+        overrides = [o.replace(TEACHER_RUN, str(run_dir)).replace(TEACHER_LOGITS, str(logits)) for o in overrides]
     cfg = load_experiment(None, [*BASE, f"data.manifest_dir={root / 'manifests'}", f"train.out_dir={out}",
-                                 *CASES[name], *lr])
+                                 *overrides, *lr])
     with torch_threads(THREADS), private_cache(root / "cache"):
         trainer = Trainer(cfg)
         if perturb == "draw":  # the augmentations' random stream moved by one draw
@@ -239,6 +263,24 @@ def run_case(name: str, root: Path, perturb: str | None = None) -> dict:
     weights = sum(float(p.detach().double().sum()) for p in trainer.model.parameters())
     return {"overrides": CASES[name], "losses": losses, "scalars": others, "metrics": plain(metrics),
             "weights": weights.hex()}
+
+
+def teacher(root: Path, precision: str) -> tuple[Path, Path]:
+    """(the teacher run, its teacher-logits file) for the kd cases in ``precision``, trained once per recording."""
+    from audio_mrkd.registry import load_experiment
+    from audio_mrkd.train.engine import Trainer
+    from audio_mrkd.train.teacher_logits import write_ensemble_logits
+    folder = root / "teachers" / precision
+    logits = folder / "teacher_logits.csv"
+    if not logits.is_file():
+        cfg = load_experiment(None, [*BASE, f"data.manifest_dir={root / 'manifests'}", f"train.out_dir={folder}",
+                                     "method=ce", "seed=1", f"train.precision={precision}"])
+        with torch_threads(THREADS), private_cache(root / "cache"):
+            trainer = Trainer(cfg)
+            trainer.fit()
+            write_ensemble_logits([trainer.run_dir], logits, log=lambda *_: None)
+        (folder / "run").write_text(str(trainer.run_dir))
+    return Path((folder / "run").read_text()), logits
 
 
 def record(root: Path, cases: list[str] | None = None, perturb: str | None = None) -> dict:

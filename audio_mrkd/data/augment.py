@@ -85,7 +85,7 @@ def freq_mixstyle(x: torch.Tensor, p: float, alpha: float, eps: float = 1e-6,
     apply = _rand((), x, generator) < p
     mu = x.mean(dim=(1, 3), keepdim=True)
     sig = (x.var(dim=(1, 3), keepdim=True) + eps).sqrt()
-    lam = beta(alpha, (x.shape[0], 1, 1, 1), x, generator)
+    lam = beta(alpha, (x.shape[0], 1, 1, 1), x, generator).to(x.dtype)
     perm = torch.randperm(x.shape[0], device=x.device, generator=generator)
     mu_mix = lam * mu + (1 - lam) * mu[perm]
     sig_mix = lam * sig + (1 - lam) * sig[perm]
@@ -114,9 +114,9 @@ def mixup(x: torch.Tensor, y: torch.Tensor, n_classes: int, alpha: float,
     """Mixup with one Beta(alpha, alpha) weight per batch → (mixed x, soft targets B×n_classes, the mixing).
     ``groups``: sizes of consecutive row groups whose rows are paired only within their group (None: one group,
     the whole batch)."""
-    lam = beta(alpha, (), x, generator)
+    lam = beta(alpha, (), x, generator).to(x.dtype)  # drawn in float32; float64 batches mix in float64
     perm = _pairing(x, groups, generator)
-    onehot = torch.nn.functional.one_hot(y, n_classes).float()
+    onehot = torch.nn.functional.one_hot(y, n_classes).to(x.dtype if x.dtype == torch.float64 else torch.float32)
     return lam * x + (1 - lam) * x[perm], lam * onehot + (1 - lam) * onehot[perm], Mixing(perm, lam, y, x)
 
 

@@ -63,9 +63,10 @@ class LearnedEnsemble:
     captured in a CUDA graph (``train.step_graph``)."""
 
     def __init__(self, n_teachers: int, n_classes: int, hidden: int, lr: float, device: torch.device,
-                 fused: bool | None, objective, grad_sync=None, capturable: bool = False) -> None:
+                 fused: bool | None, objective, grad_sync=None, capturable: bool = False,
+                 dtype: torch.dtype = torch.float32) -> None:
         with torch.random.fork_rng(devices=[]):  # the init must not shift the run's global RNG stream
-            self.fcn = FCNEnsembler(n_teachers, n_classes, hidden).to(device)
+            self.fcn = FCNEnsembler(n_teachers, n_classes, hidden).to(device, dtype)
         self.opt = torch.optim.Adam(self.fcn.parameters(), lr=lr, fused=fused, capturable=capturable)
         self.objective, self.grad_sync = objective, grad_sync
 

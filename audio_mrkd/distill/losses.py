@@ -9,10 +9,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from audio_mrkd.distill.adjust import knowledge_adjust
+from audio_mrkd.runtime import loss_precision
 
 
 def kd_loss(student_logits: Tensor, teacher_logits: Tensor, tau: float) -> Tensor:
-    """tau² · KL(softmax(t/τ) ‖ softmax(s/τ)), summed over classes, mean over the batch; computed in float32.
+    """tau² · KL(softmax(t/τ) ‖ softmax(s/τ)), summed over classes, mean over the batch; computed in float32
+    (float64 when either input is float64: ``train.precision=64``).
 
     Gradient flows into `student_logits` only when the teacher is detached (the caller's job).
     """
@@ -23,8 +25,9 @@ def kd_loss(student_logits: Tensor, teacher_logits: Tensor, tau: float) -> Tenso
             "kd_loss: student and teacher logits must both be B×C of the same shape, got "
             f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}"
         )
-    log_p_s = F.log_softmax(student_logits.float() / tau, dim=1)
-    log_p_t = F.log_softmax(teacher_logits.float() / tau, dim=1)
+    dtype = torch.promote_types(loss_precision(student_logits).dtype, loss_precision(teacher_logits).dtype)
+    log_p_s = F.log_softmax(student_logits.to(dtype) / tau, dim=1)
+    log_p_t = F.log_softmax(teacher_logits.to(dtype) / tau, dim=1)
     kl = F.kl_div(log_p_s, log_p_t, reduction="batchmean", log_target=True)
     return kl * (tau * tau)
 
@@ -34,8 +37,8 @@ def mix_teacher_logits(z: Tensor, mixing, tau: float) -> Tensor:
     ``λ·softmax(z[r]/τ) + (1 − λ)·softmax(z[perm[r]]/τ)`` — the teacher's probabilities mixed with the label's
     pairing and weight (``mixing``: :class:`audio_mrkd.data.augment.Mixing`). Computed in log space,
     τ·log(mixture), so Knowledge Adjustment, an ensembler and the KD loss take them as ordinary logits."""
-    log_p = F.log_softmax(z.float() / tau, dim=-1)
-    lam = mixing.lam.float()
+    log_p = F.log_softmax(loss_precision(z) / tau, dim=-1)
+    lam = mixing.lam.to(log_p.dtype)
     return tau * torch.logaddexp(lam.log() + log_p, torch.log1p(-lam) + log_p[..., mixing.perm, :])
 
 

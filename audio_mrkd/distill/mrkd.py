@@ -22,7 +22,7 @@ from audio_mrkd.distill.losses import distill_objective, hard_labels, mix_teache
 from audio_mrkd.distill.teachers import TeacherSignal
 from audio_mrkd.distill.snapshots import BackupSchedule, SnapshotBank, Spacing, Unit
 from audio_mrkd.errors import InputError
-from audio_mrkd.runtime import Runtime
+from audio_mrkd.runtime import Runtime, loss_precision
 
 # Keys that must agree between a checkpoint and the config it is resumed with.
 _STATE_KEYS = ("k", "spacing", "ensemble", "teacher_input", "fcn_hidden")
@@ -151,6 +151,7 @@ class MrKD:
         if runtime.step_graph:  # a graph cannot replay inside a capture: the teachers run as plain forwards
             cfg = dataclasses.replace(cfg, teacher_graph=False)
         self.cfg, self.n_classes, self.device = cfg, n_classes, torch.device(device)
+        self.dtype = runtime.input_dtype  # of teacher logits, the ensembler and the losses: float32, or float64
         self.cuda_speedups = runtime.cuda
         self.label_smoothing = label_smoothing
         self.infer_all = infer_all
@@ -173,7 +174,7 @@ class MrKD:
         if self.cfg.ensemble != "fcn":
             return None
         return LearnedEnsemble(n_teachers, self.n_classes, self.cfg.fcn_hidden, self.cfg.fcn_lr, self.device,
-                               fused=self.cuda_speedups or None,
+                               dtype=self.dtype, fused=self.cuda_speedups or None,
                                objective=torch.compile(fcn_objective) if compile else fcn_objective,
                                grad_sync=self.grad_sync, capturable=self.capturable)
 
@@ -217,8 +218,8 @@ class MrKD:
         """
         assert student_logits.dim() == 2 and student_logits.shape[1] == self.n_classes, student_logits.shape
         y_hard = hard_labels(y, student_logits)
-        z_s = student_logits.float()
-        ce = F.cross_entropy(z_s, y if y.dim() == 1 else y.float(), label_smoothing=self.label_smoothing)
+        z_s = loss_precision(student_logits)
+        ce = F.cross_entropy(z_s, y if y.dim() == 1 else y.to(z_s.dtype), label_smoothing=self.label_smoothing)
         if not self.active and self.external is not None:
             return self._external_only_loss(z_s, ce, x, y_hard, index, epoch, with_logs, mixing)
         if not self.active:
@@ -274,7 +275,7 @@ class MrKD:
         """K×B×C float32 logits of the snapshot bank."""
         if self.cfg.teacher_input == "same":
             assert x is not None, "teacher_input 'same' needs the input batch x"
-            z = self.bank.logits(x).to(torch.float32, copy=True)  # copy: leaves inference mode
+            z = self.bank.logits(x).to(self.dtype, copy=True)  # copy: leaves inference mode
         else:
             assert index is not None and index.shape == (batch,) and not index.dtype.is_floating_point, \
                 f"teacher_input 'cached' needs `index`, {batch} integer item indices"
@@ -348,7 +349,7 @@ class MrKD:
         """The snapshot's N×C logits on all un-augmented items, as float32 on the training device."""
         with torch.inference_mode():
             out = self.infer_all(snapshot)
-        out = out.to(self.device, torch.float32, copy=True)  # copy: leaves inference mode
+        out = out.to(self.device, self.dtype, copy=True)  # copy: leaves inference mode
         n_items = self._cache_all[0].shape[0] if self._cache_all else out.shape[0]
         assert out.shape == (n_items, self.n_classes), f"infer_all gave {tuple(out.shape)}, not {n_items}×{self.n_classes}"
         return out
@@ -384,7 +385,7 @@ class MrKD:
         self.bank.load_state_dict(state["bank"], template)
         if self.ensembler is not None:
             self.ensembler.load_state_dict(state)
-        self._cache_all = [c.to(self.device, torch.float32) for c in state["cache"]]
+        self._cache_all = [c.to(self.device, self.dtype) for c in state["cache"]]
         self._cache_stack = None
         if self.cfg.teacher_input == "cached" and len(self._cache_all) != self.bank.n_stored:
             raise InputError(f"mrkd.teacher_input: checkpoint has {len(self._cache_all)} cached logit sets "

@@ -96,7 +96,8 @@ def teacher_ensembler(tcfg: TeacherConfig, n_teachers: int, ctx) -> LearnedEnsem
     if tcfg.ensemble != "fcn" or n_teachers < 2:
         return None
     return LearnedEnsemble(n_teachers, ctx.n_classes, tcfg.fcn_hidden, tcfg.fcn_lr, ctx.torch_device,
-                           fused=ctx.runtime.cuda or None, objective=fcn_objective, grad_sync=ctx.average_grads)
+                           fused=ctx.runtime.cuda or None, objective=fcn_objective, grad_sync=ctx.average_grads,
+                           dtype=ctx.runtime.input_dtype)
 
 
 def combine(z: Tensor, y: Tensor, ensembler: LearnedEnsemble | None) -> tuple[Tensor, Tensor | None]:

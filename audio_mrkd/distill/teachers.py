@@ -33,6 +33,7 @@ from audio_mrkd import fileio
 from audio_mrkd.data.info import SAME_SPLIT, DataInfo
 from audio_mrkd.errors import InputError
 from audio_mrkd.experiment import TeacherConfig
+from audio_mrkd.runtime import loss_precision
 
 
 # ---- the teacher-logits file -----------------------------------------------------------------------------------
@@ -338,7 +339,7 @@ class TeacherSignal:
         assert x is not None, "teachers on the batch need the input batch x"
         with torch.inference_mode():
             inputs = x.to(self.dtype) if self.dtype is not None else x
-            out = torch.stack([m(inputs).float() for m in self.models])
+            out = torch.stack([loss_precision(m(inputs)) for m in self.models])
         return out.clone()  # leaves inference mode: an ordinary tensor without grad
 
     def digest(self) -> str:
@@ -356,13 +357,14 @@ def build_teacher_signal(tcfg: TeacherConfig, ctx) -> TeacherSignal:
     if tcfg.logits:
         table = read_teacher_logits(tcfg.logits, ctx.train_filenames, ctx.data_info.class_names)
         check_logits_origin(tcfg.logits, ctx.data_info, _warn)
-        return TeacherSignal(table=torch.from_numpy(table)[None].to(ctx.torch_device))
+        return TeacherSignal(table=torch.from_numpy(table)[None].to(ctx.torch_device, ctx.runtime.input_dtype))
     loaded = [load_teacher_run(run, tcfg.checkpoint, ctx.data_info, ctx.open_run) for run in tcfg.runs]
     models = [model for model, _ in loaded]
     warn_if_best_leaks(tcfg.checkpoint, tcfg.runs, [info for _, info in loaded], ctx.data_info, _warn)
     if tcfg.input == "cached":
         with torch.inference_mode():
-            table = torch.stack([ctx.infer_train(m.to(ctx.torch_device)).float() for m in models])
+            table = torch.stack([loss_precision(ctx.infer_train(m.to(ctx.torch_device, ctx.runtime.input_dtype)))
+                                 for m in models])
         return TeacherSignal(table=table.to(ctx.torch_device).clone())
     dtype = ctx.runtime.teacher_dtype
     for m in models:

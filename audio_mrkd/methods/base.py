@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from audio_mrkd.data.augment import Mixing
 from audio_mrkd.data.info import DataInfo
-from audio_mrkd.runtime import Runtime
+from audio_mrkd.runtime import Runtime, loss_precision
 
 
 @dataclass
@@ -101,9 +101,10 @@ class Method:
 
 
 def soft_cross_entropy(logits: Tensor, y: Tensor, label_smoothing: float = 0.0) -> Tensor:
-    """Cross-entropy to class indices, or to B×C soft targets (mixup), computed in float32, with optional label
-    smoothing (``train.label_smoothing``)."""
-    return F.cross_entropy(logits.float(), y if y.dim() == 1 else y.float(), label_smoothing=label_smoothing)
+    """Cross-entropy to class indices, or to B×C soft targets (mixup), computed in float32 (float64 under
+    ``train.precision=64``), with optional label smoothing (``train.label_smoothing``)."""
+    logits = loss_precision(logits)
+    return F.cross_entropy(logits, y if y.dim() == 1 else y.to(logits.dtype), label_smoothing=label_smoothing)
 
 
 def unmixed_logits(model: nn.Module, x: Tensor, runtime: Runtime | None = None) -> Tensor:

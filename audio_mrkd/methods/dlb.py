@@ -44,6 +44,7 @@ from audio_mrkd.data.augment import Mixing
 from audio_mrkd.data.dataset import Batch
 from audio_mrkd.distill.losses import kd_loss, mix_teacher_logits
 from audio_mrkd.errors import InputError
+from audio_mrkd.runtime import loss_precision
 from audio_mrkd.methods.base import Method, TrainContext, soft_cross_entropy, unmixed_logits
 
 _FIELDS = ("x", "y", "recording_device", "index")
@@ -116,10 +117,10 @@ class LastBatchDistillation(Method):
         # the last `keep` new rows are repeated next step: keep their raw fields and this iteration's logits
         self.retained = pending["retain"]
         if mixing is None:
-            self.stored_logits = logits[n_new - keep:n_new].detach().float().clone()
+            self.stored_logits = loss_precision(logits[n_new - keep:n_new].detach()).clone()
         else:
             clips = mixing.inputs[n_new - keep:n_new]
-            self.stored_logits = unmixed_logits(self.ctx.model, clips, self.ctx.runtime).float()
+            self.stored_logits = loss_precision(unmixed_logits(self.ctx.model, clips, self.ctx.runtime))
         return loss, logs
 
     # ---- checkpoint -----------------------------------------------------------------------------------------
@@ -136,7 +137,7 @@ class LastBatchDistillation(Method):
             self.retained, self.stored_logits = None, None
             return
         self.retained = {f: state[f] for f in _FIELDS}
-        self.stored_logits = state["logits"].float()
+        self.stored_logits = loss_precision(state["logits"])
 
     def hparams(self) -> dict:
         return {"dlb.alpha": float(self.options.alpha), "dlb.tau": float(self.options.tau)}

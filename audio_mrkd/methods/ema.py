@@ -47,6 +47,7 @@ from audio_mrkd.data.augment import Mixing
 from audio_mrkd.distill.losses import kd_loss
 from audio_mrkd.errors import InputError
 from audio_mrkd.methods.base import Method, TrainContext, modules_digest, soft_cross_entropy
+from audio_mrkd.runtime import loss_precision
 
 
 def _number(value) -> bool:
@@ -114,11 +115,11 @@ class MeanTeacher(Method):
     @torch.no_grad()
     def teacher_logits(self, x: Tensor) -> Tensor:
         with self._autocast():
-            return self.teacher(x).float()
+            return loss_precision(self.teacher(x))
 
     def loss(self, logits: Tensor, x: Tensor, y: Tensor, index: Tensor, epoch: int,
              with_logs: bool, mixing: Mixing | None = None) -> tuple[Tensor, dict[str, float]]:
-        logits = logits.float()
+        logits = loss_precision(logits)
         ce = soft_cross_entropy(logits, y, self.cfg.train.label_smoothing)
         active = self.active
         teacher = self.teacher_logits(x) if (active or with_logs) else None

@@ -22,6 +22,7 @@ from audio_mrkd.distill.losses import hard_labels
 from audio_mrkd.distill.teacher_term import TeacherTerm
 from audio_mrkd.errors import InputError
 from audio_mrkd.methods.base import Method, TrainContext, soft_cross_entropy
+from audio_mrkd.runtime import loss_precision
 
 
 class TeacherDistillation(Method):
@@ -54,7 +55,7 @@ class TeacherDistillation(Method):
 
     def loss(self, logits: Tensor, x: Tensor, y: Tensor, index: Tensor, epoch: int,
              with_logs: bool, mixing: Mixing | None = None) -> tuple[Tensor, dict[str, float]]:
-        z_s = logits.float()
+        z_s = loss_precision(logits)
         y_hard = hard_labels(y, z_s)
         ce = soft_cross_entropy(z_s, y, self.cfg.train.label_smoothing)
         result = self.term.apply(z_s, ce, x, index, y_hard, mixing)

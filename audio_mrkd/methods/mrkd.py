@@ -21,6 +21,7 @@ from audio_mrkd.distill.mrkd import MrKD, MrKDConfig
 from audio_mrkd.distill.teacher_term import TeacherTerm, flat_hparams
 from audio_mrkd.distill.teachers import build_teacher_signal
 from audio_mrkd.methods.base import Method, TrainContext, modules_digest
+from audio_mrkd.runtime import loss_precision
 
 
 class MemoryReplay(Method):
@@ -38,11 +39,11 @@ class MemoryReplay(Method):
 
     def loss(self, logits: Tensor, x: Tensor, y: Tensor, index: Tensor, epoch: int,
              with_logs: bool, mixing: Mixing | None = None) -> tuple[Tensor, dict[str, float]]:
-        total, logs = self.objective.loss(logits.float(), x, y, index=index, epoch=epoch, with_logs=with_logs,
+        total, logs = self.objective.loss(loss_precision(logits), x, y, index=index, epoch=epoch, with_logs=with_logs,
                                           mixing=mixing)
         if self.term is None:
             return total, logs
-        z_s = logits.float()
+        z_s = loss_precision(logits)
         y_hard = hard_labels(y, z_s)
         result = self.term.apply(z_s, total, x, index, y_hard, mixing)
         if not with_logs:

@@ -49,6 +49,7 @@ from torch import Tensor
 
 from audio_mrkd.data.augment import Mixing
 from audio_mrkd.errors import InputError
+from audio_mrkd.runtime import loss_precision
 from audio_mrkd.methods.base import Method, TrainContext, soft_cross_entropy, unmixed_logits
 
 STORES = ("dominant", "confident", "clean")
@@ -74,7 +75,9 @@ class ProgressiveSelfKD(Method):
         if ctx is not None and ctx.average_grads is not None:
             raise InputError("method pskd: one process only (per-item predictions are not shared across processes)")
         self.device = ctx.torch_device if ctx is not None else torch.device("cpu")
-        self.predictions: Tensor | None = None  # N×C float32: the last softmax per item
+        runtime = getattr(ctx, "runtime", None)
+        self.dtype = runtime.input_dtype if runtime is not None else torch.float32  # of the stored predictions
+        self.predictions: Tensor | None = None  # N×C: the last softmax per item
         self.seen: Tensor | None = None         # N bool: the item has a stored prediction
         info = getattr(ctx, "data_info", None)
         self.n_items = int(info.n_train) if info else 0
@@ -89,7 +92,7 @@ class ProgressiveSelfKD(Method):
     def _ensure(self, size: int, n_classes: int) -> None:
         """The store holds at least ``size`` items (grown with zeros / unseen)."""
         if self.predictions is None:
-            self.predictions = torch.zeros(size, n_classes, dtype=torch.float32, device=self.device)
+            self.predictions = torch.zeros(size, n_classes, dtype=self.dtype, device=self.device)
             self.seen = torch.zeros(size, dtype=torch.bool, device=self.device)
         elif size > self.predictions.shape[0]:
             extra = size - self.predictions.shape[0]
@@ -98,12 +101,12 @@ class ProgressiveSelfKD(Method):
 
     def loss(self, logits: Tensor, x: Tensor, y: Tensor, index: Tensor, epoch: int,
              with_logs: bool, mixing: Mixing | None = None) -> tuple[Tensor, dict[str, float]]:
-        logits = logits.float()
+        logits = loss_precision(logits)
         n_classes = logits.shape[1]
         index = index.to(self.device, torch.long)
         if not self.n_items:  # built without the run's size (unit tests): grow as larger indices arrive
             self._ensure(int(index.max().item()) + 1, n_classes)
-        onehot = F.one_hot(y, n_classes).float() if y.dim() == 1 else y.float()
+        onehot = (F.one_hot(y, n_classes) if y.dim() == 1 else y).to(logits.dtype)
         seen, prev = self._previous(index, onehot, mixing)
         alpha = self.alpha(epoch)
         target = (1.0 - alpha) * onehot + alpha * prev
@@ -125,7 +128,7 @@ class ProgressiveSelfKD(Method):
         store = self.options.store
         if mixing is None or store == "clean":
             if mixing is not None:
-                logits = unmixed_logits(self.ctx.model, mixing.inputs, self.ctx.runtime).float()
+                logits = loss_precision(unmixed_logits(self.ctx.model, mixing.inputs, self.ctx.runtime))
             self.predictions[index] = torch.softmax(logits, dim=1)
             self.seen[index] = True
             return
@@ -145,7 +148,7 @@ class ProgressiveSelfKD(Method):
         seen = self.seen[index]
         if mixing is None:
             return seen, torch.where(seen[:, None], self.predictions[index], onehot)
-        own = F.one_hot(mixing.labels, onehot.shape[1]).float()
+        own = F.one_hot(mixing.labels, onehot.shape[1]).to(onehot.dtype)
         prev = torch.where(seen[:, None], self.predictions[index], own)
         return seen & seen[mixing.perm], mixing.rows(prev)
 
@@ -164,7 +167,7 @@ class ProgressiveSelfKD(Method):
             if self.n_items:
                 self._ensure(self.n_items, self.n_classes)
             return
-        self.predictions = state["predictions"].to(self.device, torch.float32).clone()
+        self.predictions = state["predictions"].to(self.device, self.dtype).clone()
         self.seen = state["seen"].to(self.device, torch.bool).clone()
 
     def hparams(self) -> dict:
