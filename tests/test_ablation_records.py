@@ -213,3 +213,21 @@ def test_a_cut_off_run_of_another_recipe_is_moved_aside_not_continued(tmp_path):
     aside = tmp_path / "abl" / "ce" / "ce-fold0-seed0.unfinished" / "checkpoints" / "last.pt"
     assert aside.read_bytes() == b"not a checkpoint of this recipe"
     assert json.loads((cut_off / "metrics.json").read_text())["epochs_done"] == 2
+
+
+def test_an_option_added_later_counts_in_the_recipe_only_away_from_what_the_code_did_before(tmp_path, monkeypatch):
+    """pskd.store did not exist when the first PS-KD studies were recorded (they stored the dominant clip's view):
+    at "dominant" a run keeps their recipe, at any other store — the default included, should it change — it has
+    another one."""
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE)
+    dominant = load_recipe(recipe, ["method=pskd", "pskd.store=dominant"])
+    assert load_recipe(recipe, ["method=pskd"]) == dominant  # the default is dominant today
+    assert load_recipe(recipe, ["method=pskd", "pskd.store=clean"]) != dominant
+    from audio_mrkd.methods.pskd import ProgressiveSelfKD
+    monkeypatch.setattr(ProgressiveSelfKD.Options, "store", "clean")  # a changed default changes the numbers …
+    monkeypatch.setattr(ProgressiveSelfKD.Options, "__init__",
+                        lambda self, alpha_T=0.8, store="clean": (setattr(self, "alpha_T", alpha_T),
+                                                                  setattr(self, "store", store))[0])
+    assert load_recipe(recipe, ["method=pskd"]) != dominant  # … and the recipe with them
+    assert load_recipe(recipe, ["method=pskd", "pskd.store=dominant"]) == dominant

@@ -38,6 +38,11 @@ _ADDED = {("data", "final_test"): False, ("train", "milestone_unit"): "epoch"}
 # sections of their own before every method had one (the others' settings were ``method_options``)
 _SECTIONS_THEN = ("mrkd", "kd")
 
+# options added to a method after studies were first recorded, at the value that does what the code did before:
+# a run at that value leaves the option out of the digest whatever the default is now, any other value (the
+# default included, once it differs) puts it in
+_OPTIONS_ADDED = {("pskd", "store"): "dominant"}
+
 
 def _in_first_layout(data: dict, cfg: ExperimentConfig) -> None:
     """The resolved config in the layout studies were first recorded in: ``teacher.*`` and ``mrkd.with_teacher``
@@ -48,6 +53,7 @@ def _in_first_layout(data: dict, cfg: ExperimentConfig) -> None:
     data.pop("teacher")
     options = cfg.options()
     defaults = config_io.to_dict(type(options)()) if options is not None else {}
+    defaults |= {key: value for (method, key), value in _OPTIONS_ADDED.items() if method == cfg.method}
     given = config_io.to_dict(options) if options is not None else {}
     data["method_options"] = {} if cfg.method in _SECTIONS_THEN else \
         {key: value for key, value in given.items() if value != defaults[key]}
