@@ -9,7 +9,6 @@ all). A method has one colour (:func:`method_colours`) in both panels of a pictu
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -20,6 +19,7 @@ from typing import Callable, Iterable
 import numpy as np
 
 from audio_mrkd import fileio
+from audio_mrkd.runs.run import Run, run_folders
 
 #: Figure size in inches at ``DPI``: 900 × 450 px (taller when the forest plot has many rows).
 WIDTH, HEIGHT, DPI = 9.0, 4.5, 100
@@ -70,11 +70,8 @@ class Curve:
 
 
 def read_history(run_dir: str | Path) -> list[dict]:
-    """The per-epoch evaluation history in ``<run_dir>/metrics.json`` ([] when there is none)."""
-    path = Path(run_dir) / "metrics.json"
-    if not path.is_file():
-        return []
-    return list(json.loads(path.read_text()).get("history") or [])
+    """The per-epoch evaluation history of the run in ``run_dir`` ([] when it has none)."""
+    return list((Run(run_dir).metrics() or {}).get("history") or [])
 
 
 def curve(label: str, histories: list[list[dict]], metric: str = "macro_accuracy") -> Curve | None:
@@ -185,7 +182,7 @@ def _curves(ax, curves: list[tuple[Curve, str]], ylabel: str, title: str, scale:
         title += "\nmean over runs, band min–max"
     ax.set_title(title, fontsize=10)
     if not curves:
-        ax.text(0.5, 0.5, "no per-epoch history (metrics.json)", ha="center", va="center", transform=ax.transAxes,
+        ax.text(0.5, 0.5, "no per-epoch history (the runs have no metrics yet)", ha="center", va="center", transform=ax.transAxes,
                 color="#666666")
         ax.set_xticks([])
         ax.set_yticks([])
@@ -262,7 +259,7 @@ def safely(draw: Callable[[], Path], what: str) -> Path | None:
 # ---------------------------------------------------------------------------------------------------- studies
 def ablation_run_dirs(out_dir: str | Path, records: list[dict]) -> dict[str, list[Path]]:
     """Per variant, the run directories of its recorded (fold, seed) runs: the record's ``run_dir`` (relative to
-    ``out_dir`` or absolute), else the newest complete ``<out_dir>/<variant>/*/metrics.json`` with that seed and fold
+    ``out_dir`` or absolute), else the newest complete run in ``<out_dir>/<variant>/`` with that seed and fold
     (runs.jsonl written before run_dir was recorded)."""
     out_dir = Path(out_dir)
     found: dict[str, list[Path]] = {}
@@ -275,13 +272,10 @@ def ablation_run_dirs(out_dir: str | Path, records: list[dict]) -> dict[str, lis
         else:
             if variant not in scanned:
                 scanned[variant] = {}
-                for metrics in sorted((out_dir / variant).glob("*/metrics.json")):
-                    try:
-                        m = json.loads(metrics.read_text())
-                    except (OSError, ValueError):
-                        continue
-                    if m.get("complete"):
-                        scanned[variant][(m.get("fold") or 0, m.get("seed"))] = metrics.parent
+                for run in run_folders(out_dir / variant):
+                    m = run.metrics()
+                    if m and m.get("complete"):
+                        scanned[variant][(m.get("fold") or 0, m.get("seed"))] = run.folder
             run_dir = scanned[variant].get((r.get("fold", 0), r["seed"]))
         if run_dir is not None:
             found.setdefault(variant, []).append(run_dir)
@@ -324,7 +318,7 @@ def demo_picture(out_path: str | Path, run_dirs: dict[str, list[Path]], referenc
     for label, dirs in run_dirs.items():
         histories[label] = []
         for d in dirs:
-            m = json.loads((Path(d) / "metrics.json").read_text())
+            m = Run(d).metrics()
             records.append({"variant": label, "fold": 0, "seed": m["seed"], "value": m["last"][metric]})
             histories[label].append(m.get("history") or [])
     diffs = paired_differences(records, reference, "value", run_dirs)

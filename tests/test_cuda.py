@@ -14,8 +14,8 @@ import torch
 from audio_mrkd.cli import main
 from audio_mrkd.experiment import TrainConfig
 from audio_mrkd.export.commands import export_run
-from audio_mrkd.train.checkpoint import checkpoint_path
-from audio_mrkd.train.run import Run
+from audio_mrkd.runs.run import checkpoint_path
+from audio_mrkd.runs.run import Run
 from audio_mrkd.train.engine import Trainer, train_run
 from audio_mrkd.train.evaluate import evaluate_run, run_logits
 from tests.test_crash import cli, comparable

@@ -24,7 +24,7 @@ import torch
 from audio_mrkd.cli import main
 from audio_mrkd.data.prepare import prepare
 from audio_mrkd.demo import DEMO_FRONTEND
-from audio_mrkd.train.checkpoint import checkpoint_path
+from audio_mrkd.runs.run import checkpoint_path
 from tests.conftest import make_dcase_tree
 
 ROOT = Path(__file__).resolve().parent.parent

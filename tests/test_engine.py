@@ -12,7 +12,7 @@ from audio_mrkd.cli import main
 from audio_mrkd.data.prepare import prepare
 from audio_mrkd.errors import InputError
 from audio_mrkd.registry import load_experiment
-from audio_mrkd.train.checkpoint import checkpoint_path
+from audio_mrkd.runs.run import checkpoint_path
 from audio_mrkd.train.engine import Trainer, resume_run, train_run
 from audio_mrkd.train.optim import make_lr_scheduler
 from audio_mrkd.train.evaluate import evaluate_run
@@ -285,7 +285,7 @@ def test_image_adapter_through_the_same_engine(tmp_path):
 
 
 def test_train_limit_takes_a_stratified_subset():
-    from audio_mrkd.train.data import load_data
+    from audio_mrkd.data.selection import load_data
     cfg = load_experiment(None, ["data.kind=synthetic", "data.train_limit=64"]).data
     full = load_experiment(None, ["data.kind=synthetic"]).data
     limited, whole = load_data(cfg), load_data(full)

@@ -32,7 +32,7 @@ from audio_mrkd.export.parity import feature_parity, parity_warnings  # noqa: E4
 from audio_mrkd.export.quantize import (CANDIDATES, Candidate, FeatureReader, calibration_positions,  # noqa: E402
                                         choose_int8, logits_at, quantize_int8)
 from audio_mrkd.models import build_model  # noqa: E402
-from audio_mrkd.train.run import Run  # noqa: E402
+from audio_mrkd.runs.run import Run  # noqa: E402
 from conftest import make_dcase_tree  # noqa: E402
 
 pytestmark = [pytest.mark.filterwarnings("ignore::FutureWarning"),

@@ -266,7 +266,7 @@ def test_eval_split_test_trains_as_the_selection_runs_and_scores_the_official_te
     """The chosen variants, reported once: the same training items and statistics as with the held-back
     selection split, evaluated on the official test split."""
     from audio_mrkd.registry import load_experiment
-    from audio_mrkd.train.data import load_data
+    from audio_mrkd.data.selection import load_data
     _, written = write_cifar10(tmp_path, n_per_batch=40, n_test=10)
     data = ["data.kind=cifar10", f"data.root={tmp_path}", "data.holdout=50"]
     selection = load_data(load_experiment(None, data).data)

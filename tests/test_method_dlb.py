@@ -11,7 +11,7 @@ from audio_mrkd.data.dataset import Batch
 from audio_mrkd.errors import InputError
 from audio_mrkd.registry import load_experiment
 from audio_mrkd.methods.dlb import LastBatchDistillation
-from audio_mrkd.train.checkpoint import checkpoint_path
+from audio_mrkd.runs.run import checkpoint_path
 from audio_mrkd.train.engine import Trainer, resume_run, train_run
 from tests.test_engine import config, prepared, scalars  # noqa: F401  (module-scoped fixture)
 

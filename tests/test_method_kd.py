@@ -377,7 +377,7 @@ def test_ablation_trains_a_vanished_teacher_again_when_a_variant_needs_it(prepar
 
 # ---- a teacher's best epoch chosen on the student's split -----------------------------------------------------
 def test_teachers_are_distilled_at_their_last_epoch_by_default(prepared, teachers, tmp_path, capsys, monkeypatch):
-    from audio_mrkd.train.run import Run
+    from audio_mrkd.runs.run import Run
     original, loaded = Run.model, []
 
     def model(run, which="best"):

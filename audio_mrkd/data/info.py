@@ -3,7 +3,7 @@ shape, the run's normalisation statistics, and which fields make two runs "the s
 same split".
 
 It sits low in the layers so that ``distill/`` and ``methods/`` can type against it; reading and writing a run
-folder is :class:`audio_mrkd.train.run.Run`'s job alone.
+folder is :class:`audio_mrkd.runs.run.Run`'s job alone.
 """
 from __future__ import annotations
 

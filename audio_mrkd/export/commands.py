@@ -24,8 +24,8 @@ from audio_mrkd import config as config_io
 from audio_mrkd import fileio
 from audio_mrkd.data.frontend import FrontendConfig, Resampler, load_clip
 from audio_mrkd.errors import InputError
-from audio_mrkd.train.data import evaluated_name
-from audio_mrkd.train.run import Run
+from audio_mrkd.data.selection import evaluated_name
+from audio_mrkd.runs.run import Run
 from audio_mrkd.export import INT8_MAX_DROP_PT, complexity, parity
 from audio_mrkd.export.onnx import (FEATURES_INPUT, FRONTEND_FILE, INT8_FILE, MODEL_FILE, WAVEFORM_INPUT,
                                     FeatureModel, WaveformModel, export_onnx)

@@ -23,7 +23,6 @@ is refused unless ``--allow-over-limits``.
 from __future__ import annotations
 
 import inspect
-import json
 import re
 import shutil
 from pathlib import Path
@@ -37,7 +36,7 @@ from audio_mrkd.data.frontend import LogMel
 from audio_mrkd.export.onnx import FEATURES_INPUT, FeatureModel, export_onnx
 from audio_mrkd.models import model_constructor
 from audio_mrkd.progress import progress
-from audio_mrkd.train.run import Run
+from audio_mrkd.runs.run import Finetuned, Run
 from audio_mrkd.versions import versions
 
 LABEL = re.compile(r"^[A-Za-z][A-Za-z0-9]*_[A-Za-z0-9]+_task1$")
@@ -52,10 +51,7 @@ def _models(run_dir: Path, finetuned: Path | None, checkpoint: str) -> dict[str,
     info, cfg = general.info, general.config
     models = {"general": (net, info, cfg)}
     if finetuned is not None:
-        report = finetuned / "metrics.json"
-        if not report.is_file():
-            raise InputError(f"--finetuned {finetuned}: no metrics.json (the output folder of `audio-mrkd finetune`)")
-        for device, device_run in json.loads(report.read_text())["device_runs"].items():
+        for device, device_run in Finetuned(finetuned).report()["device_runs"].items():
             folder = Run(device_run)
             d_net = folder.model(checkpoint)
             d_info, d_cfg = folder.info, folder.config

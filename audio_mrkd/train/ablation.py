@@ -41,7 +41,6 @@ import json
 import multiprocessing as mp
 import os
 import queue
-import shutil
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,8 +53,8 @@ from audio_mrkd import fileio, plots
 from audio_mrkd.errors import InputError
 from audio_mrkd.registry import load_experiment
 from audio_mrkd.progress import progress
+from audio_mrkd.runs.run import Run
 from audio_mrkd.train import ablation_cluster, ablation_records, study_statistics
-from audio_mrkd.train import checkpoint as ckpt
 from audio_mrkd.train.ablation_records import TEACHERS
 from audio_mrkd.train.metrics import mean_std
 from audio_mrkd.train.sweep import REPORTED
@@ -108,7 +107,7 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> tuple[Abl
 
 def _usable_teacher(record: dict | None, out_dir: Path) -> bool:
     """A recorded teacher run whose best checkpoint is still there."""
-    return record is not None and (out_dir / record["run_dir"] / "checkpoints" / "best.pt").is_file()
+    return record is not None and Run(out_dir / record["run_dir"]).checkpoint("best").is_file()
 
 
 def _run_one(task: tuple) -> dict:
@@ -123,7 +122,7 @@ def _run_one(task: tuple) -> dict:
     if run_dir is not None:  # relative to the ablation folder (cfg.out_dir is <out>/<variant>): it can be moved
         run_dir = Path(run_dir).resolve()
         if not keep:
-            shutil.rmtree(ckpt.checkpoint_path(run_dir).parent, ignore_errors=True)
+            Run(run_dir).remove_checkpoints()
         if run_dir.is_relative_to(Path(cfg.out_dir).resolve().parent):
             run_dir = run_dir.relative_to(Path(cfg.out_dir).resolve().parent)
     test = metrics.get("test") or {}  # data.final_test: the official test split, scored once after the last epoch
@@ -187,7 +186,7 @@ class _Grid:
             run_dir = self.run_dir(key)
             if not run_dir.exists():
                 continue
-            if (ckpt.checkpoint_path(run_dir, "last").is_file()
+            if (Run(run_dir).checkpoint("last").is_file()
                     and ablation_records.run_dir_recipe(run_dir, self.taught(key[0])) == recipes[key]):
                 log(f"ablation: {run_dir} continues from its last checkpoint")
                 continue

@@ -20,7 +20,7 @@ from audio_mrkd import fileio
 from audio_mrkd.errors import InputError
 from audio_mrkd.experiment import RENAMED, ExperimentConfig
 from audio_mrkd.registry import load_experiment
-from audio_mrkd.train.run import Run
+from audio_mrkd.runs.run import Run
 
 TEACHERS = "@teachers"  # in a variant's overrides: the run directories of its fold's teachers
 

@@ -3,7 +3,7 @@
 The loop knows no method: a :class:`~audio_mrkd.methods.base.Method` supplies the loss of a batch and reacts to
 the hooks after each optimiser step and each epoch. Device and precision choices come from one
 :class:`~audio_mrkd.runtime.Runtime`; Lightning Fabric does device placement, precision and torch.distributed.
-Everything a run produces goes into its run directory (:class:`audio_mrkd.train.run.Run`).
+Everything a run produces goes into its run directory (:class:`audio_mrkd.runs.run.Run`).
 """
 from __future__ import annotations
 
@@ -24,18 +24,18 @@ from audio_mrkd import faults, fileio
 from audio_mrkd.data.augment import Mixing, augment_batch
 from audio_mrkd.data.dataset import BatchLoader
 from audio_mrkd.data.info import DataInfo
+from audio_mrkd.data.selection import DataBundle, load_data
 from audio_mrkd.experiment import ExperimentConfig, TrainConfig
 from audio_mrkd.methods import TrainContext, build_method
 from audio_mrkd.models import build_model
 from audio_mrkd.progress import progress
+from audio_mrkd.runs import checkpoint as ckpt
+from audio_mrkd.runs.run import CHECKPOINTS, Run, init_weights
 from audio_mrkd.runtime import Runtime
-from audio_mrkd.train import checkpoint as ckpt
-from audio_mrkd.train.data import DataBundle, load_data
 from audio_mrkd.train.metrics import classification_metrics
 from audio_mrkd.train.optim import make_lr_scheduler, make_optimizer, use_device_lr
 from audio_mrkd.train.step import TrainingStep
 from audio_mrkd.train.step_graph import CaptureFailed, StaticStep
-from audio_mrkd.train.run import Run
 from audio_mrkd.train.tb import log_eval, log_scalars, write_hparams
 
 
@@ -111,13 +111,13 @@ class Trainer:
             if self.runtime.step_graph else None
         self._epoch_losses: list[float] = []
         named = Run.named_dir(cfg)
-        if resume_from is None and named is not None and ckpt.checkpoint_path(named, "last").is_file():
+        if resume_from is None and named is not None and Run(named).checkpoint("last").is_file():
             resume_from = named  # train.run_name: a restarted command (e.g. a torchrun restart) continues its run
         if resume_from:
             self.run_dir = Path(resume_from)
-            for which in ckpt.CHECKPOINTS:  # a write killed half-way left its temporary file
-                fileio.remove_stale(ckpt.checkpoint_path(self.run_dir, which))
-            path = ckpt.checkpoint_path(self.run_dir, "last")
+            for which in CHECKPOINTS:  # a write killed half-way left its temporary file
+                fileio.remove_stale(Run(self.run_dir).checkpoint(which))
+            path = Run(self.run_dir).checkpoint("last")
             self._load(ckpt.check_training_state(ckpt.load_checkpoint(path, map_location=self.fabric.device), path),
                        path)
             if named is not None and self.is_main:
@@ -133,7 +133,7 @@ class Trainer:
         model = build_model(cfg.model.name, n_classes=self.n_classes, in_channels=self.data.train.item_shape[0],
                             **cfg.model.options)
         if cfg.train.init_from:  # fine-tuning: the weights of an earlier run (names and shapes checked)
-            path = ckpt.init_checkpoint(cfg.train.init_from)
+            path = init_weights(cfg.train.init_from)
             ckpt.load_model_weights(model, ckpt.model_state(path), path, cfg.model.name)
         return model.to(memory_format=torch.channels_last) if self.runtime.channels_last else model
 
@@ -255,9 +255,9 @@ class Trainer:
         loader = BatchLoader(split, self.cfg.train.batch_size, self.fabric.device, resident=self.cfg.data.resident,
                              normalize=self.cfg.data.normalize, dtype=self.runtime.input_dtype)
         metrics, probs = self._metrics(self._logits(self.model, loader), split)
-        self.run.write_predictions("predictions_test.csv", probs, split)
+        self.run.write_predictions("test", probs, split)
         scores = {"last": {**metrics, "epoch": self.epoch}}
-        best_path = ckpt.checkpoint_path(self.run_dir, "best")
+        best_path = self.run.checkpoint("best")
         if self.best and self.best["epoch"] == self.epoch:
             scores["best"] = scores["last"]
         elif self.best and best_path.is_file():
@@ -348,20 +348,20 @@ class Trainer:
             log_eval(self.writer, metrics, self.data.class_names, self.global_step, epoch=self.epoch)
             self.writer.add_scalar("eval/epoch", self.epoch, self.global_step)
             self.writer.flush()  # eval results visible in a running TensorBoard right away
-        self.run.write_predictions("predictions.csv", probs, self.data.eval)
+        self.run.write_predictions("last", probs, self.data.eval)
         if improved:
-            self.run.write_predictions("predictions_best.csv", probs, self.data.eval)
+            self.run.write_predictions("best", probs, self.data.eval)
         if self.cfg.train.save_checkpoints:
             state = self._state()
-            ckpt.save_checkpoint(state, ckpt.checkpoint_path(self.run_dir, "last"))
+            ckpt.save_checkpoint(state, self.run.checkpoint("last"))
             if improved:
-                ckpt.save_checkpoint(state, ckpt.checkpoint_path(self.run_dir, "best"))
-        fileio.write_json(self.run_dir / "metrics.json", self.metrics_summary(final=False))
+                ckpt.save_checkpoint(state, self.run.checkpoint("best"))
+        self.run.write_metrics(self.metrics_summary(final=False))
 
     def _save_last(self) -> None:
         """The ``last`` checkpoint after an epoch without evaluation (so --resume loses nothing)."""
         if self.is_main and self.cfg.train.save_checkpoints:
-            ckpt.save_checkpoint(self._state(), ckpt.checkpoint_path(self.run_dir, "last"))
+            ckpt.save_checkpoint(self._state(), self.run.checkpoint("last"))
 
     def metrics_summary(self, final: bool = True) -> dict:
         last = {**self._last_metrics, "epoch": self.epoch} if self._last_metrics else {}
@@ -406,7 +406,7 @@ class Trainer:
         if self.is_main:
             if summary["complete"] and self.data.test is not None:
                 summary["test"] = self.score_test()
-            fileio.write_json(self.run_dir / "metrics.json", summary)
+            self.run.write_metrics(summary)
             if self.writer:
                 if summary["complete"]:
                     self._log_hparams(summary)

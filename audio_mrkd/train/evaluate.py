@@ -5,12 +5,11 @@ from pathlib import Path
 
 import torch
 
-from audio_mrkd import fileio
 from audio_mrkd.data.dataset import BatchLoader, FeatureSplit
 from audio_mrkd.progress import progress
-from audio_mrkd.train.data import evaluated_name
+from audio_mrkd.data.selection import evaluated_name
 from audio_mrkd.train.metrics import classification_metrics, with_counts
-from audio_mrkd.train.run import Run
+from audio_mrkd.runs.run import Run
 
 #: Up to this many classes, ``evaluate`` prints one line per class (always in ``eval-<split>-<which>.json``).
 MAX_CLASS_LINES = 20
@@ -40,7 +39,7 @@ def evaluate_run(run_dir: str | Path, split: str | None = None, which: str = "be
     device_groups = run.dataset.device_groups if run.dataset.recording_devices else None
     metrics = classification_metrics(probs, data.labels, data.class_names, data.recording_devices, data.device_names,
                                      device_groups)
-    fileio.write_json(run_dir / f"eval-{tag}-{which}.json", metrics)
+    run.write_evaluation(tag, which, metrics)
     log(f"{run_dir.name} [{which}] on {split} ({len(data)} items): accuracy {metrics['accuracy']:.4f}, "
         f"macro accuracy {metrics['macro_accuracy']:.4f}, log loss {metrics['log_loss']:.4f}")
     groups = [("per_device", "device"), ("per_device_group", "device group")]

@@ -15,33 +15,32 @@ import numpy as np
 import torch
 
 from audio_mrkd import config as config_io
-from audio_mrkd import fileio
 from audio_mrkd.errors import InputError
 from audio_mrkd.experiment import ExperimentConfig
 from audio_mrkd.registry import experiment_from_dict
-from audio_mrkd.train.checkpoint import checkpoint_path
 from audio_mrkd.train.evaluate import run_logits
 from audio_mrkd.train.metrics import classification_metrics
-from audio_mrkd.train.run import Run
+from audio_mrkd.runs.run import Finetuned, Run
 
 FINETUNE_DEFAULTS = ["train.epochs=50", "train.lr=0.0005", "train.warmup_steps=200", "augment.mixstyle_p=0",
                      "seeds=[]"]
 CHECKPOINT = "last"
 
 
-def device_config(base: ExperimentConfig, run_dir: Path, device: str, out: Path,
+def device_config(base: ExperimentConfig, run_dir: Path, device: str, out: Finetuned,
                   overrides: list[str]) -> ExperimentConfig:
     """The general run's config + the fine-tuning defaults + this device + the user's overrides."""
     data = config_io.to_dict(base)
     extra = [*FINETUNE_DEFAULTS, f"data.train_devices=[{device}]",
-             f"train.init_from={checkpoint_path(run_dir, CHECKPOINT)}", f"train.out_dir={out / device}",
+             f"train.init_from={Run(run_dir).checkpoint(CHECKPOINT)}", f"train.out_dir={out.device_dir(device)}",
              f"name={base.name}_device_{device}", "train.run_name=", *overrides]
     return experiment_from_dict(config_io.deep_merge(data, config_io.parse_overrides(extra)))
 
 
 def finetune(run_dir: str | Path, devices: list[str], out: str | Path | None = None,
              overrides: list[str] | None = None, train_fn=None, log=print) -> dict:
-    """Train one model per device from ``run_dir``'s weights, then the routed evaluation (``<out>/metrics.json``)."""
+    """Train one model per device from ``run_dir``'s weights, then the routed evaluation (the report of ``out``,
+    default the run's own fine-tuned folder: :class:`~audio_mrkd.runs.run.Finetuned`)."""
     from audio_mrkd.train.engine import train_run
     run_dir = Path(run_dir)
     run = Run(run_dir)
@@ -52,7 +51,7 @@ def finetune(run_dir: str | Path, devices: list[str], out: str | Path | None = N
     if unknown or not devices:
         raise InputError(f"--devices: {', '.join(unknown) or 'none given'}; the dataset's devices are "
                          f"{', '.join(info.device_names)}")
-    out = Path(out) if out else run_dir / "finetuned"
+    out = Finetuned(out) if out else run.finetuned
     device_runs = {}
     for device in devices:
         cfg = device_config(base, run_dir, device, out, list(overrides or []))
@@ -60,7 +59,7 @@ def finetune(run_dir: str | Path, devices: list[str], out: str | Path | None = N
         log(f"finetune: device {device}: {cfg.train.epochs} epochs on its train clips → {device_runs[device]} "
             f"(macro accuracy on all evaluated clips {metrics['last']['macro_accuracy']:.4f})")
     report = routed_evaluation(run_dir, device_runs)
-    fileio.write_json(out / "metrics.json", report)
+    out.write_report(report)
     log(summary_lines(report))
     return report
 

@@ -1,5 +1,5 @@
-"""Checkpoints (tensors and plain containers only, loadable with ``weights_only=True``); a run folder is read by
-:class:`audio_mrkd.train.run.Run`."""
+"""The checkpoint format: tensors and plain containers only, loadable with ``weights_only=True``, written atomically.
+Where a run keeps its checkpoints is :class:`audio_mrkd.runs.run.Run`'s to say."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -9,25 +9,8 @@ import torch
 from audio_mrkd import faults, fileio
 from audio_mrkd.errors import InputError
 
-CHECKPOINTS = ("last", "best")
 #: What every training checkpoint holds (Trainer._state); a file without them is some other torch file.
 TRAINING_KEYS = ("model", "optimizer", "scheduler", "epoch", "global_step", "rng", "loader", "history")
-
-
-def checkpoint_path(run_dir: str | Path, which: str = "last") -> Path:
-    if which not in CHECKPOINTS:
-        raise InputError(f"checkpoint '{which}': expected one of {', '.join(CHECKPOINTS)}")
-    return Path(run_dir) / "checkpoints" / f"{which}.pt"
-
-
-def init_checkpoint(source: str | Path) -> Path:
-    """``train.init_from``: a checkpoint file, or a run directory (its ``best`` checkpoint)."""
-    source = Path(source)
-    if source.is_dir():
-        return checkpoint_path(source, "best")
-    if not source.is_file():
-        raise InputError(f"train.init_from: {source}: neither a run directory nor a checkpoint file")
-    return source
 
 
 def save_checkpoint(state: dict, path: Path) -> None:

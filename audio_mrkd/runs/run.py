@@ -1,14 +1,17 @@
 """A run folder, read and written in one place: :class:`Run` owns its resolved config (``config.yaml``), its data
-description (``data.json`` as a :class:`~audio_mrkd.data.info.DataInfo`), its models (``best``/``last``
-checkpoints), its data and splits normalised with its own statistics, its front-end (audio), and the files training
-writes into it (config, versions, seed, data.json, predictions).
+description (``data.json`` as a :class:`~audio_mrkd.data.info.DataInfo`), its checkpoints (``checkpoints/last.pt``,
+``checkpoints/best.pt``) and the models in them, its metrics (``metrics.json``), its predictions, its evaluations,
+its fine-tuned device models (``finetuned/``), its data and splits normalised with its own statistics, and its
+front-end (audio).
 
-Nothing else parses a run's ``config.yaml`` or ``data.json``; ``distill/`` and ``methods/`` sit below this module
-and are handed :class:`Run` as an opener (``TrainContext.open_run``).
+This is the one module that names a run's files (a test scans the package's string literals for them); the engine,
+the post-run commands, the studies and the pictures ask :class:`Run`. ``distill/`` and ``methods/`` sit below this
+module and are handed :class:`Run` as an opener (``TrainContext.open_run``).
 """
 from __future__ import annotations
 
 import json
+import shutil
 from datetime import datetime
 from functools import cached_property
 from pathlib import Path
@@ -28,11 +31,37 @@ from audio_mrkd.errors import InputError
 from audio_mrkd.experiment import ExperimentConfig
 from audio_mrkd.registry import experiment_from_dict
 from audio_mrkd.models import build_model
-from audio_mrkd.train.checkpoint import checkpoint_path, load_model_weights, model_state
-from audio_mrkd.train.data import load_data
+from audio_mrkd.data.selection import load_data
+from audio_mrkd.runs.checkpoint import load_model_weights, model_state
 from audio_mrkd.versions import versions
 
-CONFIG_FILE, DATA_FILE = "config.yaml", "data.json"
+CONFIG_FILE, DATA_FILE, METRICS_FILE, VERSIONS_FILE, SEED_FILE = \
+    "config.yaml", "data.json", "metrics.json", "versions.json", "seed"
+CHECKPOINT_DIR, CHECKPOINTS = "checkpoints", ("last", "best")
+#: the predictions of a run, by what they are of: the evaluated split at the last epoch and at the best one, and the
+#: official test split (``data.final_test``)
+PREDICTIONS = {"last": "predictions.csv", "best": "predictions_best.csv", "test": "predictions_test.csv"}
+FINETUNED_DIR = "finetuned"
+#: every name above: what :class:`Run` alone may name (tests/test_run.py scans the package for them)
+RUN_FILES = (CONFIG_FILE, DATA_FILE, METRICS_FILE, VERSIONS_FILE, CHECKPOINT_DIR, *PREDICTIONS.values(),
+             FINETUNED_DIR, *(f"{which}.pt" for which in CHECKPOINTS))
+
+
+def checkpoint_path(run_dir: str | Path, which: str = "last") -> Path:
+    """The ``last`` or ``best`` checkpoint file of the run in ``run_dir`` (one line for any other name)."""
+    if which not in CHECKPOINTS:
+        raise InputError(f"checkpoint '{which}': expected one of {', '.join(CHECKPOINTS)}")
+    return Path(run_dir) / CHECKPOINT_DIR / f"{which}.pt"
+
+
+def init_weights(source: str | Path) -> Path:
+    """``train.init_from``: a checkpoint file, or a run directory (its ``best`` checkpoint)."""
+    source = Path(source)
+    if source.is_dir():
+        return checkpoint_path(source, "best")
+    if not source.is_file():
+        raise InputError(f"train.init_from: {source}: neither a run directory nor a checkpoint file")
+    return source
 
 
 class Run:
@@ -67,14 +96,35 @@ class Run:
         """The registered kind of the run's data (``data.kind`` of its config)."""
         return dataset(self.config.data.kind)
 
+    def checkpoint(self, which: str = "last") -> Path:
+        """The path of checkpoint ``which`` ("last" | "best"), whether or not it is there yet."""
+        return checkpoint_path(self.folder, which)
+
+    def remove_checkpoints(self) -> None:
+        """Delete the run's checkpoints (a study keeps only its teachers')."""
+        shutil.rmtree(self.folder / CHECKPOINT_DIR, ignore_errors=True)
+
     def model(self, which: str = "best") -> torch.nn.Module:
         """The trained network of checkpoint ``which`` (eval mode, CPU)."""
         cfg, info = self.config, self.info
         model = build_model(cfg.model.name, n_classes=len(info.class_names), in_channels=info.input_shape[0],
                             **cfg.model.options)
-        path = checkpoint_path(self.folder, which)
+        path = self.checkpoint(which)
         load_model_weights(model, model_state(path), path, cfg.model.name)
         return model.eval()
+
+    def metrics(self) -> dict | None:
+        """The run's summary (``metrics.json``: last and best epoch, history, ``complete``), read afresh each time (a
+        running run rewrites it after every evaluation); None when it has none yet or it cannot be read."""
+        try:
+            return json.loads((self.folder / METRICS_FILE).read_text())
+        except (OSError, ValueError):
+            return None
+
+    @property
+    def finetuned(self) -> "Finetuned":
+        """The default output folder of ``audio-mrkd finetune`` for this run."""
+        return Finetuned(self.folder / FINETUNED_DIR)
 
     # ---- its data, normalised with its own train statistics ----------------------------------------------------
     def data(self) -> DataBundle:
@@ -120,19 +170,30 @@ class Run:
         """Write the files a run starts with: config.yaml, versions.json, seed, data.json."""
         self.folder.mkdir(parents=True, exist_ok=True)
         fileio.write_text(self.folder / CONFIG_FILE, yaml.safe_dump(config_io.to_dict(cfg), sort_keys=False))
-        fileio.write_json(self.folder / "versions.json", versions())
-        fileio.write_text(self.folder / "seed", f"{cfg.seed}\n")
+        fileio.write_json(self.folder / VERSIONS_FILE, versions())
+        fileio.write_text(self.folder / SEED_FILE, f"{cfg.seed}\n")
         fileio.write_json(self.folder / DATA_FILE, DataInfo.of(cfg.data, data).to_json())
 
-    def write_predictions(self, name: str, probs: np.ndarray, split: FeatureSplit) -> None:
-        """``<folder>/<name>``: TAB-separated DCASE submission layout (filename, scene_label, one probability column
-        per class) plus the true label."""
+    def write_metrics(self, summary: dict) -> None:
+        """``metrics.json``: the run's summary so far (rewritten after every evaluation and at the end)."""
+        fileio.write_json(self.folder / METRICS_FILE, summary)
+
+    def write_evaluation(self, tag: str, which: str, metrics: dict) -> Path:
+        """``eval-<tag>-<which>.json``: ``audio-mrkd evaluate``'s metrics of checkpoint ``which`` on ``tag`` (a split,
+        or ``fold<k>of<n>``); returns its path."""
+        path = self.folder / f"eval-{tag}-{which}.json"
+        fileio.write_json(path, metrics)
+        return path
+
+    def write_predictions(self, of: str, probs: np.ndarray, split: FeatureSplit) -> None:
+        """The predictions ``of`` (a key of :data:`PREDICTIONS`): TAB-separated DCASE submission layout (filename,
+        scene_label, one probability column per class) plus the true label."""
         frame = pd.DataFrame({"filename": split.items["filename"].astype(str).str.replace("audio/", "", regex=False),
                               "scene_label": [split.class_names[i] for i in probs.argmax(axis=1)]})
         for i, class_name in enumerate(split.class_names):
             frame[class_name] = probs[:, i].round(6)
         frame["true_label"] = [split.class_names[i] for i in split.labels]
-        fileio.write_csv(self.folder / name, frame, sep="\t")
+        fileio.write_csv(self.folder / PREDICTIONS[of], frame, sep="\t")
 
     @staticmethod
     def named_dir(cfg) -> Path | None:
@@ -153,3 +214,31 @@ class Run:
         while run_dir.exists():
             run_dir, n = base.with_name(f"{base.name}-{n}"), n + 1
         return run_dir
+
+
+def run_folders(parent: str | Path) -> list[Run]:
+    """The runs directly inside ``parent`` that have written their metrics, in name order."""
+    return [Run(path.parent) for path in sorted(Path(parent).glob(f"*/{METRICS_FILE}"))]
+
+
+class Finetuned:
+    """The output folder of ``audio-mrkd finetune``: one run per recording device and the routed evaluation
+    (``metrics.json``: ``device_runs`` names each device's run folder)."""
+
+    def __init__(self, folder: str | Path) -> None:
+        self.folder = Path(folder)
+
+    def device_dir(self, device: str) -> Path:
+        """Where the device's runs go (``train.out_dir`` of its fine-tuning)."""
+        return self.folder / device
+
+    def write_report(self, report: dict) -> None:
+        fileio.write_json(self.folder / METRICS_FILE, report)
+
+    def report(self) -> dict:
+        """The routed evaluation; one line naming the folder when it holds none."""
+        path = self.folder / METRICS_FILE
+        if not path.is_file():
+            raise InputError(f"--finetuned {self.folder}: no {METRICS_FILE} (the output folder of "
+                             f"`audio-mrkd finetune`)")
+        return json.loads(path.read_text())

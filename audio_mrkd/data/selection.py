@@ -1,5 +1,5 @@
-"""What the engine trains on: a train and an evaluated :class:`FeatureSplit` from the dataset kind ``data.kind``
-names (:mod:`audio_mrkd.data.datasets`), limited to ``data.train_devices`` and ``data.train_limit``."""
+"""Which items a run trains and evaluates on: a train and an evaluated :class:`FeatureSplit` from the dataset kind
+``data.kind`` names (:mod:`audio_mrkd.data.datasets`), limited to ``data.train_devices`` and ``data.train_limit``."""
 from __future__ import annotations
 
 import numpy as np
