@@ -107,16 +107,16 @@ def _ms_per_call(fn, steps: int, warmup: int = 3, blocks: int = 3) -> float:
 
 def measure_trainer(overrides: list[str], batch: int, steps: int, shape=AUDIO_SHAPE,
                     teachers_alone: bool = False, config: str | None = None) -> dict:
-    """ms per training step through ``Trainer._step`` (and the K teacher forwards alone, if asked)."""
+    """ms per training step through ``Trainer.step`` (and the K teacher forwards alone, if asked)."""
     trainer = _trainer([f"train.batch_size={batch}", *overrides], shape, items=max(8 * batch, 256), config=config)
     out = {"backup_ms": _fill_bank(trainer)}
     batches = _cycle(trainer.train_loader)
-    out["step_ms"] = _ms_per_call(lambda: trainer._step(next(batches)), steps, warmup=max(3, steps // 4))
+    out["step_ms"] = _ms_per_call(lambda: trainer.step(next(batches)), steps, warmup=max(3, steps // 4))
     if teachers_alone and trainer.cfg.method == "mrkd":
         x = next(batches).x
         out["teachers_alone_ms"] = _ms_per_call(lambda: trainer.method.objective.bank.logits(x), steps)
         trainer.cfg.train.log_every = 1  # one logged step: the teacher share inside the step
-        shares = [trainer._step(next(batches)).get("mrkd/teacher_time_share", 0.0) for _ in range(5)]
+        shares = [trainer.step(next(batches)).get("mrkd/teacher_time_share", 0.0) for _ in range(5)]
         out["teacher_share"] = float(np.median(shares))
     return out
 

@@ -1,4 +1,4 @@
-"""A training step in fp32 and under bf16 autocast, side by side in one run, through the real ``Trainer._step``.
+"""A training step in fp32 and under bf16 autocast, side by side in one run, through the real ``Trainer.step``.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_cpu_precision.py --config configs/experiments/fmnist_cpu_recipe.yaml \
         --shape 3 32 32 --batch 128

@@ -3,7 +3,7 @@
     python benchmarks/bench_methods.py [--batch 32] [--steps 10] [--shape 1 64 65] [--config RECIPE.yaml]
         [--teacher KEY=VALUE ...] [KEY=VALUE ...]
 
-The real ``Trainer._step`` on synthetic items of the given shape (default: the demo's 64-mel log-mels), with the
+The real ``Trainer.step`` on synthetic items of the given shape (default: the demo's 64-mel log-mels), with the
 recipe's model, optimiser, augmentation and precision (default: the built-in defaults, ``cp_mobile`` in fp32) plus
 the trailing overrides, on this machine's CPU (or CUDA when present); MrKD's bank is filled before timing, the EMA
 teacher is active from the first step (``warmup_steps=0``); ``kd`` distils three teachers made by the ``--teacher``

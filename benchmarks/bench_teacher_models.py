@@ -1,5 +1,5 @@
 """Training-step cost of candidate teacher networks against the resnet20 student, side by side in one run, through
-the real ``Trainer._step`` (the Fashion-MNIST CPU recipe, bf16 autocast as its studies train).
+the real ``Trainer.step`` (the Fashion-MNIST CPU recipe, bf16 autocast as its studies train).
 
     OMP_NUM_THREADS=1 python benchmarks/bench_teacher_models.py --config configs/experiments/fmnist_cpu_recipe.yaml \
         train.precision=bf16-mixed

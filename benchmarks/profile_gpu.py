@@ -44,7 +44,7 @@ def main() -> None:
                              ("CE step, whole step as one CUDA graph (train.step_graph)", bench.STEP_GRAPH)):
         trainer = bench._trainer([*common, *overrides], items=8 * args.batch)
         batches = bench._cycle(trainer.train_loader)
-        _profile(label, lambda: trainer._step(next(batches)), args.rows)
+        _profile(label, lambda: trainer.step(next(batches)), args.rows)
     trainer = bench._trainer([*common, *FAST_EAGER, "method=mrkd", "mrkd.k=1", "mrkd.teacher_graph=false"],
                              items=8 * args.batch)
     bench._fill_bank(trainer)

@@ -263,7 +263,7 @@ def test_the_engine_hands_the_mixing_to_the_method(prepared, tmp_path, step_grap
     trainer.model.train()
     batch = next(iter(trainer.train_loader))
     for _ in range(2):
-        trainer._step(batch)
+        trainer.step(batch)
     for y, mix in seen:
         assert mix is not None and torch.equal(mix.labels, batch.y)
         assert torch.allclose(y, mix.rows(F.one_hot(batch.y, trainer.n_classes).float()))

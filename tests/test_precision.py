@@ -94,7 +94,7 @@ def test_cpu_and_cuda_follow_the_same_loss_trajectory(method):
                                      "train.save_checkpoints=false", "train.out_dir=/tmp/audio_mrkd_cpu_cuda"])
         trainer = Trainer(cfg)
         batches = itertools.chain.from_iterable(itertools.repeat(trainer.train_loader, 10))
-        losses[device] = [trainer._step(next(batches))["loss/ce"] for _ in range(40)]
+        losses[device] = [trainer.step(next(batches))["loss/ce"] for _ in range(40)]
     diffs = [abs(a - b) for a, b in zip(losses["cpu"], losses["cuda"])]
     print(f"cpu vs cuda {method}: max |d loss| first 10 steps {max(diffs[:10]):.2e}, all 40 {max(diffs):.3f}")
     assert losses["cpu"][:10] == pytest.approx(losses["cuda"][:10], rel=2e-3)

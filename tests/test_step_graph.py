@@ -66,7 +66,7 @@ def thirty_steps(prepared, tmp_path, step_graph: str, *extra) -> tuple[list[floa
     trainer.model.train()
     batches = (b for _ in range(8) for b in trainer.train_loader)
     for _ in range(30):
-        trainer._step(next(batches))
+        trainer.step(next(batches))
     return steps.losses, {k: v.clone() for k, v in trainer.model.state_dict().items()}, trainer
 
 
@@ -100,8 +100,8 @@ def test_the_eager_and_the_static_step_run_one_training_step(prepared, tmp_path,
     trainer = Trainer(config(prepared, tmp_path, "train.step_graph=true", "train.log_every=2", "train.threads=1"))
     trainer.model.train()
     batch = next(iter(trainer.train_loader))
-    assert trainer._step(batch) == {} and trainer.static_step.inputs is not None  # step 1: the static path
-    assert "lr" in trainer._step(batch)  # step 2 logs: the eager path
+    assert trainer.step(batch) == {} and trainer.static_step.inputs is not None  # step 1: the static path
+    assert "lr" in trainer.step(batch)  # step 2 logs: the eager path
     assert trainer.static_step.step is trainer.training_step
     assert calls == [(trainer.training_step, False, False), (trainer.training_step, True, True)]
 

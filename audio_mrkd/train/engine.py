@@ -127,6 +127,7 @@ class Trainer:
             self.run_dir = Path(self.fabric.broadcast(str(Run.new_dir(cfg)), src=0))  # one run dir for all ranks
         self.run = Run(self.run_dir)
         self.writer = None
+        self.last_metrics: dict | None = None  # the latest evaluation's metrics (the summary's "last")
 
     def _build_model(self) -> torch.nn.Module:
         cfg = self.cfg
@@ -277,7 +278,21 @@ class Trainer:
             x = x.contiguous(memory_format=torch.channels_last)
         return x, y, mixing
 
-    def _step(self, batch) -> dict[str, float]:
+    # ---- the public step / record API (fit() is built on it; benchmarks and ablate-plan drive it directly) --------
+    def start(self) -> None:
+        """Open the run for training: the files it starts with and its TensorBoard writer (rank 0). :meth:`fit` calls
+        it; a caller that drives :meth:`step` and :meth:`record` itself calls it first to log and record as fit does."""
+        self.last_metrics = None
+        if self.is_main:
+            self.run.write_start(self.cfg, self.data)
+            # resumed: drop the events logged after the checkpoint (its own step, with its evaluation, stays)
+            purge = self.global_step + 1 if self.global_step else None
+            self.writer = SummaryWriter(str(self.run_dir), purge_step=purge)
+
+    def step(self, batch) -> dict[str, float]:
+        """One optimiser step on ``batch`` (a :class:`~audio_mrkd.data.dataset.Batch` from the train loader): the
+        method's batch hook, the step (on static buffers when ``train.step_graph`` allows), the LR schedule and the
+        method's step hook. Returns the step's logs on a logging step (every ``train.log_every``), else {}."""
         batch = self.method.before_batch(batch)
         started = time.perf_counter()
         with_logs = (self.global_step + 1) % self.cfg.train.log_every == 0
@@ -321,7 +336,7 @@ class Trainer:
                        enabled=self.cfg.train.progress and self.is_main, lines=False, unit="step",
                        initial=self.train_loader.position)
         for batch in bar:
-            logs = self._step(batch)
+            logs = self.step(batch)
             if logs:
                 losses.append(logs.get("loss/ce", float("nan")))
                 if self.writer:
@@ -335,7 +350,10 @@ class Trainer:
         self.method.after_epoch(self.epoch)
         return float(np.nanmean(losses)) if losses else float("nan")
 
-    def _record(self, metrics: dict, probs: np.ndarray) -> None:
+    def record(self, metrics: dict, probs: np.ndarray) -> None:
+        """Record an evaluation (:meth:`evaluate`'s metrics and probabilities) after ``self.epoch`` epochs: the history,
+        the best epoch, TensorBoard, the predictions, the checkpoints and metrics.json."""
+        self.last_metrics = metrics
         key = self.cfg.train.best_metric
         summary = {k: metrics[k] for k in ("accuracy", "macro_accuracy", "log_loss", "top5", "ece")}
         self.history.append({"epoch": self.epoch, **summary})
@@ -364,7 +382,7 @@ class Trainer:
             ckpt.save_checkpoint(self._state(), self.run.checkpoint("last"))
 
     def metrics_summary(self, final: bool = True) -> dict:
-        last = {**self._last_metrics, "epoch": self.epoch} if self._last_metrics else {}
+        last = {**self.last_metrics, "epoch": self.epoch} if self.last_metrics else {}
         return {"run_id": self.run_dir.name, "method": self.cfg.method, "seed": self.cfg.seed,
                 "fold": self.cfg.data.cv_fold if self.cfg.data.cv_folds else None,
                 "epochs_done": self.epoch, "complete": final and self.epoch >= self.cfg.train.epochs,
@@ -372,12 +390,7 @@ class Trainer:
 
     def fit(self, stop_after: int | None = None) -> dict:
         """Train up to ``train.epochs`` (or stop after epoch ``stop_after``, for tests of resume)."""
-        self._last_metrics = None
-        if self.is_main:
-            self.run.write_start(self.cfg, self.data)
-            # resumed: drop the events logged after the checkpoint (its own step, with its evaluation, stays)
-            purge = self.global_step + 1 if self.global_step else None
-            self.writer = SummaryWriter(str(self.run_dir), purge_step=purge)
+        self.start()
         epochs = self.cfg.train.epochs if stop_after is None else min(stop_after, self.cfg.train.epochs)
         bar = progress(total=self.cfg.train.epochs, initial=self.epoch, unit="epoch",
                        desc=f"train {self.cfg.name} {self.cfg.run_label} seed {self.cfg.seed}",
@@ -391,13 +404,12 @@ class Trainer:
                 bar.update(1)
                 continue
             metrics, probs = self.evaluate()
-            self._last_metrics = metrics
-            self._record(metrics, probs)
+            self.record(metrics, probs)
             bar.set_postfix(acc=f"{metrics['accuracy']:.3f}", macro=f"{metrics['macro_accuracy']:.3f}")
             bar.update(1)
         bar.close()
-        if self._last_metrics is None and self.history:  # resumed after the last epoch: re-evaluate
-            self._last_metrics, _ = self.evaluate()
+        if self.last_metrics is None and self.history:  # resumed after the last epoch: re-evaluate
+            self.last_metrics, _ = self.evaluate()
         summary = self.metrics_summary(final=stop_after is None)
         if self.fabric.world_size > 1:
             digests = self.fabric.all_gather(torch.tensor([int(self.method.digest() or "0", 16)], dtype=torch.int64))

@@ -55,12 +55,10 @@ def _cycle(loader):
 def _costs(key: tuple, config: str | Path, overrides: list[str], seconds: float, launched: float,
            barrier) -> dict:
     """One run's measured costs (in its own process): start-up, a step beside the others, an epoch's end."""
-    from torch.utils.tensorboard import SummaryWriter
-
     from audio_mrkd.train.engine import Trainer
     torch.set_num_threads(1)
     trainer = Trainer(load_experiment(config, overrides))
-    trainer.writer, trainer._last_metrics = SummaryWriter(str(trainer.run_dir)), None  # as fit() sets them
+    trainer.start()  # its files and TensorBoard writer, as fit() opens them
     sync = torch.cuda.synchronize if trainer.runtime.cuda else (lambda: None)
     batches, mrkd = _cycle(trainer.train_loader), trainer.cfg.options("mrkd")
     trainer.model.train()
@@ -68,21 +66,21 @@ def _costs(key: tuple, config: str | Path, overrides: list[str], seconds: float,
         trainer.epoch = epoch
         trainer.method.after_epoch(epoch)
     for _ in range(WARMUP_STEPS):
-        trainer._step(next(batches))
+        trainer.step(next(batches))
     sync()
     startup_s = time.time() - launched
     barrier.wait(BARRIER_TIMEOUT_S)
     start, steps = time.perf_counter(), 0
     while time.perf_counter() - start < seconds:
-        trainer._step(next(batches))
+        trainer.step(next(batches))
         steps += 1
     sync()
     step_s = (time.perf_counter() - start) / steps
     start = time.perf_counter()
     trainer.epoch += 1
     trainer.method.after_epoch(trainer.epoch)
-    trainer._step(next(batches))
-    trainer._record(*trainer.evaluate())
+    trainer.step(next(batches))
+    trainer.record(*trainer.evaluate())
     sync()
     end_s = max(0.0, time.perf_counter() - start - step_s)
     trainer.writer.close()
