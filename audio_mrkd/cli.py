@@ -62,7 +62,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from audio_mrkd.registry import load_experiment
     from audio_mrkd.train.engine import resume_run
-    from audio_mrkd.train.sweep import run_seeds, table
+    from audio_mrkd.studies.sweep import run_seeds, table
     if args.resume:
         if args.config or args.overrides:
             raise InputError("--resume takes the run's saved config.yaml; drop --config and overrides")
@@ -107,8 +107,8 @@ def cmd_teacher_logits(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
-    from audio_mrkd.train.ablation import run_ablation
-    from audio_mrkd.train.ablation_cluster import Placement
+    from audio_mrkd.studies.ablation import run_ablation
+    from audio_mrkd.studies.cluster import Placement
     print(run_ablation(args.spec, args.out, args.overrides, jobs=args.jobs, run_overrides=args.run,
                        reuse=args.reuse, only=args.variants, train=not args.summary, cluster=args.cluster,
                        placement=Placement(args.cpus_per_run, args.gpus_per_run),
@@ -120,7 +120,7 @@ def cmd_ablate_plan(args: argparse.Namespace) -> int:
     import tempfile
 
     from audio_mrkd import fileio
-    from audio_mrkd.train.study_budget import plan_study
+    from audio_mrkd.studies.budget import plan_study
     work = args.work or tempfile.mkdtemp(prefix="audio_mrkd_plan_")
     plan = plan_study(args.spec, args.budget, work, args.run, args.models, args.max_epochs, args.max_seeds,
                       args.seconds)

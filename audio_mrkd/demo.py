@@ -17,7 +17,7 @@ from audio_mrkd.registry import load_experiment
 from audio_mrkd.paths import MANIFEST_DIR
 from audio_mrkd.runtime import Runtime
 from audio_mrkd.train.linear import linear_baseline
-from audio_mrkd.train.sweep import run_seeds, table
+from audio_mrkd.studies.sweep import run_seeds, table
 from audio_mrkd.versions import cpu, describe_cpu, git_commit
 
 #: The demo's front-end: the DCASE'24 parameters with 64 mel bands instead of 256, so that CE and MrKD over

@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from audio_mrkd.data.prepare import prepare
-from audio_mrkd.train import ablation_cluster
-from audio_mrkd.train.ablation import run_ablation
+from audio_mrkd.studies import cluster
+from audio_mrkd.studies.ablation import run_ablation
 from tests.conftest import make_dcase_tree
 from tests.test_ablation_cluster import LocalCluster, study
 
@@ -30,9 +30,9 @@ def timed(fn) -> tuple[float, object]:
 def ray_costs(address: str, out: Path, round_trips: int = 20) -> dict[str, float]:
     """Seconds to join the cluster, to check the storage on every node, and per no-op task (one CPU, after a first
     task has started a worker on the node)."""
-    join, ray = timed(lambda: ablation_cluster.connect(address, lambda *_: None))
+    join, ray = timed(lambda: cluster.connect(address, lambda *_: None))
     out.mkdir(parents=True, exist_ok=True)
-    check, _ = timed(lambda: ablation_cluster.check_storage(ray, out))
+    check, _ = timed(lambda: cluster.check_storage(ray, out))
     noop = ray.remote(num_cpus=1)(lambda: None)
     ray.get(noop.remote())
     loop, _ = timed(lambda: [ray.get(noop.remote()) for _ in range(round_trips)])

@@ -20,7 +20,7 @@ import yaml
 
 from audio_mrkd.cli import main
 from audio_mrkd.errors import InputError
-from audio_mrkd.train.ablation import run_ablation
+from audio_mrkd.studies.ablation import run_ablation
 from tests.test_engine import prepared  # noqa: F401  (the tiny prepared DCASE tree, a module fixture)
 
 pytest.importorskip("ray")

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from audio_mrkd.errors import InputError
-from audio_mrkd.train.ablation import gpu_slots, run_ablation
-from audio_mrkd.train.ablation_records import load_recipe
+from audio_mrkd.studies.ablation import run_ablation
+from audio_mrkd.studies.local import gpu_slots
+from audio_mrkd.studies.records import load_recipe
 from audio_mrkd.train.engine import train_run
 
 SILENT = lambda *_: None  # noqa: E731

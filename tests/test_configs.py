@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from audio_mrkd.registry import load_experiment
-from audio_mrkd.train.ablation import load_spec
+from audio_mrkd.studies.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS = sorted((ROOT / "configs" / "experiments").glob("*.yaml"))

@@ -16,7 +16,7 @@ from audio_mrkd.runs.run import checkpoint_path
 from audio_mrkd.train.engine import Trainer, resume_run, train_run
 from audio_mrkd.train.optim import make_lr_scheduler
 from audio_mrkd.train.evaluate import evaluate_run
-from audio_mrkd.train.sweep import run_seeds
+from audio_mrkd.studies.sweep import run_seeds
 from tests.conftest import make_dcase_tree
 
 
@@ -222,7 +222,7 @@ def test_synthetic_data_is_learnt_by_both_methods(tmp_path):
 
 
 def test_ablation_grid_pairs_variants_by_fold_and_seed(prepared, tmp_path):
-    from audio_mrkd.train.ablation import run_ablation
+    from audio_mrkd.studies.ablation import run_ablation
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"""
 data: {{name: tiny, manifest_dir: {prepared / 'manifests'}}}
@@ -306,7 +306,7 @@ def test_eval_every_evaluates_on_schedule_and_after_the_last_epoch(tmp_path):
 def test_ablation_prints_a_line_per_run_counting_resumed_runs(tmp_path, capsys):
     """Not a terminal: one plain line per finished run, ``n/total`` counting the runs already in runs.jsonl."""
     import re
-    from audio_mrkd.train.ablation import run_ablation
+    from audio_mrkd.studies.ablation import run_ablation
     (tmp_path / "recipe.yaml").write_text("data: {kind: synthetic, synthetic_items: 32}\nmodel: {name: dcase_cnn}\n"
                                           "train: {epochs: 1, batch_size: 16}\nmrkd: {k: 1}\n")
     spec = tmp_path / "spec.yaml"

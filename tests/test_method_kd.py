@@ -280,7 +280,7 @@ def test_exported_student_holds_the_student_alone(prepared, teachers, tmp_path):
 # ---- teachers inside an ablation's folds -----------------------------------------------------------------------
 def test_ablation_trains_teachers_inside_each_fold_first(prepared, tmp_path):
     import yaml
-    from audio_mrkd.train.ablation import run_ablation
+    from audio_mrkd.studies.ablation import run_ablation
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({"data": {"name": "tiny", "manifest_dir": str(prepared / "manifests")},
                                       "model": {"name": "cp_mobile",
@@ -351,7 +351,7 @@ def test_ablation_trains_a_vanished_teacher_again_when_a_variant_needs_it(prepar
     """runs.jsonl carried to a fresh machine without the run folders: the teachers a remaining variant needs are
     trained again (deterministically: the same teacher), the others are not."""
     import yaml
-    from audio_mrkd.train.ablation import run_ablation
+    from audio_mrkd.studies.ablation import run_ablation
     (tmp_path / "recipe.yaml").write_text(yaml.safe_dump({
         "data": {"name": "tiny", "manifest_dir": str(prepared / "manifests")},
         "model": {"name": "cp_mobile", "options": {"base_channels": 8, "n_blocks": [1, 1, 1]}},
@@ -402,7 +402,7 @@ def test_best_teachers_scored_on_another_split_are_no_leak(prepared, teachers, t
 
 
 def test_ablation_warns_of_a_variant_distilling_best_teachers(prepared, tmp_path):
-    from audio_mrkd.train.ablation import run_ablation
+    from audio_mrkd.studies.ablation import run_ablation
     (tmp_path / "recipe.yaml").write_text(f"data: {{name: tiny, manifest_dir: {prepared / 'manifests'}}}\n")
     spec = tmp_path / "spec.yaml"
     spec.write_text("config: recipe.yaml\nfolds: 2\nseeds: [0]\nreference: ce\n"

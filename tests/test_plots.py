@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from audio_mrkd import plots
-from audio_mrkd.train.ablation import run_ablation
+from audio_mrkd.studies.ablation import run_ablation
 
 SILENT = lambda *_: None  # noqa: E731
 

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from audio_mrkd.errors import InputError
-from audio_mrkd.train.ablation import run_ablation
-from audio_mrkd.train.study_budget import SAFETY, choose_schedule, plan_study
+from audio_mrkd.studies.ablation import run_ablation
+from audio_mrkd.studies.budget import SAFETY, choose_schedule, plan_study
 from tests.image_formats import write_fashion_mnist
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""What a study can resolve (audio_mrkd/train/study_statistics.py and the ablate summary built on it), each number
+"""What a study can resolve (audio_mrkd/studies/statistics.py and the ablate summary built on it), each number
 checked against an independent computation: scipy.stats.ttest_rel / ttest_1samp on fold means made by hand, Holm's
 correction by hand, power by Monte Carlo; and ``ablate --summary`` on every study kept in docs/studies."""
 import json
@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from audio_mrkd.train import study_statistics as ss
-from audio_mrkd.train.ablation import AblationSpec, format_table, study_resolution, summarize
+from audio_mrkd.studies import statistics as ss
+from audio_mrkd.studies.spec import AblationSpec
+from audio_mrkd.studies.summary import format_table, study_resolution, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA_ROOT = ["--run", "data.root=/nowhere"]  # the image studies' recipes name a data root; --summary reads no data

@@ -21,8 +21,7 @@ from audio_mrkd.errors import InputError
 from audio_mrkd.experiment import RENAMED, ExperimentConfig
 from audio_mrkd.registry import load_experiment
 from audio_mrkd.runs.run import Run
-
-TEACHERS = "@teachers"  # in a variant's overrides: the run directories of its fold's teachers
+from audio_mrkd.studies.spec import TEACHERS
 
 # keys that never change a run's numbers: where data and outputs live, how the run is named and reported
 _NOT_RECIPE = {"name": None, "data": ("root", "manifest_dir"),

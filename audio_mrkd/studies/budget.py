@@ -22,7 +22,7 @@ import torch
 
 from audio_mrkd.errors import InputError
 from audio_mrkd.registry import load_experiment
-from audio_mrkd.train.ablation import variant_runs
+from audio_mrkd.studies.grid import variant_runs
 
 SAFETY = 0.9          # share of the time left that the schedule may fill; the rest absorbs what was not measured
 WARMUP_STEPS = 30     # before timing: cuDNN's algorithm search, graph captures, the allocator's first blocks
@@ -101,7 +101,7 @@ def _measure_one(task: tuple, barrier, results) -> None:
 
 
 def measure_runs(runs: list[tuple], seconds: float) -> list[dict]:
-    """The costs of ``runs`` (``(key, config, overrides)``, :func:`~audio_mrkd.train.ablation.variant_runs`),
+    """The costs of ``runs`` (``(key, config, overrides)``, :func:`~audio_mrkd.studies.grid.variant_runs`),
     measured all at once, one spawned process each. A run that fails is one line naming it."""
     ctx = mp.get_context("spawn")
     barrier, results = ctx.Barrier(len(runs)), ctx.Queue()

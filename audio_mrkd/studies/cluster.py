@@ -1,5 +1,5 @@
 """``ablate --cluster``: a study's runs as tasks of an existing Ray cluster, one per GPU (or a share of one), in run
-folders on storage every node sees; the driver alone writes ``runs.jsonl`` (see :mod:`ablation`).
+folders on storage every node sees; the driver alone writes ``runs.jsonl`` (see :mod:`~audio_mrkd.studies.ablation`).
 
 A task cut off by a lost node (its worker or raylet killed) is a system failure that Ray runs again on another node,
 where the run continues from its last epoch checkpoint; an exception raised by the run itself (bad input) is never
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from audio_mrkd.errors import InputError
+from audio_mrkd.studies.grid import run_one
 
 #: attempts after the first for a run whose node was lost
 MAX_RETRIES = 3
@@ -109,13 +110,12 @@ def check_storage(ray, out_dir: Path) -> None:
 
 def _run_task(task: tuple) -> tuple[dict, str]:
     """One run on a node → (its record, the node's name)."""
-    from audio_mrkd.train.ablation import _run_one
-    return _run_one(task), _node_name()
+    return run_one(task), _node_name()
 
 
 @dataclass
 class ClusterRunner:
-    """Runs a list of :func:`ablation._run_one` tasks on the cluster, recording each as it finishes."""
+    """Runs a list of :func:`~audio_mrkd.studies.grid.run_one` tasks on the cluster, recording each as it finishes."""
 
     ray: object
     placement: Placement
