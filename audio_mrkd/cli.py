@@ -80,13 +80,13 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from audio_mrkd.train.evaluate import evaluate_run
+    from audio_mrkd.evaluate import evaluate_run
     evaluate_run(args.run_dir, args.split, args.checkpoint)
     return 0
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    from audio_mrkd.train.finetune import finetune
+    from audio_mrkd.finetune import finetune
     # a device name never holds "=": a dotted override typed right after the devices is an override
     devices = [w for w in args.devices if "=" not in w]
     finetune(args.run_dir, devices, args.out, [*[w for w in args.devices if "=" in w], *args.overrides])
@@ -101,7 +101,7 @@ def cmd_package(args: argparse.Namespace) -> int:
 
 
 def cmd_teacher_logits(args: argparse.Namespace) -> int:
-    from audio_mrkd.train.teacher_logits import write_ensemble_logits
+    from audio_mrkd.teacher_logits import write_ensemble_logits
     write_ensemble_logits(args.run_dirs, args.out, args.checkpoint, args.split)
     return 0
 

@@ -269,7 +269,7 @@ def teacher(root: Path, precision: str) -> tuple[Path, Path]:
     """(the teacher run, its teacher-logits file) for the kd cases in ``precision``, trained once per recording."""
     from audio_mrkd.registry import load_experiment
     from audio_mrkd.train.engine import Trainer
-    from audio_mrkd.train.teacher_logits import write_ensemble_logits
+    from audio_mrkd.teacher_logits import write_ensemble_logits
     folder = root / "teachers" / precision
     logits = folder / "teacher_logits.csv"
     if not logits.is_file():

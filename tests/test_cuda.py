@@ -17,7 +17,8 @@ from audio_mrkd.export.commands import export_run
 from audio_mrkd.runs.run import checkpoint_path
 from audio_mrkd.runs.run import Run
 from audio_mrkd.train.engine import Trainer, train_run
-from audio_mrkd.train.evaluate import evaluate_run, run_logits
+from audio_mrkd.evaluate import evaluate_run
+from audio_mrkd.train.inference import run_logits
 from tests.test_crash import cli, comparable
 from tests.test_engine import config, prepared  # noqa: F401  (the tiny prepared DCASE tree, a module fixture)
 from tests.test_method_kd import interrupt_after_step, teachers  # noqa: F401  (two teacher runs, a module fixture)

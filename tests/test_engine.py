@@ -15,7 +15,7 @@ from audio_mrkd.registry import load_experiment
 from audio_mrkd.runs.run import checkpoint_path
 from audio_mrkd.train.engine import Trainer, resume_run, train_run
 from audio_mrkd.train.optim import make_lr_scheduler
-from audio_mrkd.train.evaluate import evaluate_run
+from audio_mrkd.evaluate import evaluate_run
 from audio_mrkd.studies.sweep import run_seeds
 from tests.conftest import make_dcase_tree
 

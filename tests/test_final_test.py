@@ -9,7 +9,7 @@ from audio_mrkd.errors import InputError
 from audio_mrkd.registry import load_experiment
 from audio_mrkd.studies.ablation import run_ablation
 from audio_mrkd.train.engine import train_run
-from audio_mrkd.train.evaluate import evaluate_run
+from audio_mrkd.evaluate import evaluate_run
 from tests.image_formats import write_fashion_mnist
 
 N_TEST = 12

@@ -18,7 +18,7 @@ from audio_mrkd.errors import InputError
 from audio_mrkd.registry import load_experiment
 from audio_mrkd.data.selection import load_data
 from audio_mrkd.train.engine import train_run
-from audio_mrkd.train.evaluate import run_logits
+from audio_mrkd.train.inference import run_logits
 from audio_mrkd.runs.run import Run
 from tests.test_engine import config, prepared  # noqa: F401  (the tiny prepared DCASE tree, a module fixture)
 
@@ -112,7 +112,7 @@ class Blobs(DatasetKind):
 
 def test_a_new_dataset_is_a_class_and_a_registry_line(tmp_path, monkeypatch):
     """Registered, a kind is a config choice that trains, and its runs evaluate, through the registry alone."""
-    from audio_mrkd.train.evaluate import evaluate_run
+    from audio_mrkd.evaluate import evaluate_run
     monkeypatch.setitem(DATASETS, "blobs", Blobs())
     cfg = load_experiment(None, ["data.kind=blobs", "data.synthetic_items=96", "model.name=dcase_cnn",
                                  "train.epochs=1", "train.batch_size=32", "train.progress=false",

@@ -16,7 +16,7 @@ import numpy as np
 from audio_mrkd.data.info import DataInfo
 from audio_mrkd.distill.teachers import LogitsOrigin, origin_path, write_teacher_logits
 from audio_mrkd.errors import InputError
-from audio_mrkd.train.evaluate import run_logits
+from audio_mrkd.train.inference import run_logits
 from audio_mrkd.runs.run import Run
 
 

@@ -18,7 +18,7 @@ from audio_mrkd import config as config_io
 from audio_mrkd.errors import InputError
 from audio_mrkd.experiment import ExperimentConfig
 from audio_mrkd.registry import experiment_from_dict
-from audio_mrkd.train.evaluate import run_logits
+from audio_mrkd.train.inference import run_logits
 from audio_mrkd.train.metrics import classification_metrics
 from audio_mrkd.runs.run import Finetuned, Run
 

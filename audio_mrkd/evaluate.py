@@ -5,22 +5,13 @@ from pathlib import Path
 
 import torch
 
-from audio_mrkd.data.dataset import BatchLoader, FeatureSplit
-from audio_mrkd.progress import progress
 from audio_mrkd.data.selection import evaluated_name
-from audio_mrkd.train.metrics import classification_metrics, with_counts
 from audio_mrkd.runs.run import Run
+from audio_mrkd.train.inference import run_logits
+from audio_mrkd.train.metrics import classification_metrics, with_counts
 
 #: Up to this many classes, ``evaluate`` prints one line per class (always in ``eval-<split>-<which>.json``).
 MAX_CLASS_LINES = 20
-
-
-def run_logits(model: torch.nn.Module, split: FeatureSplit, bar_desc: str | None = None) -> torch.Tensor:
-    """A run's network on every item of ``split`` (normalised as the split says), on the CPU → N×C float32."""
-    loader = BatchLoader(split, 256, "cpu", normalize=split.norm_mean is not None)
-    batches = progress(loader, desc=bar_desc, unit="batch") if bar_desc else loader
-    with torch.inference_mode():
-        return torch.cat([model(b.x).float() for b in batches])
 
 
 def evaluate_run(run_dir: str | Path, split: str | None = None, which: str = "best", log=print) -> dict:
