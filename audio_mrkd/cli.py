@@ -60,7 +60,7 @@ def cmd_demo_data(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from audio_mrkd.registry import load_experiment
+    from audio_mrkd.config_loader import load_experiment
     from audio_mrkd.train.engine import resume_run
     from audio_mrkd.studies.sweep import run_seeds, table
     if args.resume:

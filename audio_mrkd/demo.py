@@ -9,11 +9,11 @@ import torch
 
 from audio_mrkd import fileio, plots
 from audio_mrkd.data import cache
-from audio_mrkd.data.dataset import load_split
+from audio_mrkd.data.splits import load_split
 from audio_mrkd.data.demo_sets import build_demo
 from audio_mrkd.data.prepare import PrepareResult, prepare
 from audio_mrkd.errors import InputError
-from audio_mrkd.registry import load_experiment
+from audio_mrkd.config_loader import load_experiment
 from audio_mrkd.paths import MANIFEST_DIR
 from audio_mrkd.runtime import Runtime
 from audio_mrkd.train.linear import linear_baseline

@@ -14,10 +14,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from audio_mrkd import config as config_io
+from audio_mrkd import config_io
 from audio_mrkd.errors import InputError
-from audio_mrkd.experiment import ExperimentConfig
-from audio_mrkd.registry import experiment_from_dict
+from audio_mrkd.config_schema import ExperimentConfig
+from audio_mrkd.config_loader import experiment_from_dict
 from audio_mrkd.train.inference import run_logits
 from audio_mrkd.train.metrics import classification_metrics
 from audio_mrkd.runs.run import Finetuned, Run

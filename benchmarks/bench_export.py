@@ -75,7 +75,7 @@ def cpu_name() -> str:
 
 def calibration_table(run_dir: str, calibration: int, candidates=CANDIDATES) -> None:
     """Print every candidate's train-split and evaluated-split figures against fp32 for the run ``run_dir``."""
-    from audio_mrkd.data.dataset import load_split
+    from audio_mrkd.data.splits import load_split
     from audio_mrkd.runs.run import Run
 
     run = Run(run_dir)

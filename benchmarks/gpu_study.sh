@@ -24,7 +24,7 @@ if [ "${1:-}" = prepare ]; then
   PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" python3 - "$DATA" <<'PY' || exit
 import shutil, sys, tempfile
 from pathlib import Path
-from audio_mrkd.data.images import fetch_fashion_mnist
+from audio_mrkd.data.image_readers import fetch_fashion_mnist
 target = Path(sys.argv[1])
 target.mkdir(parents=True, exist_ok=True)
 for idx in fetch_fashion_mnist(Path(tempfile.gettempdir()) / "audio_mrkd_fashion_mnist").glob("*-ubyte*"):

@@ -239,7 +239,7 @@ def read_scalars(run_dir: Path, steps: int = STEPS) -> tuple[dict, dict]:
 def run_case(name: str, root: Path, perturb: str | None = None) -> dict:
     """Train case ``name`` on the data prepared under ``root`` → its plain recording (``perturb``: one of
     :data:`PERTURBATIONS`, for the tolerance's tests)."""
-    from audio_mrkd.registry import load_experiment
+    from audio_mrkd.config_loader import load_experiment
     from audio_mrkd.train.engine import Trainer
     out = root / "runs" / name
     lr = ["train.lr=0.01001"] if perturb == "lr" else []  # the fourth significant digit of 0.01
@@ -267,7 +267,7 @@ def run_case(name: str, root: Path, perturb: str | None = None) -> dict:
 
 def teacher(root: Path, precision: str) -> tuple[Path, Path]:
     """(the teacher run, its teacher-logits file) for the kd cases in ``precision``, trained once per recording."""
-    from audio_mrkd.registry import load_experiment
+    from audio_mrkd.config_loader import load_experiment
     from audio_mrkd.train.engine import Trainer
     from audio_mrkd.teacher_logits import write_ensemble_logits
     folder = root / "teachers" / precision

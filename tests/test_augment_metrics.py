@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from audio_mrkd.data import augment
-from audio_mrkd.experiment import AugmentConfig
+from audio_mrkd.config_schema import AugmentConfig
 from audio_mrkd.train.metrics import classification_metrics, expected_calibration_error, mean_std
 
 

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from audio_mrkd.registry import load_experiment
+from audio_mrkd.config_loader import load_experiment
 from audio_mrkd.studies.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,8 +51,8 @@ def test_ablation_spec_names_no_absolute_path(path):
 
 
 def test_shipped_configs_use_no_deprecated_key(capsys):
-    from audio_mrkd import experiment
-    experiment._said.clear()
+    from audio_mrkd import config_loader
+    config_loader._said.clear()
     for path in EXPERIMENTS:
         test_experiment_config_loads(path)
     for path in ABLATIONS:
@@ -63,8 +63,8 @@ def test_shipped_configs_use_no_deprecated_key(capsys):
 def test_deprecated_keys_are_read_with_one_line_each(capsys):
     """The keys of the former layout (``kd.teachers``, ``method_options.*``, …) keep working for one release: moved
     to their new home, each said once per process on stderr."""
-    from audio_mrkd import experiment
-    experiment._said.clear()
+    from audio_mrkd import config_loader
+    config_loader._said.clear()
     old = ["data.kind=synthetic", "method=mrkd", "kd.teachers=[r1, r2]", "kd.checkpoint=best", "kd.with_mrkd=term", "kd.alpha=0.3"]
     new = ["data.kind=synthetic", "method=mrkd", "teacher.runs=[r1, r2]", "teacher.checkpoint=best", "mrkd.with_teacher=term", "kd.alpha=0.3"]
     assert load_experiment(None, old) == load_experiment(None, new)
@@ -96,10 +96,10 @@ def test_deprecated_and_teacher_keys_refused_in_one_line(overrides, message):
 def test_a_run_folder_of_the_former_layout_reads_quietly(capsys):
     """A config.yaml written before methods had sections (an old run, a kd teacher, a checkpoint to resume) reads
     as the same config, without deprecation lines."""
-    from audio_mrkd import config as config_io
-    from audio_mrkd import experiment
-    from audio_mrkd.registry import experiment_from_dict
-    experiment._said.clear()
+    from audio_mrkd import config_io
+    from audio_mrkd import config_loader
+    from audio_mrkd.config_loader import experiment_from_dict
+    config_loader._said.clear()
     cfg = load_experiment(None, ["data.kind=synthetic", "method=pskd", "pskd.alpha_T=0.7", "teacher.checkpoint=best"])
     old = {k: v for k, v in config_io.to_dict(cfg).items() if k not in ("teacher", "pskd", "dlb", "ema")}
     old["kd"] = {"teachers": [], "teacher_logits": "", "checkpoint": "best", "teacher_input": "cached",

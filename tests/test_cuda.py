@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from audio_mrkd.cli import main
-from audio_mrkd.experiment import TrainConfig
+from audio_mrkd.config_schema import TrainConfig
 from audio_mrkd.export.commands import export_run
 from audio_mrkd.runs.run import checkpoint_path
 from audio_mrkd.runs.run import Run

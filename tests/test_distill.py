@@ -11,7 +11,7 @@ from torch import nn
 from audio_mrkd.distill.adjust import knowledge_adjust
 from audio_mrkd.distill.ensemble import FCNEnsembler, combine_teachers
 from audio_mrkd.distill.losses import kd_loss
-from audio_mrkd.distill.mrkd import MrKD, MrKDConfig
+from audio_mrkd.distill.mrkd_objective import MrKD, MrKDConfig
 from audio_mrkd.distill.snapshots import BackupSchedule, SnapshotBank
 from audio_mrkd.errors import InputError
 from audio_mrkd.runtime import Runtime

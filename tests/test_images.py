@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from audio_mrkd.data import images
-from audio_mrkd.data.dataset import BatchLoader, FeatureSplit
+from audio_mrkd.data import image_readers as images
+from audio_mrkd.data.splits import BatchLoader, FeatureSplit
 from audio_mrkd.data.datasets import dataset
-from audio_mrkd.data.images import fetch_fashion_mnist, stratified_holdout
+from audio_mrkd.data.image_readers import fetch_fashion_mnist, stratified_holdout
 from audio_mrkd.errors import InputError
 from image_formats import (CIFAR10_CLASSES, CINIC_CLASSES, Global, Reduce, cifar_batch, idx_bytes, py2_pickle,
                            random_images, write_cifar10, write_cifar100, write_cinic10, write_fashion_mnist,
@@ -265,7 +265,7 @@ def test_holdout_is_stratified_deterministic_and_keeps_test_apart(tmp_path):
 def test_eval_split_test_trains_as_the_selection_runs_and_scores_the_official_test_split(tmp_path):
     """The chosen variants, reported once: the same training items and statistics as with the held-back
     selection split, evaluated on the official test split."""
-    from audio_mrkd.registry import load_experiment
+    from audio_mrkd.config_loader import load_experiment
     from audio_mrkd.data.selection import load_data
     _, written = write_cifar10(tmp_path, n_per_batch=40, n_test=10)
     data = ["data.kind=cifar10", f"data.root={tmp_path}", "data.holdout=50"]

@@ -9,7 +9,7 @@ import yaml
 
 from audio_mrkd import methods
 from audio_mrkd.errors import InputError
-from audio_mrkd.registry import load_experiment
+from audio_mrkd.config_loader import load_experiment
 from audio_mrkd.methods.base import Method, soft_cross_entropy
 from audio_mrkd.runs.checkpoint import save_checkpoint
 from audio_mrkd.runs.run import checkpoint_path
@@ -116,7 +116,7 @@ def test_numeric_choice_from_an_override():
 
 def test_label_smoothing_is_a_switch_of_every_method():
     """train.label_smoothing ε: loss = (1 − ε)·CE(y) + ε·mean over classes of −log p, in ce and in mrkd."""
-    from audio_mrkd.distill.mrkd import MrKD, MrKDConfig
+    from audio_mrkd.distill.mrkd_objective import MrKD, MrKDConfig
     from audio_mrkd.methods.ce import CrossEntropy
 
     torch.manual_seed(0)
@@ -145,7 +145,7 @@ def test_a_method_section_is_named_after_it_and_checked_against_its_options(monk
 
 def test_mrkd_alpha_over_the_run_and_interval_in_percent(prepared, tmp_path):  # noqa: F811
     """alpha_schedule linear: α·(e+1)/E in epoch e; interval_unit percent: backups every p % of the run's steps."""
-    from audio_mrkd.distill.mrkd import MrKD, MrKDConfig
+    from audio_mrkd.distill.mrkd_objective import MrKD, MrKDConfig
     from tests.test_engine import scalars
 
     linear = MrKD(MrKDConfig(alpha=0.6, alpha_schedule="linear"), 4, torch.device("cpu"), run_epochs=4)

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from audio_mrkd.data.augment import Mixing
-from audio_mrkd.distill.mrkd import MrKD, MrKDConfig
+from audio_mrkd.distill.mrkd_objective import MrKD, MrKDConfig
 from audio_mrkd.distill.teachers import TeacherSignal
 from audio_mrkd.methods.pskd import ProgressiveSelfKD
 from audio_mrkd.train.engine import Trainer
@@ -274,14 +274,14 @@ def _dlb(tau: float):
     from types import SimpleNamespace
 
     from audio_mrkd.methods.dlb import LastBatchDistillation
-    from audio_mrkd.registry import load_experiment
+    from audio_mrkd.config_loader import load_experiment
     cfg = load_experiment(None, ["data.kind=synthetic", "method=dlb", "dlb.alpha=1.0", f"dlb.tau={tau}"])
     return LastBatchDistillation(cfg, SimpleNamespace(model=BatchStatNet().train(), runtime=None))
 
 
 def _dlb_step(method, x, y, index, logits, perm, lam):
     """One DLB step as the engine runs it: before_batch, mixup inside the groups the method names, the loss."""
-    from audio_mrkd.data.dataset import Batch
+    from audio_mrkd.data.splits import Batch
     batch = method.before_batch(Batch(x=x, y=y, recording_device=torch.zeros_like(y), index=index))
     groups = method.mixup_groups()
     rows = torch.tensor(perm)

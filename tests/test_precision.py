@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from audio_mrkd.bench import run_bench
-from audio_mrkd.registry import load_experiment
+from audio_mrkd.config_loader import load_experiment
 from audio_mrkd.train.engine import Trainer, train_run
 
 

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 import torch
 
-from audio_mrkd import config as config_io
+from audio_mrkd import config_io
 from audio_mrkd.data.datasets import DATASETS, DataBundle, DatasetKind, dataset
 from audio_mrkd.data.datasets.synthetic import synthetic_splits
 from audio_mrkd.data.info import DataInfo
 from audio_mrkd.errors import InputError
-from audio_mrkd.registry import load_experiment
+from audio_mrkd.config_loader import load_experiment
 from audio_mrkd.data.selection import load_data
 from audio_mrkd.train.engine import train_run
 from audio_mrkd.train.inference import run_logits

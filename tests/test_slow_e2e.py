@@ -6,7 +6,7 @@ import pytest
 from audio_mrkd.data import cache
 from audio_mrkd.data.demo_sets import build_birds3
 from audio_mrkd.data.prepare import prepare
-from audio_mrkd.registry import load_experiment
+from audio_mrkd.config_loader import load_experiment
 from audio_mrkd.train.engine import train_run
 
 pytestmark = pytest.mark.slow
@@ -29,7 +29,7 @@ def test_fashion_mnist_subset_through_the_image_path(tmp_path):
     """Real images: Fashion-MNIST from Debian's package, a 2,000-image subset, ResNet-20, MrKD, 3 epochs (~190 steps)."""
     if shutil.which("apt-get") is None:
         pytest.skip("apt-get not available: Fashion-MNIST comes from Debian's dataset-fashion-mnist package")
-    from audio_mrkd.data.images import fetch_fashion_mnist
+    from audio_mrkd.data.image_readers import fetch_fashion_mnist
     root = fetch_fashion_mnist(cache.default_cache_dir() / "fashion_mnist")
     cfg = load_experiment("configs/experiments/fmnist_cpu_mrkd.yaml", [
         f"data.root={root}", "data.train_limit=2000", "data.holdout=2000", "train.epochs=3", "train.eval_every=3",

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from audio_mrkd.registry import load_experiment
+from audio_mrkd.config_loader import load_experiment
 from audio_mrkd.runtime import Runtime
 from audio_mrkd.train.engine import Trainer
 from audio_mrkd.train.optim import make_lr_scheduler, make_optimizer, use_device_lr

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from audio_mrkd.registry import load_experiment
+from audio_mrkd.config_loader import load_experiment
 from audio_mrkd.train.engine import Trainer, resume_run, train_run
 from audio_mrkd.train.tb import confusion_image
 

@@ -16,7 +16,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from audio_mrkd.experiment import AugmentConfig
+from audio_mrkd.config_schema import AugmentConfig
 
 GAMMA_TRIES = 16  # Marsaglia–Tsang candidates per draw; each is accepted with probability > 0.95
 

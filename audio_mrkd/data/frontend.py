@@ -18,7 +18,7 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from audio_mrkd import config as config_io
+from audio_mrkd import config_io
 from audio_mrkd.errors import InputError
 
 

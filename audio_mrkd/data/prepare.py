@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from filelock import FileLock
 
-from audio_mrkd import config as config_io
+from audio_mrkd import config_io
 from audio_mrkd import faults, fileio
 from audio_mrkd.data import cache
 from audio_mrkd.data.dcase import SPLITS, DcaseDataset, read_dataset

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 import yaml
 
-from audio_mrkd import config as config_io
+from audio_mrkd import config_io
 from audio_mrkd import fileio
 from audio_mrkd.data.frontend import FrontendConfig, Resampler, load_clip
 from audio_mrkd.errors import InputError

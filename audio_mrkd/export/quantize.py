@@ -87,13 +87,13 @@ class FeatureReader(CalibrationDataReader):
 
 def calibration_positions(n_items: int, n: int, seed: int = 0, labels: np.ndarray | None = None) -> np.ndarray:
     """``min(n, n_items)`` distinct sorted positions drawn with a fixed seed; per class in proportion to the class
-    sizes when ``labels`` are given (:func:`audio_mrkd.data.dataset.stratified_holdout`)."""
+    sizes when ``labels`` are given (:func:`audio_mrkd.data.splits.stratified_holdout`)."""
     if n < 1:
         raise InputError(f"--calibration: must be >= 1, got {n}")
     if n_items == 0:
         raise InputError("--calibration: the train split is empty")
     if labels is not None:
-        from audio_mrkd.data.dataset import stratified_holdout
+        from audio_mrkd.data.splits import stratified_holdout
 
         return stratified_holdout(labels, min(n, n_items), seed)
     rng = np.random.default_rng(seed)

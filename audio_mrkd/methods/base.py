@@ -44,11 +44,11 @@ class Method:
 
     ``Options``: a dataclass of the method's own settings, or None. Its config section is named after the method
     (``pskd: {alpha_T: 0.7}``); the config loader finds it through the registry and validates it; the method reads
-    it as ``self.options``. ``teacher``: whether the method reads the shared ``teacher:`` section — "none",
+    it as ``self.options``. ``uses_teacher``: whether the method reads the shared ``teacher:`` section — "none",
     "optional" or "required" (the loader refuses a teacher given to a method that uses none, and a missing one)."""
 
     Options: type | None = None
-    teacher: Literal["none", "optional", "required"] = "none"
+    uses_teacher: Literal["none", "optional", "required"] = "none"
 
     def __init__(self, cfg, ctx: TrainContext) -> None:
         self.cfg, self.ctx = cfg, ctx
@@ -56,7 +56,7 @@ class Method:
 
     def before_batch(self, batch):
         """The batch to train on, given the loader's (before augmentation); a method may add items (e.g. repeat
-        the previous batch's). Fields: ``x``, ``y``, ``recording_device``, ``index`` (see data.dataset.Batch)."""
+        the previous batch's). Fields: ``x``, ``y``, ``recording_device``, ``index`` (see data.splits.Batch)."""
         return batch
 
     def loss(self, logits: Tensor, x: Tensor, y: Tensor, index: Tensor, epoch: int,

@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from audio_mrkd.data.augment import Mixing
-from audio_mrkd.data.dataset import Batch
+from audio_mrkd.data.splits import Batch
 from audio_mrkd.distill.losses import kd_loss, mix_teacher_logits
 from audio_mrkd.errors import InputError
 from audio_mrkd.runtime import loss_precision

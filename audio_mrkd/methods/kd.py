@@ -26,7 +26,7 @@ from audio_mrkd.runtime import loss_precision
 
 
 class TeacherDistillation(Method):
-    teacher = "required"
+    uses_teacher = "required"
 
     @dataclass
     class Options:

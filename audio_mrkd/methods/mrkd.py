@@ -1,7 +1,7 @@
 """``method: mrkd`` — Memory-replay Knowledge Distillation as a training method.
 
 The objective itself (snapshot bank, backup schedule, FCN ensembler with its own optimiser, Knowledge
-Adjustment, KD loss) is :class:`audio_mrkd.distill.mrkd.MrKD`, configured by the ``mrkd:`` section; this module
+Adjustment, KD loss) is :class:`audio_mrkd.distill.mrkd_objective.MrKD`, configured by the ``mrkd:`` section; this module
 connects it to the engine's hooks: backups after the steps / epochs its schedule names, with every process's
 BatchNorm statistics made equal first.
 
@@ -17,7 +17,7 @@ from torch import Tensor
 
 from audio_mrkd.data.augment import Mixing
 from audio_mrkd.distill.losses import hard_labels
-from audio_mrkd.distill.mrkd import MrKD, MrKDConfig
+from audio_mrkd.distill.mrkd_objective import MrKD, MrKDConfig
 from audio_mrkd.distill.teacher_term import TeacherTerm, flat_hparams
 from audio_mrkd.distill.teachers import build_teacher_signal
 from audio_mrkd.methods.base import Method, TrainContext, modules_digest
@@ -26,7 +26,7 @@ from audio_mrkd.runtime import loss_precision
 
 class MemoryReplay(Method):
     Options = MrKDConfig
-    teacher = "optional"
+    uses_teacher = "optional"
 
     def __init__(self, cfg, ctx: TrainContext) -> None:
         super().__init__(cfg, ctx)

@@ -15,11 +15,10 @@ import json
 import os
 from pathlib import Path
 
-from audio_mrkd import config as config_io
-from audio_mrkd import fileio
+from audio_mrkd import config_io, fileio
+from audio_mrkd.config_loader import RENAMED, load_experiment
+from audio_mrkd.config_schema import ExperimentConfig
 from audio_mrkd.errors import InputError
-from audio_mrkd.experiment import RENAMED, ExperimentConfig
-from audio_mrkd.registry import load_experiment
 from audio_mrkd.runs.run import Run
 from audio_mrkd.studies.spec import TEACHERS
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from audio_mrkd import config as config_io
+from audio_mrkd import config_io
 from audio_mrkd.errors import InputError
 
 TEACHERS = "@teachers"  # in a variant's overrides: the run directories of its fold's teachers

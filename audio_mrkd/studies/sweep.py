@@ -4,7 +4,7 @@ from __future__ import annotations
 import dataclasses
 
 from audio_mrkd import fileio
-from audio_mrkd.experiment import ExperimentConfig
+from audio_mrkd.config_schema import ExperimentConfig
 from audio_mrkd.train.metrics import mean_std
 
 REPORTED = ("accuracy", "macro_accuracy", "log_loss")

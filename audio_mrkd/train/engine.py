@@ -22,10 +22,10 @@ from torch.utils.tensorboard import SummaryWriter
 
 from audio_mrkd import faults, fileio
 from audio_mrkd.data.augment import Mixing, augment_batch
-from audio_mrkd.data.dataset import BatchLoader
+from audio_mrkd.data.splits import BatchLoader
 from audio_mrkd.data.info import DataInfo
 from audio_mrkd.data.selection import DataBundle, load_data
-from audio_mrkd.experiment import ExperimentConfig, TrainConfig
+from audio_mrkd.config_schema import ExperimentConfig, TrainConfig
 from audio_mrkd.methods import TrainContext, build_method
 from audio_mrkd.models import build_model
 from audio_mrkd.progress import progress
@@ -290,7 +290,7 @@ class Trainer:
             self.writer = SummaryWriter(str(self.run_dir), purge_step=purge)
 
     def step(self, batch) -> dict[str, float]:
-        """One optimiser step on ``batch`` (a :class:`~audio_mrkd.data.dataset.Batch` from the train loader): the
+        """One optimiser step on ``batch`` (a :class:`~audio_mrkd.data.splits.Batch` from the train loader): the
         method's batch hook, the step (on static buffers when ``train.step_graph`` allows), the LR schedule and the
         method's step hook. Returns the step's logs on a logging step (every ``train.log_every``), else {}."""
         batch = self.method.before_batch(batch)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from audio_mrkd.data.dataset import BatchLoader, FeatureSplit
+from audio_mrkd.data.splits import BatchLoader, FeatureSplit
 from audio_mrkd.progress import progress
 
 

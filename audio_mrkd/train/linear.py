@@ -6,7 +6,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from audio_mrkd.data.dataset import FeatureSplit
+from audio_mrkd.data.splits import FeatureSplit
 from audio_mrkd.train.metrics import classification_metrics
 
 

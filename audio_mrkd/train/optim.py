@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch.optim import lr_scheduler
 
-from audio_mrkd.experiment import TrainConfig
+from audio_mrkd.config_schema import TrainConfig
 
 
 def make_optimizer(params, tcfg: TrainConfig, fused: bool | None = None) -> torch.optim.Optimizer:

@@ -9,7 +9,7 @@ from audio_mrkd.data.datasets.audio import PreparedAudio
 from audio_mrkd.data.datasets.base import DataBundle, DatasetKind
 from audio_mrkd.data.datasets.images import ImageKind
 from audio_mrkd.data.datasets.synthetic import Synthetic
-from audio_mrkd.data.images import read_cifar10, read_cifar100, read_cinic10, read_fashion_mnist
+from audio_mrkd.data.image_readers import read_cifar10, read_cifar100, read_cinic10, read_fashion_mnist
 from audio_mrkd.errors import InputError
 
 DATASETS: dict[str, DatasetKind] = {

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from audio_mrkd.data.dataset import FeatureSplit, concat_splits, load_split
+from audio_mrkd.data.splits import FeatureSplit, concat_splits, load_split
 from audio_mrkd.data.datasets.base import DataBundle, DatasetKind
 from audio_mrkd.data.dcase import DEVICE_GROUPS
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, ClassVar
 
-from audio_mrkd.data.dataset import FeatureSplit
+from audio_mrkd.data.splits import FeatureSplit
 
 if TYPE_CHECKING:
-    from audio_mrkd.experiment import DataConfig
+    from audio_mrkd.config_schema import DataConfig
 
 
 @dataclass

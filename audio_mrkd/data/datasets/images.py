@@ -1,5 +1,5 @@
 """The image kinds (CIFAR-10, CIFAR-100, CINIC-10, Fashion-MNIST): one class, one instance per kind, each given its
-reader from :mod:`audio_mrkd.data.images` in its registry line (adding an image dataset: a reader + a line).
+reader from :mod:`audio_mrkd.data.image_readers` in its registry line (adding an image dataset: a reader + a line).
 
 Splits: ``train``; ``evaluate`` (``data.holdout`` train items held back, or else the official test split — CINIC-10:
 its ``valid`` split); ``test`` (the official test split); ``all`` (train, held-back and test items).
@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import functools
 
-from audio_mrkd.data.dataset import FeatureSplit, concat_splits
+from audio_mrkd.data.splits import FeatureSplit, concat_splits
 from audio_mrkd.data.datasets.base import DataBundle, DatasetKind
-from audio_mrkd.data.images import Reader, load_image_splits
+from audio_mrkd.data.image_readers import Reader, load_image_splits
 from audio_mrkd.errors import InputError
 
 
@@ -26,7 +26,7 @@ class ImageKind(DatasetKind):
 
     def read_splits(self, root, coarse_labels: bool = False, **options) -> dict[str, FeatureSplit]:
         """The train / evaluate / test splits of the dataset in ``root`` (``options``: holdout, seed, cache_dir, log
-        of :func:`~audio_mrkd.data.images.load_image_splits`)."""
+        of :func:`~audio_mrkd.data.image_readers.load_image_splits`)."""
         if coarse_labels and not self.coarse_labels:
             raise InputError(f"data.coarse_labels: only cifar100 has coarse labels, not {self.kind}")
         return load_image_splits(self.kind, self.read, root, coarse_labels=coarse_labels, evaluated=self.evaluated,

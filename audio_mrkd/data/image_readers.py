@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from audio_mrkd.data import cache, packages
-from audio_mrkd.data.dataset import FeatureSplit, stratified_holdout
+from audio_mrkd.data.splits import FeatureSplit, stratified_holdout
 from audio_mrkd.errors import InputError
 from audio_mrkd.fileio import building_dir
 from audio_mrkd.progress import progress

@@ -1,21 +1,18 @@
-"""The experiment configuration: every key a training run reads, with its default and meaning.
+"""The config schema: every key a training run reads, with its default and meaning — the sections every run has
+(``data``, ``model``, ``augment``, ``train``, the shared ``teacher``).
 
-Loaded from ``configs/experiments/*.yaml`` plus dotted overrides (``train.epochs=3 mrkd.k=2``); unknown keys
-are errors. The resolved configuration is saved in each run directory as ``config.yaml``.
-
-The sections every run has (``data``, ``model``, ``augment``, ``train``, the shared ``teacher``) are defined here;
-each training method declares its own section, named after it (``mrkd:``, ``kd:``, ``pskd:``, …), and the method
-registry hands those to :func:`experiment_from_dict` — this module knows no method.
+Each training method declares its own section, named after it (``mrkd:``, ``pskd:``, …), and a dataset kind is a
+name in the dataset registry: :mod:`audio_mrkd.config_loader` reads a config against both registries — this module
+knows no method and no dataset. The YAML machinery is :mod:`audio_mrkd.config_io`.
 """
 from __future__ import annotations
 
 import math
-import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal, Mapping
+from typing import Any, Literal, Mapping
 
-from audio_mrkd import config as config_io
+from audio_mrkd import config_io
 from audio_mrkd.errors import InputError
 from audio_mrkd.paths import MANIFEST_DIR
 
@@ -212,96 +209,3 @@ class ExperimentConfig:
         """What a run folder calls the training: the method, ``_ls`` added when the labels are smoothed (``ce_ls``:
         the label-smoothing baseline, not plain CE)."""
         return f"{self.method}_ls" if self.train.label_smoothing else self.method
-
-
-# ---- loading ---------------------------------------------------------------------------------------------------
-# Keys renamed when methods got sections of their own, to their new home; read (with one line each) until the
-# next release. ``method_options.<key>`` moves into the configured method's section.
-RENAMED = {
-    ("kd", "teachers"): ("teacher", "runs"),
-    ("kd", "teacher_logits"): ("teacher", "logits"),
-    ("kd", "checkpoint"): ("teacher", "checkpoint"),
-    ("kd", "teacher_input"): ("teacher", "input"),
-    ("kd", "ensemble"): ("teacher", "ensemble"),
-    ("kd", "fcn_hidden"): ("teacher", "fcn_hidden"),
-    ("kd", "fcn_lr"): ("teacher", "fcn_lr"),
-    ("kd", "with_mrkd"): ("mrkd", "with_teacher"),
-}
-_said: set[str] = set()
-
-
-def deprecation_line(line: str) -> None:
-    """One line on stderr, once per process for each deprecated key."""
-    if line not in _said:
-        _said.add(line)
-        print(line, file=sys.stderr, flush=True)
-
-
-def upgrade_keys(data: dict, methods: Mapping[str, Any], warn: Callable[[str], None] | None) -> dict:
-    """``data`` with deprecated keys moved to their new home (``warn``: told once per key; None: quietly, as
-    for a run folder written by an earlier release)."""
-    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
-    moves = [(old, new, data[old[0]].pop(old[1])) for old, new in RENAMED.items()
-             if isinstance(data.get(old[0]), dict) and old[1] in data[old[0]]]
-    options = data.pop("method_options", None) or {}
-    if not isinstance(options, dict):
-        raise InputError(f"method_options: expected a mapping, got {options!r}")
-    method = data.get("method", "ce")
-    if options and getattr(methods.get(method), "Options", None) is None:
-        raise InputError(f"method_options: method {method!r} takes no options, got {', '.join(sorted(options))}")
-    moves += [(("method_options", key), (method, key), value) for key, value in options.items()]
-    for old, new, value in moves:
-        section = data.setdefault(new[0], {})
-        if not isinstance(section, dict):
-            raise InputError(f"{new[0]}: expected a mapping, got {section!r}")
-        if new[1] in section:
-            raise InputError(f"{'.'.join(old)} and {'.'.join(new)}: the same setting twice "
-                             f"({'.'.join(old)} is its former name)")
-        section[new[1]] = value
-        if warn is not None:
-            warn(f"{'.'.join(old)}: deprecated, write {'.'.join(new)} (the old key is read until the next release)")
-    return data
-
-
-def experiment_from_dict(data: dict, methods: Mapping[str, Any], datasets: Mapping[str, Any],
-                         warn: Callable[[str], None] | None = deprecation_line) -> ExperimentConfig:
-    """A validated :class:`ExperimentConfig` from a mapping. ``methods``: the method registry (name → a class
-    with ``Options``, a dataclass or None, and ``teacher``: "none" | "optional" | "required"); ``datasets``: the
-    dataset registry (``data.kind`` → its kind)."""
-    if not isinstance(data, dict):
-        raise InputError(f"config: expected a mapping, got {data!r}")
-    data = upgrade_keys(data, methods, warn)
-    sections = {name: cls.Options for name, cls in methods.items() if cls.Options is not None}
-    core = {f.name for f in fields(ExperimentConfig) if not f.metadata.get(config_io.INLINE)}
-    for key in data:
-        if key not in core and key not in sections:
-            raise InputError(f"{key}: unknown config key (known: {', '.join(sorted(core | set(sections)))})")
-    cfg = config_io.from_dict(ExperimentConfig, {k: v for k, v in data.items() if k in core})
-    cfg.methods = {name: config_io.from_dict(options, data.get(name), name) for name, options in sections.items()}
-    _check_method(cfg, methods)
-    if "data" in data:  # checked where given, as the other sections (defaults alone name no dataset yet)
-        cfg.data.check_against(datasets)
-    return cfg
-
-
-def _check_method(cfg: ExperimentConfig, methods: Mapping[str, Any]) -> None:
-    """The configured method exists, and has a teacher when it needs one (and none when it uses none)."""
-    if cfg.method not in methods:
-        raise InputError(f"method: {cfg.method!r} is not one of {', '.join(map(repr, methods))}")
-    uses = methods[cfg.method].teacher
-    if uses == "required" and not cfg.teacher.given:
-        raise InputError(f"method {cfg.method}: needs a teacher, teacher.runs: [RUN_DIR, ...] or "
-                         f"teacher.logits: FILE")
-    if uses == "none" and cfg.teacher.given:
-        taught = [name for name, cls in methods.items() if cls.teacher != "none"]
-        raise InputError(f"teacher.runs / teacher.logits: method {cfg.method!r} uses no teacher "
-                         f"({' or '.join(taught)} do)")
-
-
-def load_experiment(path: str | Path | None, overrides: list[str] | None, methods: Mapping[str, Any],
-                    datasets: Mapping[str, Any],
-                    warn: Callable[[str], None] | None = deprecation_line) -> ExperimentConfig:
-    """Experiment YAML (optional, ``base:`` inheritance) + dotted overrides → validated :class:`ExperimentConfig`."""
-    data = config_io.read_with_base(path) if path else {}
-    return experiment_from_dict(config_io.deep_merge(data, config_io.parse_overrides(overrides or [])), methods,
-                                datasets, warn)

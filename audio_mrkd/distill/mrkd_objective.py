@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from audio_mrkd.distill.adjust import knowledge_adjust
-from audio_mrkd import config as config_io
+from audio_mrkd import config_io
 from audio_mrkd.distill.ensemble import LearnedEnsemble, Mode, combine_teachers, fcn_objective
 from audio_mrkd.distill.losses import distill_objective, hard_labels, mix_teacher_logits
 from audio_mrkd.distill.teachers import TeacherSignal
