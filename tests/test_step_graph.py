@@ -33,7 +33,7 @@ class StepLosses:
     def __init__(self, trainer: Trainer) -> None:
         self.static, self._losses, self._eager = [], [], None
         self._captures = calls_of(trainer.static_step, "_record") if trainer.static_step else []
-        loss_fn, static_step, step = trainer.method.loss, trainer._static_step, trainer._step
+        loss_fn, static_step, step = trainer.method.loss, trainer._static_step, trainer.step
 
         def loss(*args, **kwargs):
             total, logs = loss_fn(*args, **kwargs)
@@ -48,7 +48,7 @@ class StepLosses:
             logs = step(batch)
             self._losses.append((trainer.static_step.loss if self.static[-1] else self._eager).clone())
             return logs
-        trainer.method.loss, trainer._static_step, trainer._step = loss, static, one_step
+        trainer.method.loss, trainer._static_step, trainer.step = loss, static, one_step
 
     @property
     def losses(self) -> list[float]:
