@@ -1,13 +1,15 @@
 """YAML → typed dataclasses, with dotted command-line overrides (``train.epochs=3``).
 
 Unknown keys are errors that name the key; values are parsed as YAML (``mrkd.ka=false`` → bool) and checked
-against the field's type.
+against the field's type and the bounds declared with the field (:func:`setting`).
 """
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -20,6 +22,71 @@ T = TypeVar("T")
 #: A dataclass field with this metadata key holds a mapping of sections that YAML writes at the parent's level
 #: (:func:`to_dict` merges it into its parent; the owner of the dataclass reads those sections itself).
 INLINE = "inline"
+#: Metadata keys of a field declared with :func:`setting`: the bounds of its value, the sibling setting whose value
+#: it needs (otherwise it is ignored, and giving it is an error), and a group name its owner may ask for.
+BOUNDS, ONLY_WITH, GROUP = "bounds", "only_with", "group"
+
+
+@dataclass(frozen=True)
+class Bounds:
+    """The range a number must lie in (an open or closed end, or none); a bounded number must also be finite."""
+
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+
+    def holds(self, value: Any) -> bool:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            return False
+        low_ok = self.low is None or (value > self.low if self.low_open else value >= self.low)
+        return low_ok and (self.high is None or (value < self.high if self.high_open else value <= self.high))
+
+    def describe(self, integer: bool) -> str:
+        """What a value must be, in words: ``an integer >= 1``, ``a finite number in [0, 1)``, ``… > 0``."""
+        what = "an integer" if integer else "a finite number"
+        if self.low is not None and self.high is not None:
+            return (f"{what} in {'(' if self.low_open else '['}{self.low:g}, {self.high:g}"
+                    f"{')' if self.high_open else ']'}")
+        if self.low is not None:
+            return f"{what} {'>' if self.low_open else '>='} {self.low:g}"
+        return f"{what} {'<' if self.high_open else '<='} {self.high:g}"
+
+
+def setting(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING,
+            at_least: float | None = None, above: float | None = None, at_most: float | None = None,
+            below: float | None = None, only_with: tuple[str, Any] | None = None, group: str | None = None) -> Any:
+    """A dataclass field with its checks declared beside it: its bounds (``at_least``/``above`` the low end, closed or
+    open, ``at_most``/``below`` the high end), ``only_with=(sibling, value)`` when it is read only while the sibling
+    setting has that value, and a ``group`` name. :func:`from_dict` (the config loader) and :func:`check` enforce
+    them, each fault one line naming the key."""
+    metadata: dict[str, Any] = {}
+    if (at_least, above, at_most, below) != (None, None, None, None):
+        assert at_least is None or above is None, "one low end"
+        assert at_most is None or below is None, "one high end"
+        metadata[BOUNDS] = Bounds(at_least if above is None else above, at_most if below is None else below,
+                                  above is not None, below is not None)
+    if only_with is not None:
+        metadata[ONLY_WITH] = only_with
+    if group is not None:
+        metadata[GROUP] = group
+    return dataclasses.field(default=default, default_factory=default_factory, metadata=metadata)
+
+
+def group_fields(cls: type, group: str) -> tuple[str, ...]:
+    """The names of ``cls``'s fields declared with ``group``."""
+    return tuple(f.name for f in dataclasses.fields(cls) if f.metadata.get(GROUP) == group)
+
+
+def unused(obj: Any, names: Any = None) -> list[tuple[str, str, Any]]:
+    """``(field, sibling, value it needs)`` for each of ``names`` (default: all fields) of dataclass ``obj`` that is
+    declared ``only_with`` a sibling value the object does not have: a setting nothing reads."""
+    out = []
+    for f in dataclasses.fields(obj):
+        need = f.metadata.get(ONLY_WITH)
+        if need is not None and (names is None or f.name in names) and getattr(obj, need[0]) != need[1]:
+            out.append((f.name, *need))
+    return out
 
 
 def read_yaml(path: str | Path) -> dict:
@@ -132,13 +199,20 @@ def _check_type(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
-def check_choices(obj: Any, where: str) -> None:
-    """Every ``Literal``-typed field of dataclass ``obj`` holds one of its choices (for objects built in code;
-    :func:`from_dict` already checks what comes from YAML and overrides). The choices are the type's: one list."""
+def check(obj: Any, where: str = "") -> None:
+    """Every field of dataclass ``obj`` has its type (a ``Literal``: one of its choices) and keeps the bounds
+    declared with it (:func:`setting`); the first fault is one InputError line naming the key (``<where>.<field>``).
+    :func:`from_dict` calls it on what it builds; call it on an object built in code. Fields holding a dataclass are
+    that dataclass's own to check."""
     hints = typing.get_type_hints(type(obj))
     for f in dataclasses.fields(obj):
-        if typing.get_origin(hints[f.name]) is typing.Literal:
-            _check_type(getattr(obj, f.name), hints[f.name], f"{where}.{f.name}")
+        value, full = getattr(obj, f.name), f"{where}.{f.name}" if where else f.name
+        if dataclasses.is_dataclass(value):
+            continue
+        _check_type(value, hints[f.name], full)
+        bounds = f.metadata.get(BOUNDS)
+        if bounds is not None and not bounds.holds(value):
+            raise InputError(f"{full}: must be {bounds.describe(hints[f.name] is int)}, got {value!r}")
 
 
 def from_dict(cls: type[T], data: dict | None, where: str = "") -> T:
@@ -157,27 +231,36 @@ def from_dict(cls: type[T], data: dict | None, where: str = "") -> T:
         full = f"{where}.{key}" if where else key
         kwargs[key] = _check_type(value, hints[key], full)
     obj = cls(**kwargs)
-    validate = getattr(obj, "validate", None)
+    check(obj, where)
+    for name, sibling, value in unused(obj, data):  # a setting nothing reads is refused, not ignored
+        full, other = (f"{where}.{name}", f"{where}.{sibling}") if where else (name, sibling)
+        raise InputError(f"{full}: read only when {other} is {value!r}, and it is {getattr(obj, sibling)!r} "
+                         f"(leave {full} out, or set {other}={value})")
+    validate = getattr(obj, "validate", None)  # the checks that relate fields to each other
     if callable(validate):
         validate()
     return obj
 
 
-def to_dict(obj: Any) -> Any:
-    """Dataclass (nested) → plain dict, tuples as lists (YAML/JSON friendly)."""
+def to_dict(obj: Any, read_only: bool = False) -> Any:
+    """Dataclass (nested) → plain dict, tuples as lists (YAML/JSON friendly); ``read_only``: without the fields
+    declared ``only_with`` a sibling value the object does not have (what a run folder writes)."""
     if dataclasses.is_dataclass(obj):
         out = {}
+        skipped = {name for name, *_ in unused(obj)} if read_only else set()
         for f in dataclasses.fields(obj):
-            value = to_dict(getattr(obj, f.name))
+            if f.name in skipped:
+                continue
+            value = to_dict(getattr(obj, f.name), read_only)
             if f.metadata.get(INLINE):
                 out.update(value)
             else:
                 out[f.name] = value
         return out
     if isinstance(obj, (list, tuple)):
-        return [to_dict(v) for v in obj]
+        return [to_dict(v, read_only) for v in obj]
     if isinstance(obj, dict):
-        return {k: to_dict(v) for k, v in obj.items()}
+        return {k: to_dict(v, read_only) for k, v in obj.items()}
     return obj
 
 

@@ -7,12 +7,12 @@ knows no method and no dataset. The YAML machinery is :mod:`audio_mrkd.config_io
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
 from audio_mrkd import config_io
+from audio_mrkd.config_io import setting
 from audio_mrkd.errors import InputError
 from audio_mrkd.paths import MANIFEST_DIR
 
@@ -29,7 +29,7 @@ class DataConfig:
     eval_split: str = "evaluate"          # the split evaluated every epoch (reported, never tuned on)
     normalize: bool = True                # per-mel-bin (audio) / per-channel (images) train mean/std
     resident: bool = True                 # hold the split on the training device (RAM or GPU)
-    cv_folds: int = 0                     # >0: recording-grouped k-fold CV over train ∪ eval split (by identifier)
+    cv_folds: int = setting(0, at_least=0)  # >0: recording-grouped k-fold CV over train ∪ eval split (by identifier)
     cv_fold: int = 0                      # which fold is evaluated when cv_folds > 0
     cv_pool: Literal["train", "all"] = "train"                # items pooled for CV: "train" (never touches the evaluated split) | "all"
     coarse_labels: bool = False           # CIFAR-100: the 20 superclasses
@@ -41,8 +41,7 @@ class DataConfig:
     synthetic_items: int = 256            # kind: synthetic (tests and benchmarks): items per split
 
     def validate(self) -> None:
-        config_io.check_choices(self, "data")
-        if self.cv_folds < 0 or (self.cv_folds and not 0 <= self.cv_fold < self.cv_folds):
+        if self.cv_folds and not 0 <= self.cv_fold < self.cv_folds:
             raise InputError(f"data.cv_fold: {self.cv_fold} not in 0..{self.cv_folds - 1}")
 
     def check_against(self, datasets: Mapping[str, Any]) -> None:
@@ -84,32 +83,34 @@ class AugmentConfig:
 
 @dataclass
 class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 256
+    epochs: int = setting(10, at_least=1)
+    batch_size: int = setting(256, at_least=1)
     optimizer: Literal["adamw", "sgd"] = "adamw"
-    lr: float = 5e-3
+    lr: float = setting(5e-3, above=0)
     weight_decay: float = 1e-4
     momentum: float = 0.9          # sgd
     nesterov: bool = True          # sgd
     schedule: Literal["cosine", "multistep", "constant"] = "cosine"   # cosine: after a linear warm-up
     warmup_epochs: float = 0.0
-    warmup_steps: int = 0          # >0: the warm-up in optimiser steps instead (the DCASE'25 fine-tuning: 200)
+    # >0: the warm-up in optimiser steps instead (the DCASE'25 fine-tuning: 200)
+    warmup_steps: int = setting(0, at_least=0)
     milestones: list[int] = field(default_factory=list)   # multistep: epochs (or % of the run) where lr *= gamma
     milestone_unit: Literal["epoch", "percent"] = "epoch"   # percent: milestones scale with train.epochs ([50, 75])
     gamma: float = 0.1
-    label_smoothing: float = 0.0   # of the cross-entropy to the labels, in every method (ce + 0.1: a baseline)
+    # of the cross-entropy to the labels, in every method (ce + 0.1: a baseline)
+    label_smoothing: float = setting(0.0, at_least=0, below=1)
     best_metric: Literal["accuracy", "macro_accuracy"] = "macro_accuracy"   # picks the best epoch
     out_dir: str | None = None     # default runs/<experiment name>
     init_from: str = ""            # start from these weights: a run directory (its best checkpoint) or a .pt file
     run_name: str = ""             # a fixed run directory name (<out_dir>/<run_name>[-seed<s>]) instead of a time
                                    # stamp; a run of that name with a `last` checkpoint is resumed (elastic restarts)
-    log_every: int = 10            # steps between TensorBoard scalar writes
-    eval_every: int = 1            # evaluate every N epochs (and always after the last one)
+    log_every: int = setting(10, at_least=1)   # steps between TensorBoard scalar writes
+    eval_every: int = setting(1, at_least=1)   # evaluate every N epochs (and always after the last one)
     device: Literal["auto", "cpu", "cuda"] = "auto"   # the torch device; auto: CUDA if present
     # processes per node (Lightning Fabric's `devices`: one GPU each, or CPU processes with gloo); >1 = data parallel.
     # A process count, not a torch device and not a DCASE recording device.
-    devices: int = 1
-    num_nodes: int = 1             # machines (launch with torchrun or the Fabric CLI on each)
+    devices: int = setting(1, at_least=1)
+    num_nodes: int = setting(1, at_least=1)   # machines (launch with torchrun or the Fabric CLI on each)
     precision: Literal["auto", "32", "64", "bf16-mixed", "16-mixed"] = "auto"  # auto: bf16-mixed on CUDA, 32 on CPU
     channels_last: bool = True     # NHWC activations (measured faster on CUDA and on the CPU)
     compile: bool = False          # CUDA only: torch.compile the student
@@ -120,21 +121,11 @@ class TrainConfig:
     cudnn_benchmark: bool = True   # CUDA only: let cuDNN time its convolution algorithms for the fixed shapes
     threads: int = 0               # CPU threads (0 = torch default)
     save_checkpoints: bool = True
-    checkpoint_every: int = 0      # also save `last` every N optimiser steps inside an epoch (0: at epoch ends only)
+    # also save `last` every N optimiser steps inside an epoch (0: at epoch ends only)
+    checkpoint_every: int = setting(0, at_least=0)
     progress: bool = True
 
     def validate(self) -> None:
-        config_io.check_choices(self, "train")
-        checks = {
-            "epochs": self.epochs >= 1, "batch_size": self.batch_size >= 1, "lr": self.lr > 0,
-            "devices": self.devices >= 1, "num_nodes": self.num_nodes >= 1,
-            "log_every": self.log_every >= 1, "eval_every": self.eval_every >= 1,
-            "checkpoint_every": self.checkpoint_every >= 0, "warmup_steps": self.warmup_steps >= 0,
-            "label_smoothing": 0.0 <= self.label_smoothing < 1.0,
-        }
-        for key, ok in checks.items():
-            if not ok:
-                raise InputError(f"train.{key}: invalid value {getattr(self, key)!r}")
         if self.milestone_unit == "percent" and not all(0 < m < 100 for m in self.milestones):
             raise InputError(f"train.milestones: {self.milestones} are not percentages of the run strictly between "
                              f"0 and 100 (train.milestone_unit: percent)")
@@ -159,8 +150,8 @@ class TeacherConfig:
     checkpoint: Literal["best", "last"] = "last"
     input: Literal["cached", "same"] = "cached"
     ensemble: Literal["mean", "fcn"] = "mean"
-    fcn_hidden: int = 128
-    fcn_lr: float = 1e-3
+    fcn_hidden: int = setting(128, at_least=1)
+    fcn_lr: float = setting(1e-3, above=0)
 
     @property
     def given(self) -> bool:
@@ -173,13 +164,6 @@ class TeacherConfig:
         if self.logits and self.input == "same":
             raise InputError("teacher.input: 'same' needs teacher runs (teacher.runs); a teacher-logits file "
                              "holds one row per clip (cached)")
-        ok = isinstance(self.fcn_lr, (int, float)) and not isinstance(self.fcn_lr, bool) \
-            and math.isfinite(self.fcn_lr) and self.fcn_lr > 0
-        if not ok:
-            raise InputError(f"teacher.fcn_lr: must be a finite number > 0, got {self.fcn_lr!r}")
-        if isinstance(self.fcn_hidden, bool) or not isinstance(self.fcn_hidden, int) or self.fcn_hidden < 1:
-            raise InputError(f"teacher.fcn_hidden: must be an integer >= 1, got {self.fcn_hidden!r}")
-        config_io.check_choices(self, "teacher")
 
 
 @dataclass

@@ -8,6 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from audio_mrkd import config_io
 from audio_mrkd.distill.adjust import knowledge_adjust
 from audio_mrkd.distill.ensemble import FCNEnsembler, combine_teachers
 from audio_mrkd.distill.losses import kd_loss
@@ -358,11 +359,11 @@ def test_step_backups_and_soft_labels(batch):
 def test_validate_errors(key, value):
     cfg = MrKDConfig(**{key: value})
     with pytest.raises(InputError, match=f"^mrkd.{key}: "):
-        cfg.validate()
+        config_io.check(cfg, "mrkd")
 
 
 def test_validate_defaults_and_cached_needs_infer_all():
-    MrKDConfig().validate()
+    config_io.check(MrKDConfig(), "mrkd")
     with pytest.raises(InputError, match="mrkd.teacher_input"):
         MrKD(MrKDConfig(teacher_input="cached"), N_CLS, CPU)
 

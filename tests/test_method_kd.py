@@ -245,7 +245,7 @@ def test_bad_teacher_logits_file_is_one_line(prepared, tmp_path, capsys, case):
     (["method=kd", "teacher.logits=x.csv", "teacher.input=same"], "'same' needs teacher runs"),
     (["method=kd", "teacher.logits=nowhere.csv"], "nowhere.csv: file not found"),
     (["method=kd", "teacher.runs=[nowhere]"], "nowhere: not a run directory"),
-    (["method=kd", "teacher.runs=[x]", "kd.alpha=2"], "kd.alpha: must be a finite number >= 0 and <= 1"),
+    (["method=kd", "teacher.runs=[x]", "kd.alpha=2"], "kd.alpha: must be a finite number in [0, 1]"),
 ])
 def test_bad_teacher_settings_are_one_line(prepared, tmp_path, capsys, extra, message):
     assert main(["train", "--config", "configs/experiments/dcase_ce.yaml", *overrides(prepared, tmp_path / "runs", *extra)]) == 2

@@ -93,7 +93,7 @@ def test_state_round_trip_gives_the_same_next_loss(registered):
 
 
 def test_options_and_one_process_only(registered):
-    with pytest.raises(InputError, match=r"^pskd\.alpha_T: must be a number in \[0, 1\], got 1.5$"):
+    with pytest.raises(InputError, match=r"^pskd\.alpha_T: must be a finite number in \[0, 1\], got 1.5$"):
         load_experiment(None, ["data.kind=synthetic", "method=pskd", "pskd.alpha_T=1.5"])
     with pytest.raises(InputError, match="^method pskd: one process only"):
         make(average_grads=lambda grads: None)

@@ -12,6 +12,7 @@ from audio_mrkd.errors import InputError
 from audio_mrkd.config_loader import load_experiment
 from audio_mrkd.methods.base import Method, soft_cross_entropy
 from audio_mrkd.runs.checkpoint import save_checkpoint
+from audio_mrkd.config_io import setting
 from audio_mrkd.runs.run import checkpoint_path
 from audio_mrkd.train.engine import Trainer, resume_run, train_run
 from tests.test_engine import config, prepared  # noqa: F401  (module-scoped fixture)
@@ -22,7 +23,7 @@ class CountingSmoothing(Method):
 
     @dataclass
     class Options:
-        smoothing: float = 0.2
+        smoothing: float = setting(0.2, at_least=0, below=1)   # the bounds, declared once: the loader checks them
 
     def __init__(self, cfg, ctx):
         super().__init__(cfg, ctx)
@@ -136,6 +137,8 @@ def test_a_method_section_is_named_after_it_and_checked_against_its_options(monk
     monkeypatch.setitem(methods.METHODS, "smooth", CountingSmoothing)
     with pytest.raises(InputError, match="^smooth.smoothing: expected a number, got 'x'$"):
         load_experiment(None, ["data.kind=synthetic", "method=smooth", "smooth.smoothing=x"])
+    with pytest.raises(InputError, match=r"^smooth.smoothing: must be a finite number in \[0, 1\), got 1.0$"):
+        load_experiment(None, ["data.kind=synthetic", "method=smooth", "smooth.smoothing=1.0"])
     with pytest.raises(InputError, match="^smooth.width: unknown config key"):
         load_experiment(None, ["data.kind=synthetic", "method=smooth", "smooth.width=3"])
     with pytest.raises(InputError, match="^ce: unknown config key"):   # ce declares no options: no section

@@ -229,7 +229,7 @@ def test_pskd_store_choices_under_mixup(lam):
 
 
 def test_pskd_store_is_checked():
-    with pytest.raises(Exception, match="pskd.store: must be one of dominant, confident, clean, got 'newest'"):
+    with pytest.raises(Exception, match="pskd.store: 'newest' is not one of 'dominant', 'confident', 'clean'"):
         make_pskd("pskd.store=newest")
 
 

@@ -11,7 +11,7 @@ import math
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO, Iterator, Literal
 
 import numpy as np
 import soundfile as sf
@@ -19,6 +19,7 @@ import torch
 import torchaudio
 
 from audio_mrkd import config_io
+from audio_mrkd.config_io import setting
 from audio_mrkd.errors import InputError
 
 
@@ -26,37 +27,28 @@ from audio_mrkd.errors import InputError
 class FrontendConfig:
     """Every parameter of the front-end; its canonical JSON is part of the cache key."""
 
-    sample_rate: int = 32000       # Hz, audio is resampled to this
-    clip_seconds: float = 1.0      # audio is cropped / zero-padded to this length
-    n_fft: int = 4096
-    win_length: int = 3072
-    hop_length: int = 500
-    n_mels: int = 256
-    f_min: float = 0.0
+    sample_rate: int = setting(32000, at_least=1)    # Hz, audio is resampled to this
+    clip_seconds: float = setting(1.0, above=0)      # audio is cropped / zero-padded to this length
+    n_fft: int = setting(4096, at_least=1)
+    win_length: int = 3072                           # 1..n_fft
+    hop_length: int = setting(500, at_least=1)
+    n_mels: int = setting(256, at_least=1)
+    f_min: float = setting(0.0, at_least=0)
     f_max: float | None = None     # None = Nyquist
     power: float = 2.0
-    log_offset: float = 1e-5       # log(mel + log_offset)
+    log_offset: float = setting(1e-5, above=0)       # log(mel + log_offset)
     center: bool = True
-    mel_scale: str = "htk"         # htk | slaney
-    mel_norm: str | None = None    # None | slaney
+    mel_scale: Literal["htk", "slaney"] = "htk"
+    mel_norm: Literal["slaney"] | None = None
 
     def validate(self) -> None:
-        checks = {
-            "sample_rate": self.sample_rate > 0,
-            "clip_seconds": self.clip_seconds > 0,
-            "n_fft": self.n_fft > 0,
-            "win_length": 0 < self.win_length <= self.n_fft,
-            "hop_length": self.hop_length > 0,
-            "n_mels": self.n_mels > 0,
-            "f_min": self.f_min >= 0,
-            "f_max": self.f_max is None or self.f_min < self.f_max <= self.sample_rate / 2,
-            "log_offset": self.log_offset > 0,
-            "mel_scale": self.mel_scale in ("htk", "slaney"),
-            "mel_norm": self.mel_norm in (None, "slaney"),
-        }
-        for key, ok in checks.items():
-            if not ok:
-                raise InputError(f"features.{key}: invalid value {getattr(self, key)!r}")
+        """The checks between keys (each key's own bounds are declared with it)."""
+        if not 0 < self.win_length <= self.n_fft:
+            raise InputError(f"features.win_length: must be an integer in [1, n_fft ({self.n_fft})], "
+                             f"got {self.win_length!r}")
+        if self.f_max is not None and not self.f_min < self.f_max <= self.sample_rate / 2:
+            raise InputError(f"features.f_max: must lie above f_min ({self.f_min:g}) and at most at Nyquist "
+                             f"({self.sample_rate / 2:g}), got {self.f_max!r}")
 
     @property
     def n_samples(self) -> int:

@@ -6,7 +6,6 @@ Spec: docs/mrkd_method.md. Every default in MrKDConfig is a project choice, not 
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from dataclasses import dataclass
 from typing import Callable, Literal
@@ -16,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from audio_mrkd.distill.adjust import knowledge_adjust
-from audio_mrkd import config_io
+from audio_mrkd.config_io import setting
 from audio_mrkd.distill.ensemble import LearnedEnsemble, Mode, combine_teachers, fcn_objective
 from audio_mrkd.distill.losses import distill_objective, hard_labels, mix_teacher_logits
 from audio_mrkd.distill.teachers import TeacherSignal
@@ -56,20 +55,20 @@ class MrKDConfig:
     (1 − kd.alpha)·L_MrKD + kd.alpha·KD toward the teacher).
     """
 
-    k: int = 4
-    interval: int = 1
+    k: int = setting(4, at_least=1)
+    interval: int = setting(1, at_least=1)
     interval_unit: Unit = "epoch"
-    tau: float = 3.0
-    alpha: float = 0.5
+    tau: float = setting(3.0, above=0)
+    alpha: float = setting(0.5, at_least=0, at_most=1)
     ensemble: Mode = "fcn"
-    fcn_hidden: int = 128
-    fcn_lr: float = 1e-3
+    fcn_hidden: int = setting(128, at_least=1)
+    fcn_lr: float = setting(1e-3, above=0)
     ka: bool = True
     ka_per_teacher: bool = False
     teacher_input: Literal["same", "cached"] = "same"
     spacing: Spacing = "uniform"
-    fcn_label_smoothing: float = 0.0
-    alpha_ramp_epochs: int = 0
+    fcn_label_smoothing: float = setting(0.0, at_least=0, below=1)
+    alpha_ramp_epochs: int = setting(0, at_least=0)
     alpha_schedule: Literal["constant", "linear"] = "constant"
     fuse_teachers: bool = True
     teacher_graph: bool = True
@@ -77,34 +76,10 @@ class MrKDConfig:
     with_teacher: Literal["ensembler", "term"] = "ensembler"
 
     def validate(self) -> None:
-        """Raise InputError("mrkd.<key>: <problem>") on the first bad value."""
-        for key, low in (("k", 1), ("interval", 1), ("fcn_hidden", 1), ("alpha_ramp_epochs", 0)):
-            _check_int(key, getattr(self, key), low)
+        """The checks between keys (each key's own bounds are declared with it)."""
         if self.interval_unit == "percent" and self.interval > 100:
             raise InputError(f"mrkd.interval: a percentage of the run (1-100) with interval_unit percent, "
                              f"got {self.interval}")
-        _check_number("tau", self.tau, 0.0, math.inf, low_open=True)
-        _check_number("alpha", self.alpha, 0.0, 1.0)
-        _check_number("fcn_lr", self.fcn_lr, 0.0, math.inf, low_open=True)
-        _check_number("fcn_label_smoothing", self.fcn_label_smoothing, 0.0, 1.0, high_open=True)
-        config_io.check_choices(self, "mrkd")
-        for key in ("ka", "ka_per_teacher", "fuse_teachers", "teacher_graph", "teacher_compile"):
-            if not isinstance(getattr(self, key), bool):
-                raise InputError(f"mrkd.{key}: must be true or false, got {getattr(self, key)!r}")
-
-
-def _check_int(key: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise InputError(f"mrkd.{key}: must be an integer >= {low}, got {value!r}")
-
-
-def _check_number(key: str, value: object, low: float, high: float,
-                  low_open: bool = False, high_open: bool = False) -> None:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-    ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
-    if not ok:
-        lo, hi = ("(" if low_open else "[") + f"{low:g}", f"{high:g}" + (")" if high_open else "]")
-        raise InputError(f"mrkd.{key}: must be a finite number in {lo}, {hi}, got {value!r}")
 
 
 def _schedule(cfg: MrKDConfig, run_epochs: int | None, steps_per_epoch: int | None) -> BackupSchedule:

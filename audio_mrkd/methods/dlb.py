@@ -34,16 +34,15 @@ detached predictions on that item from the first. In this engine:
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from audio_mrkd.config_io import setting
 from audio_mrkd.data.augment import Mixing
 from audio_mrkd.data.splits import Batch
 from audio_mrkd.distill.losses import kd_loss, mix_teacher_logits
-from audio_mrkd.errors import InputError
 from audio_mrkd.runtime import loss_precision
 from audio_mrkd.methods.base import Method, TrainContext, soft_cross_entropy, unmixed_logits
 
@@ -55,14 +54,8 @@ class LastBatchDistillation(Method):
 
     @dataclass
     class Options:
-        alpha: float = 1.0   # weight of the KD term (DLB's α)
-        tau: float = 3.0     # distillation temperature (DLB's T)
-
-        def validate(self) -> None:
-            if not (math.isfinite(self.alpha) and self.alpha >= 0):
-                raise InputError(f"dlb.alpha: must be a finite number >= 0, got {self.alpha!r}")
-            if not (math.isfinite(self.tau) and self.tau > 0):
-                raise InputError(f"dlb.tau: must be a finite number > 0, got {self.tau!r}")
+        alpha: float = setting(1.0, at_least=0)   # weight of the KD term (DLB's α)
+        tau: float = setting(3.0, above=0)        # distillation temperature (DLB's T)
 
     def __init__(self, cfg, ctx: TrainContext) -> None:
         super().__init__(cfg, ctx)

@@ -36,43 +36,27 @@ Options (the ``ema:`` section): ``decay`` (0.999, in (0, 1)), ``decay_ramp`` (tr
 from __future__ import annotations
 
 import copy
-import math
 from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
+from audio_mrkd.config_io import setting
 from audio_mrkd.data.augment import Mixing
 from audio_mrkd.distill.losses import kd_loss
-from audio_mrkd.errors import InputError
 from audio_mrkd.methods.base import Method, TrainContext, modules_digest, soft_cross_entropy
 from audio_mrkd.runtime import loss_precision
-
-
-def _number(value) -> bool:
-    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
 class MeanTeacher(Method):
     @dataclass
     class Options:
-        decay: float = 0.999
+        decay: float = setting(0.999, above=0, below=1)
         decay_ramp: bool = True
-        alpha: float = 0.5
-        tau: float = 3.0
-        warmup_steps: int = 100
-
-        def validate(self) -> None:
-            if not (_number(self.decay) and 0.0 < self.decay < 1.0):
-                raise InputError(f"ema.decay: must be a number in (0, 1), got {self.decay!r}")
-            if not (_number(self.alpha) and 0.0 <= self.alpha <= 1.0):
-                raise InputError(f"ema.alpha: must be a number in [0, 1], got {self.alpha!r}")
-            if not (_number(self.tau) and self.tau > 0):
-                raise InputError(f"ema.tau: must be a finite number > 0, got {self.tau!r}")
-            if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) \
-                    or self.warmup_steps < 0:
-                raise InputError(f"ema.warmup_steps: must be an integer >= 0, got {self.warmup_steps!r}")
+        alpha: float = setting(0.5, at_least=0, at_most=1)
+        tau: float = setting(3.0, above=0)
+        warmup_steps: int = setting(100, at_least=0)
 
     def __init__(self, cfg, ctx: TrainContext) -> None:
         super().__init__(cfg, ctx)

@@ -12,7 +12,6 @@ Knowledge-Adjusted (``kd.ka``), and the student trains on
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 from torch import Tensor
@@ -20,7 +19,7 @@ from torch import Tensor
 from audio_mrkd.data.augment import Mixing
 from audio_mrkd.distill.losses import hard_labels
 from audio_mrkd.distill.teacher_term import TeacherTerm
-from audio_mrkd.errors import InputError
+from audio_mrkd.config_io import setting
 from audio_mrkd.methods.base import Method, TrainContext, soft_cross_entropy
 from audio_mrkd.runtime import loss_precision
 
@@ -35,19 +34,9 @@ class TeacherDistillation(Method):
         alpha / tau: the student loss is (1 − α)·CE + α·τ²·KL(teacher ‖ student) at temperature τ. ka: Knowledge
         Adjustment of the teacher signal (off: Hinton's KD)."""
 
-        alpha: float = 0.5
-        tau: float = 3.0
+        alpha: float = setting(0.5, at_least=0, at_most=1)
+        tau: float = setting(3.0, above=0)
         ka: bool = False
-
-        def validate(self) -> None:
-            for key, low, high, low_open in (("alpha", 0.0, 1.0, False), ("tau", 0.0, math.inf, True)):
-                value = getattr(self, key)
-                ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-                if not (ok and (value > low if low_open else value >= low) and value <= high):
-                    raise InputError(f"kd.{key}: must be a finite number {'>' if low_open else '>='} {low:g}"
-                                     + (f" and <= {high:g}" if math.isfinite(high) else "") + f", got {value!r}")
-            if not isinstance(self.ka, bool):
-                raise InputError(f"kd.ka: must be true or false, got {self.ka!r}")
 
     def __init__(self, cfg, ctx: TrainContext) -> None:
         super().__init__(cfg, ctx)

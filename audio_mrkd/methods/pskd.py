@@ -40,35 +40,28 @@ Options (the ``pskd:`` section): ``alpha_T`` (default 0.8, in [0, 1]); ``store``
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from audio_mrkd.config_io import setting
 from audio_mrkd.data.augment import Mixing
 from audio_mrkd.errors import InputError
 from audio_mrkd.runtime import loss_precision
 from audio_mrkd.methods.base import Method, TrainContext, soft_cross_entropy, unmixed_logits
 
-STORES = ("dominant", "confident", "clean")
+Store = Literal["dominant", "confident", "clean"]  # pskd.store (module docstring)
 CONFIDENT_WEIGHT = 0.9  # store="confident": a mixed row's prediction is kept when one clip weighs at least this
 
 
 class ProgressiveSelfKD(Method):
     @dataclass
     class Options:
-        alpha_T: float = 0.8
-        store: str = "dominant"  # under mixup: what is stored as an item's prediction (module docstring)
-
-        def validate(self) -> None:
-            value = self.alpha_T
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-                    or not 0.0 <= value <= 1.0:
-                raise InputError(f"pskd.alpha_T: must be a number in [0, 1], got {value!r}")
-            if self.store not in STORES:
-                raise InputError(f"pskd.store: must be one of {', '.join(STORES)}, got {self.store!r}")
+        alpha_T: float = setting(0.8, at_least=0, at_most=1)
+        store: Store = "dominant"  # under mixup: what is stored as an item's prediction (module docstring)
 
     def __init__(self, cfg, ctx: TrainContext) -> None:
         super().__init__(cfg, ctx)
