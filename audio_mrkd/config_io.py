@@ -58,8 +58,8 @@ def setting(default: Any = dataclasses.MISSING, *, default_factory: Any = datacl
             below: float | None = None, only_with: tuple[str, Any] | None = None, group: str | None = None) -> Any:
     """A dataclass field with its checks declared beside it: its bounds (``at_least``/``above`` the low end, closed or
     open, ``at_most``/``below`` the high end), ``only_with=(sibling, value)`` when it is read only while the sibling
-    setting has that value, and a ``group`` name. :func:`from_dict` (the config loader) and :func:`check` enforce
-    them, each fault one line naming the key."""
+    setting has that value (:func:`unused`), and a ``group`` name. :func:`from_dict` and :func:`check` enforce the
+    bounds, each fault one line naming the key."""
     metadata: dict[str, Any] = {}
     if (at_least, above, at_most, below) != (None, None, None, None):
         assert at_least is None or above is None, "one low end"
@@ -80,7 +80,8 @@ def group_fields(cls: type, group: str) -> tuple[str, ...]:
 
 def unused(obj: Any, names: Any = None) -> list[tuple[str, str, Any]]:
     """``(field, sibling, value it needs)`` for each of ``names`` (default: all fields) of dataclass ``obj`` that is
-    declared ``only_with`` a sibling value the object does not have: a setting nothing reads."""
+    declared ``only_with`` a sibling value the object does not have: a setting nothing reads (the config loader
+    refuses one that was given)."""
     out = []
     for f in dataclasses.fields(obj):
         need = f.metadata.get(ONLY_WITH)
@@ -232,10 +233,6 @@ def from_dict(cls: type[T], data: dict | None, where: str = "") -> T:
         kwargs[key] = _check_type(value, hints[key], full)
     obj = cls(**kwargs)
     check(obj, where)
-    for name, sibling, value in unused(obj, data):  # a setting nothing reads is refused, not ignored
-        full, other = (f"{where}.{name}", f"{where}.{sibling}") if where else (name, sibling)
-        raise InputError(f"{full}: read only when {other} is {value!r}, and it is {getattr(obj, sibling)!r} "
-                         f"(leave {full} out, or set {other}={value})")
     validate = getattr(obj, "validate", None)  # the checks that relate fields to each other
     if callable(validate):
         validate()

@@ -131,27 +131,40 @@ class TrainConfig:
                              f"0 and 100 (train.milestone_unit: percent)")
 
 
+#: The group of the ``teacher`` keys that weight the student's KD term toward the teacher (the rest name the source).
+TERM = "term"
+
+
 @dataclass
 class TeacherConfig:
-    """The ``teacher.*`` keys: a teacher stronger than the student, read by every method that declares it uses one
-    (``kd``; ``mrkd`` when given). How the student distils from it is the method's own section.
+    """The ``teacher.*`` keys: a teacher stronger than the student and the KD term toward it — the one home of both,
+    read by every method that uses a teacher (``kd``; ``mrkd`` when one is given).
 
-    runs / logits: the source, one of the two — finished runs of this product on the same prepared dataset, or a
+    The source. runs / logits: one of the two — finished runs of this product on the same prepared dataset, or a
     teacher-logits CSV file a user brings. checkpoint: which checkpoint of a teacher run ("last" | "best"; "best"
     is the epoch chosen on the teacher's evaluated split, which leaks that split into a student scored on it: a
     warning says so, for a file as the origin ``audio-mrkd teacher-logits`` writes beside it says). input: "cached"
     (each teacher's logits on every un-augmented train item, computed once) | "same" (the teachers run on the
-    student's augmented batch every step). ensemble: several teachers combined by their "mean" or by a learned
-    "fcn" ensembler (MrKD's, with its own Adam: fcn_hidden, fcn_lr).
+    student's augmented batch every step).
+
+    The term (read by ``kd``, and by ``mrkd`` with ``mrkd.with_teacher: term``; with ``ensembler`` the teacher's
+    logits join MrKD's own ensembler and MrKD's settings weight them, so giving these is an error). The student's
+    loss is (1 − alpha)·base + alpha·tau²·KL(softmax(z_t/tau) ‖ softmax(z_s/tau)), base the CE to the labels (kd) or
+    MrKD's loss (mrkd); ka: Knowledge Adjustment of the teacher signal (off: Hinton's KD). ensemble: several teachers
+    combined by their "mean" or by a learned "fcn" ensembler (MrKD's, with its own Adam: fcn_hidden, fcn_lr, read only
+    with fcn).
     """
 
     runs: list[str] = field(default_factory=list)
     logits: str = ""
     checkpoint: Literal["best", "last"] = "last"
     input: Literal["cached", "same"] = "cached"
-    ensemble: Literal["mean", "fcn"] = "mean"
-    fcn_hidden: int = setting(128, at_least=1)
-    fcn_lr: float = setting(1e-3, above=0)
+    alpha: float = setting(0.5, at_least=0, at_most=1, group=TERM)
+    tau: float = setting(3.0, above=0, group=TERM)
+    ka: bool = setting(False, group=TERM)
+    ensemble: Literal["mean", "fcn"] = setting("mean", group=TERM)
+    fcn_hidden: int = setting(128, at_least=1, only_with=("ensemble", "fcn"), group=TERM)
+    fcn_lr: float = setting(1e-3, above=0, only_with=("ensemble", "fcn"), group=TERM)
 
     @property
     def given(self) -> bool:
@@ -177,7 +190,7 @@ class ExperimentConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     teacher: TeacherConfig = field(default_factory=TeacherConfig)   # a stronger teacher (methods that use one)
-    # every registered method's own section by its name (``mrkd``, ``kd``, …); written at the top level of a YAML
+    # every registered method's own section by its name (``mrkd``, ``pskd``, …); written at the top level of a YAML
     methods: dict[str, Any] = field(default_factory=dict, metadata={config_io.INLINE: True})
 
     def options(self, method: str | None = None):

@@ -17,7 +17,7 @@ import torch
 from audio_mrkd import config_io
 from audio_mrkd.errors import InputError
 from audio_mrkd.config_schema import ExperimentConfig
-from audio_mrkd.config_loader import experiment_from_dict
+from audio_mrkd.config_loader import experiment_from_dict, run_config
 from audio_mrkd.train.inference import run_logits
 from audio_mrkd.train.metrics import classification_metrics
 from audio_mrkd.runs.run import Finetuned, Run
@@ -30,7 +30,7 @@ CHECKPOINT = "last"
 def device_config(base: ExperimentConfig, run_dir: Path, device: str, out: Finetuned,
                   overrides: list[str]) -> ExperimentConfig:
     """The general run's config + the fine-tuning defaults + this device + the user's overrides."""
-    data = config_io.to_dict(base)
+    data = run_config(base)
     extra = [*FINETUNE_DEFAULTS, f"data.train_devices=[{device}]",
              f"train.init_from={Run(run_dir).checkpoint(CHECKPOINT)}", f"train.out_dir={out.device_dir(device)}",
              f"name={base.name}_device_{device}", "train.run_name=", *overrides]

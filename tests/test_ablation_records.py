@@ -112,7 +112,7 @@ def test_teacher_runs_do_not_count_by_their_paths():
     base = ["data.kind=synthetic", "method=kd"]
     placeholder = load_recipe(None, [*base, "teacher.runs=@teachers"])
     assert placeholder == load_recipe(None, [*base, "teacher.runs=@teachers", "train.out_dir=/elsewhere"])
-    assert placeholder != load_recipe(None, [*base, "teacher.runs=@teachers", "kd.alpha=0.9"])
+    assert placeholder != load_recipe(None, [*base, "teacher.runs=@teachers", "teacher.alpha=0.9"])
     assert placeholder != load_recipe(None, ["data.kind=synthetic", "method=kd", "teacher.runs=[/some/run]"])
 
 

@@ -12,7 +12,8 @@ from audio_mrkd import config_io
 from audio_mrkd.distill.adjust import knowledge_adjust
 from audio_mrkd.distill.ensemble import FCNEnsembler, combine_teachers
 from audio_mrkd.distill.losses import kd_loss
-from audio_mrkd.distill.mrkd_objective import MrKD, MrKDConfig
+from audio_mrkd.distill.mrkd_objective import MrKD
+from audio_mrkd.methods.mrkd import MemoryReplay
 from audio_mrkd.distill.snapshots import BackupSchedule, SnapshotBank
 from audio_mrkd.errors import InputError
 from audio_mrkd.runtime import Runtime
@@ -206,7 +207,7 @@ def test_fcn_learns_on_separable_toy_problem():
 
 
 # ---- MrKD ---------------------------------------------------------------------------------------------------
-def filled_mrkd(cfg: MrKDConfig, x, y, infer_all=None, seed: int = 0):
+def filled_mrkd(cfg: MemoryReplay.Options, x, y, infer_all=None, seed: int = 0):
     """A student and an MrKD whose bank was filled by real training between epoch backups."""
     student = make_model(seed)
     mrkd = MrKD(cfg, N_CLS, CPU, infer_all=infer_all)
@@ -225,7 +226,7 @@ def hand_loss(z_s, y, t, alpha, tau):
 def test_loss_is_ce_while_inactive(batch):
     x, y = batch
     student = make_model()
-    mrkd = MrKD(MrKDConfig(k=2), N_CLS, CPU)
+    mrkd = MrKD(MemoryReplay.Options(k=2), N_CLS, CPU)
     assert mrkd.after_epoch(student, 1) and not mrkd.active
     z_s = student(x)
     loss, logs = mrkd.loss(z_s, x, y)
@@ -236,7 +237,7 @@ def test_loss_is_ce_while_inactive(batch):
 @pytest.mark.parametrize("ka", [False, True])
 def test_active_loss_matches_hand_formula(batch, ka):
     x, y = batch
-    cfg = MrKDConfig(k=2, ensemble="mean", ka=ka, alpha=0.3, tau=2.0)
+    cfg = MemoryReplay.Options(k=2, ensemble="mean", ka=ka, alpha=0.3, tau=2.0)
     student, mrkd, epoch = filled_mrkd(cfg, x, y)
     z_s = student(x)
     loss, logs = mrkd.loss(z_s, x, y, epoch=epoch)
@@ -254,7 +255,7 @@ def test_active_loss_matches_hand_formula(batch, ka):
 
 def test_no_gradient_to_teachers_or_fcn(batch):
     x, y = batch
-    student, mrkd, epoch = filled_mrkd(MrKDConfig(k=2, ensemble="fcn", ka_per_teacher=True), x, y)
+    student, mrkd, epoch = filled_mrkd(MemoryReplay.Options(k=2, ensemble="fcn", ka_per_teacher=True), x, y)
     fcn_before = [p.detach().clone() for p in mrkd.ensembler.fcn.parameters()]
     student.zero_grad()
     loss, logs = mrkd.loss(student(x), x, y, epoch=epoch)
@@ -278,7 +279,7 @@ def test_cached_teacher_input_gathers_by_index(batch):
         calls.append(model)
         return model(x)  # "all training items" = the 6 rows of x
 
-    cfg = MrKDConfig(k=2, ensemble="mean", ka=False, teacher_input="cached")
+    cfg = MemoryReplay.Options(k=2, ensemble="mean", ka=False, teacher_input="cached")
     student, mrkd, epoch = filled_mrkd(cfg, x, y, infer_all=infer_all)
     train_a_bit(student, x, y)
     assert mrkd.after_epoch(student, epoch + 1)
@@ -301,7 +302,7 @@ def test_cached_teacher_input_gathers_by_index(batch):
 def test_state_dict_round_trip(batch, spacing, teacher_input):
     x, y = batch
     infer_all = lambda m: m(x)  # noqa: E731
-    cfg = MrKDConfig(k=2, spacing=spacing, teacher_input=teacher_input, alpha_ramp_epochs=3)
+    cfg = MemoryReplay.Options(k=2, spacing=spacing, teacher_input=teacher_input, alpha_ramp_epochs=3)
     student, mrkd, epoch = filled_mrkd(cfg, x, y, infer_all=infer_all)
     index = torch.arange(6)
     for _ in range(3):  # move the FCN and its Adam state away from their init
@@ -318,14 +319,14 @@ def test_state_dict_round_trip(batch, spacing, teacher_input):
         b, logs_b = fresh.loss(z_s, x, y, index=index, epoch=epoch + 1)
         assert torch.equal(a, b), step
         assert logs_a["mrkd/alpha"] == logs_b["mrkd/alpha"] < cfg.alpha
-    bad = MrKD(MrKDConfig(k=3), N_CLS, CPU)
+    bad = MrKD(MemoryReplay.Options(k=3), N_CLS, CPU)
     with pytest.raises(InputError, match="mrkd.k"):
         bad.load_state_dict(state, make_model())
 
 
 def test_alpha_ramp(batch):
     x, y = batch
-    cfg = MrKDConfig(k=1, ensemble="mean", ka=False, alpha=0.6, alpha_ramp_epochs=3)
+    cfg = MemoryReplay.Options(k=1, ensemble="mean", ka=False, alpha=0.6, alpha_ramp_epochs=3)
     student, mrkd, first = filled_mrkd(cfg, x, y)
     z_s = student(x)
     t = mrkd.bank.teachers()[0](x).detach()
@@ -338,7 +339,7 @@ def test_alpha_ramp(batch):
 def test_step_backups_and_soft_labels(batch):
     x, y = batch
     student = make_model()
-    mrkd = MrKD(MrKDConfig(k=2, interval=2, interval_unit="step", ensemble="newest"), N_CLS, CPU)
+    mrkd = MrKD(MemoryReplay.Options(k=2, interval=2, interval_unit="step", ensemble="newest"), N_CLS, CPU)
     done = [mrkd.after_step(student, s) for s in range(1, 6)]
     assert done == [False, True, False, True, False] and mrkd.active
     assert not mrkd.after_epoch(student, 1)
@@ -357,20 +358,20 @@ def test_step_backups_and_soft_labels(batch):
     ("alpha_ramp_epochs", -1), ("alpha_ramp_epochs", True),
 ])
 def test_validate_errors(key, value):
-    cfg = MrKDConfig(**{key: value})
+    cfg = MemoryReplay.Options(**{key: value})
     with pytest.raises(InputError, match=f"^mrkd.{key}: "):
         config_io.check(cfg, "mrkd")
 
 
 def test_validate_defaults_and_cached_needs_infer_all():
-    config_io.check(MrKDConfig(), "mrkd")
+    config_io.check(MemoryReplay.Options(), "mrkd")
     with pytest.raises(InputError, match="mrkd.teacher_input"):
-        MrKD(MrKDConfig(teacher_input="cached"), N_CLS, CPU)
+        MrKD(MemoryReplay.Options(teacher_input="cached"), N_CLS, CPU)
 
 
 def test_loss_under_autocast_casts_teachers_to_float32(batch):
     x, y = batch
-    student, mrkd, epoch = filled_mrkd(MrKDConfig(k=2), x, y)
+    student, mrkd, epoch = filled_mrkd(MemoryReplay.Options(k=2), x, y)
     with torch.autocast(device_type="cpu", dtype=torch.bfloat16):
         z_s = student(x)
         assert mrkd.bank.logits(x).dtype == torch.bfloat16  # teachers run in the student's autocast dtype
@@ -427,7 +428,7 @@ def test_bf16_channels_last_teachers_match_the_plain_loop_within_bf16_tolerance(
 def test_loss_without_logs_is_the_same_loss(batch):
     """with_logs=False (the engine's non-logging steps: no host sync) changes nothing but the logs."""
     x, y = batch
-    cfg = MrKDConfig(k=2, ensemble="mean")
+    cfg = MemoryReplay.Options(k=2, ensemble="mean")
     student, mrkd, epoch = filled_mrkd(cfg, x, y)
     z_s = student(x)
     with_logs, logs = mrkd.loss(z_s, x, y, epoch=epoch)
@@ -489,7 +490,7 @@ def test_compiled_loss_tail_equals_the_eager_one(batch):
     for compile_tail in (False, True):
         student = make_model(0)
         runtime = dataclasses.replace(Runtime.plain(CPU), compile=compile_tail)
-        mrkd = MrKD(MrKDConfig(k=2), N_CLS, CPU, runtime)
+        mrkd = MrKD(MemoryReplay.Options(k=2), N_CLS, CPU, runtime)
         for epoch in (1, 2):
             train_a_bit(student, x, y)
             mrkd.after_epoch(student, epoch)

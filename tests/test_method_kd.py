@@ -57,6 +57,18 @@ def _kd_method(tmp_path, *extra):
     return build_method(cfg, ctx)
 
 
+def test_the_teacher_term_reads_one_section_for_kd_and_for_mrkd(tmp_path):
+    """The KD term toward a stronger teacher has one home, ``teacher:``: ``kd`` and MrKD's ``with_teacher: term``
+    read the same settings there, and MrKD's own α (``mrkd.alpha``) stays MrKD's."""
+    kd = _kd_method(tmp_path, "teacher.alpha=0.25", "teacher.tau=2", "teacher.ka=true")
+    mrkd = _kd_method(tmp_path, "method=mrkd", "mrkd.with_teacher=term", "mrkd.alpha=0.7", "teacher.alpha=0.25",
+                      "teacher.tau=2", "teacher.ka=true")
+    for method in (kd, mrkd):
+        assert (method.term.cfg.alpha, method.term.cfg.tau, method.term.cfg.ka) == (0.25, 2.0, True)
+        assert {"teacher.alpha": 0.25, "teacher.tau": 2.0, "teacher.ka": True}.items() <= method.hparams().items()
+    assert mrkd.objective.cfg.alpha == 0.7 and "mrkd.alpha" in mrkd.hparams()
+
+
 def _kl(p, q) -> float:
     return sum(a * math.log(a / b) for a, b in zip(p, q))
 
@@ -68,7 +80,7 @@ def _softmax(z, tau=1.0) -> list[float]:
 
 @pytest.mark.parametrize("tau", [1.0, 2.0])
 def test_kd_loss_matches_a_hand_computed_case(tmp_path, tau):
-    method = _kd_method(tmp_path, "kd.alpha=0.25", f"kd.tau={tau}")
+    method = _kd_method(tmp_path, "teacher.alpha=0.25", f"teacher.tau={tau}")
     student = torch.tensor([[0.0, 0.0, 0.0]], requires_grad=True)
     loss, logs = method.loss(student, None, torch.tensor([0]), torch.tensor([0]), 0, True)
     # teacher of clip a: (ln 3, 0, 0) → at τ: p_t ∝ (3^(1/τ), 1, 1); student uniform
@@ -82,20 +94,20 @@ def test_kd_loss_matches_a_hand_computed_case(tmp_path, tau):
 
 
 def test_kd_with_knowledge_adjustment_swaps_a_wrong_teacher(tmp_path):
-    method = _kd_method(tmp_path, "kd.alpha=1.0", "kd.tau=1", "kd.ka=true")
+    method = _kd_method(tmp_path, "teacher.alpha=1.0", "teacher.tau=1", "teacher.ka=true")
     student = torch.tensor([[1.0, 0.0, 0.0]])
     # clip c: teacher (0, 2, 0), label 2 → KA swaps classes 1 and 2 → (0, 0, 2)
     loss, logs = method.loss(student, None, torch.tensor([2]), torch.tensor([2]), 0, True)
     expected = _kl(_softmax([0, 0, 2]), _softmax([1, 0, 0]))
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     assert logs["kd/ka_rate"] == 1.0 and logs["kd/teacher_acc/0"] == 0.0 and logs["kd/ensemble_acc"] == 0.0
-    unadjusted = _kd_method(tmp_path, "kd.alpha=1.0", "kd.tau=1", "kd.ka=false")
+    unadjusted = _kd_method(tmp_path, "teacher.alpha=1.0", "teacher.tau=1", "teacher.ka=false")
     loss, _ = unadjusted.loss(student, None, torch.tensor([2]), torch.tensor([2]), 0, True)
     assert loss.item() == pytest.approx(_kl(_softmax([0, 2, 0]), _softmax([1, 0, 0])), rel=1e-5)
 
 
 def test_gradient_flows_to_the_student_only(tmp_path):
-    method = _kd_method(tmp_path, "kd.alpha=1.0")
+    method = _kd_method(tmp_path, "teacher.alpha=1.0")
     student = torch.zeros(2, 3, requires_grad=True)
     loss, _ = method.loss(student, None, torch.tensor([0, 1]), torch.tensor([0, 1]), 0, False)
     loss.backward()
@@ -123,7 +135,7 @@ def test_teacher_logits_follow_the_items_across_shuffles_and_resume(prepared, tm
     table = np.zeros((len(names), 3), dtype=np.float32)
     table[:, 0] = [code[n] for n in names]
     write_teacher_logits(tmp_path / "t.csv", [n.removeprefix("audio/") for n in names], CLASSES, table)
-    extra = ["method=kd", f"teacher.logits={tmp_path / 't.csv'}", "kd.alpha=0.1"]
+    extra = ["method=kd", f"teacher.logits={tmp_path / 't.csv'}", "teacher.alpha=0.1"]
     trainer = Trainer(config(prepared, tmp_path / "runs", *extra))
     seen: list = []
     _record_teacher_rows(trainer, seen)
@@ -245,7 +257,11 @@ def test_bad_teacher_logits_file_is_one_line(prepared, tmp_path, capsys, case):
     (["method=kd", "teacher.logits=x.csv", "teacher.input=same"], "'same' needs teacher runs"),
     (["method=kd", "teacher.logits=nowhere.csv"], "nowhere.csv: file not found"),
     (["method=kd", "teacher.runs=[nowhere]"], "nowhere: not a run directory"),
-    (["method=kd", "teacher.runs=[x]", "kd.alpha=2"], "kd.alpha: must be a finite number in [0, 1]"),
+    (["method=kd", "teacher.runs=[x]", "teacher.alpha=2"], "teacher.alpha: must be a finite number in [0, 1]"),
+    (["method=mrkd", "teacher.runs=[x]", "teacher.alpha=0.3"], "teacher.alpha: not read: mrkd.with_teacher is "
+                                                               "'ensembler'"),
+    (["method=kd", "teacher.runs=[x]", "teacher.fcn_hidden=64"], "teacher.fcn_hidden: read only when "
+                                                                 "teacher.ensemble is 'fcn'"),
 ])
 def test_bad_teacher_settings_are_one_line(prepared, tmp_path, capsys, extra, message):
     assert main(["train", "--config", "configs/experiments/dcase_ce.yaml", *overrides(prepared, tmp_path / "runs", *extra)]) == 2
@@ -332,7 +348,7 @@ def interrupt_after_step(monkeypatch, n: int) -> None:
 def test_every_method_resumes_exactly_from_a_mid_epoch_checkpoint(prepared, teachers, tmp_path, monkeypatch, method):
     """train.checkpoint_every saves inside epochs; a run stopped after step 7 (the last checkpoint at step 6, in
     the middle of epoch 2) and resumed ends exactly where the uninterrupted run ends."""
-    with_teacher = "method=kd" in method or any(m.startswith("kd.") for m in method)
+    with_teacher = "method=kd" in method or "mrkd.with_teacher=term" in method
     extra = [*method, f"teacher.runs=[{teachers[0]},{teachers[1]}]" if with_teacher else "seed=0",
              "train.checkpoint_every=2", "augment.mixup_alpha=0.3"]
     _, straight = train_run(config(prepared, tmp_path / "a", *extra))

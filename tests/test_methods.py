@@ -82,13 +82,10 @@ def test_checkpoint_from_before_the_interface_still_resumes(prepared, tmp_path):
     state["mrkd"] = state.pop("method")  # the old layout
     save_checkpoint(state, path)
     saved = yaml.safe_load((trainer.run_dir / "config.yaml").read_text())
-    teacher = saved.pop("teacher")
-    for name in ("pskd", "dlb", "ema"):
-        saved.pop(name)
-    saved["kd"] |= {"teachers": teacher["runs"], "teacher_logits": teacher["logits"], "checkpoint": "best",
-                    "teacher_input": teacher["input"], "ensemble": teacher["ensemble"],
-                    "fcn_hidden": teacher["fcn_hidden"], "fcn_lr": teacher["fcn_lr"],
-                    "with_mrkd": saved["mrkd"].pop("with_teacher")}
+    assert "teacher" not in saved and "kd" not in saved  # today's folder: the sections the run reads
+    saved["kd"] = {"teachers": [], "teacher_logits": "", "checkpoint": "best", "teacher_input": "cached",
+                   "ensemble": "mean", "fcn_hidden": 128, "fcn_lr": 1e-3, "alpha": 0.5, "tau": 3.0, "ka": False,
+                   "with_mrkd": saved["mrkd"].pop("with_teacher")}  # the first layout: every section in full
     saved["method_options"] = {}
     (trainer.run_dir / "config.yaml").write_text(yaml.safe_dump(saved, sort_keys=False))
     _, resumed = resume_run(trainer.run_dir)
@@ -117,7 +114,8 @@ def test_numeric_choice_from_an_override():
 
 def test_label_smoothing_is_a_switch_of_every_method():
     """train.label_smoothing ε: loss = (1 − ε)·CE(y) + ε·mean over classes of −log p, in ce and in mrkd."""
-    from audio_mrkd.distill.mrkd_objective import MrKD, MrKDConfig
+    from audio_mrkd.distill.mrkd_objective import MrKD
+    from audio_mrkd.methods.mrkd import MemoryReplay
     from audio_mrkd.methods.ce import CrossEntropy
 
     torch.manual_seed(0)
@@ -127,7 +125,7 @@ def test_label_smoothing_is_a_switch_of_every_method():
     cfg = load_experiment(None, ["data.kind=synthetic", "train.label_smoothing=0.1"])
     ce_loss, logs = CrossEntropy(cfg, None).loss(logits, None, y, None, 0, True)
     assert ce_loss.item() == pytest.approx(by_hand.item(), rel=1e-6) and logs["loss/ce"] == ce_loss.item()
-    mrkd_loss, _ = MrKD(MrKDConfig(k=2), 4, torch.device("cpu"), label_smoothing=0.1).loss(logits, logits, y)
+    mrkd_loss, _ = MrKD(MemoryReplay.Options(k=2), 4, torch.device("cpu"), label_smoothing=0.1).loss(logits, logits, y)
     assert mrkd_loss.item() == pytest.approx(by_hand.item(), rel=1e-6)  # bank empty: the smoothed CE alone
     with pytest.raises(InputError, match="train.label_smoothing"):
         load_experiment(None, ["data.kind=synthetic", "train.label_smoothing=1.0"])
@@ -148,12 +146,13 @@ def test_a_method_section_is_named_after_it_and_checked_against_its_options(monk
 
 def test_mrkd_alpha_over_the_run_and_interval_in_percent(prepared, tmp_path):  # noqa: F811
     """alpha_schedule linear: α·(e+1)/E in epoch e; interval_unit percent: backups every p % of the run's steps."""
-    from audio_mrkd.distill.mrkd_objective import MrKD, MrKDConfig
+    from audio_mrkd.distill.mrkd_objective import MrKD
+    from audio_mrkd.methods.mrkd import MemoryReplay
     from tests.test_engine import scalars
 
-    linear = MrKD(MrKDConfig(alpha=0.6, alpha_schedule="linear"), 4, torch.device("cpu"), run_epochs=4)
+    linear = MrKD(MemoryReplay.Options(alpha=0.6, alpha_schedule="linear"), 4, torch.device("cpu"), run_epochs=4)
     assert [linear.alpha_at(e) for e in range(4)] == pytest.approx([0.15, 0.3, 0.45, 0.6])
-    every = MrKD(MrKDConfig(interval=10, interval_unit="percent"), 4, torch.device("cpu"), run_epochs=5,
+    every = MrKD(MemoryReplay.Options(interval=10, interval_unit="percent"), 4, torch.device("cpu"), run_epochs=5,
                  steps_per_epoch=8).schedule
     assert (every.interval, every.unit) == (4, "step")  # 10 % of 40 steps
     with pytest.raises(InputError, match="^mrkd.interval: a percentage"):

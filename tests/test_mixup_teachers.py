@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from audio_mrkd.data.augment import Mixing
-from audio_mrkd.distill.mrkd_objective import MrKD, MrKDConfig
+from audio_mrkd.distill.mrkd_objective import MrKD
+from audio_mrkd.methods.mrkd import MemoryReplay
 from audio_mrkd.distill.teachers import TeacherSignal
 from audio_mrkd.methods.pskd import ProgressiveSelfKD
 from audio_mrkd.train.engine import Trainer
@@ -51,7 +52,7 @@ STUDENT = torch.tensor([[0.5, -1.0, 0.2], [0.0, 0.3, 1.0], [-0.4, 0.1, 0.0]])
 
 @pytest.mark.parametrize("tau", [1.0, 3.0])
 def test_kd_from_a_teacher_logits_file_distils_the_mixed_teacher(tmp_path, tau):
-    method = _kd_method(tmp_path, "kd.alpha=1.0", f"kd.tau={tau}")
+    method = _kd_method(tmp_path, "teacher.alpha=1.0", f"teacher.tau={tau}")
     _, logs = method.loss(STUDENT, None, mixed_label(0.7), INDEX, 0, True, mixing=mixing(0.7))
     assert logs["loss/kd"] == pytest.approx(kd_term(mixed_target(TABLE, 0.7, tau), STUDENT, tau), rel=1e-5)
     # the item's own view alone (what a cached teacher gave before) is a different target
@@ -59,7 +60,7 @@ def test_kd_from_a_teacher_logits_file_distils_the_mixed_teacher(tmp_path, tau):
 
 
 def test_without_mixup_the_target_is_the_items_own(tmp_path):
-    method = _kd_method(tmp_path, "kd.alpha=1.0", "kd.tau=3")
+    method = _kd_method(tmp_path, "teacher.alpha=1.0", "teacher.tau=3")
     _, logs = method.loss(STUDENT, None, LABELS, INDEX, 0, True)
     assert logs["loss/kd"] == pytest.approx(kd_term(torch.softmax(TABLE.double() / 3, 1), STUDENT, 3), rel=1e-5)
 
@@ -95,7 +96,7 @@ def test_kd_from_cached_teacher_runs_distils_their_mixed_mean(prepared, tmp_path
 def bank_of(tables: list[torch.Tensor], *extra, external=None) -> MrKD:
     """A MrKD objective (cached teachers) whose bank is full of snapshots with the given logits tables."""
     queue = list(tables)
-    cfg = MrKDConfig(k=len(tables), teacher_input="cached", alpha=1.0, ka=False, **dict(extra))
+    cfg = MemoryReplay.Options(k=len(tables), teacher_input="cached", alpha=1.0, ka=False, **dict(extra))
     mrkd = MrKD(cfg, 3, torch.device("cpu"), infer_all=lambda model: queue.pop(0), external=external)
     for _ in tables:
         mrkd.backup(torch.nn.Linear(1, 3))
@@ -117,7 +118,7 @@ def test_mrkd_cached_snapshots_are_mixed_after_the_ensembler(tau, ensemble):
 
 def test_mrkd_external_teacher_before_the_bank_is_full_is_mixed():
     external = TeacherSignal(table=TABLE[None])
-    cfg = MrKDConfig(k=2, teacher_input="same", alpha=1.0, ka=False, tau=3.0)
+    cfg = MemoryReplay.Options(k=2, teacher_input="same", alpha=1.0, ka=False, tau=3.0)
     mrkd = MrKD(cfg, 3, torch.device("cpu"), external=external)
     _, logs = mrkd.loss(STUDENT, None, mixed_label(0.7), INDEX, mixing=mixing(0.7))
     assert logs["loss/kd"] == pytest.approx(kd_term(mixed_target(TABLE, 0.7, 3.0), STUDENT, 3.0), rel=1e-5)
@@ -127,7 +128,7 @@ def test_mrkd_ensembler_input_mixes_a_cached_teacher_beside_teachers_on_the_mixe
     """Snapshots on the (mixed) batch and a cached external teacher: the external one enters the ensembler as its
     own mixed view (logits whose softmax at τ is the mixed probabilities)."""
     external = TeacherSignal(table=TABLE[None])
-    cfg = MrKDConfig(k=1, teacher_input="same", ensemble="mean", alpha=1.0, ka=False, tau=3.0)
+    cfg = MemoryReplay.Options(k=1, teacher_input="same", ensemble="mean", alpha=1.0, ka=False, tau=3.0)
     mrkd = MrKD(cfg, 3, torch.device("cpu"), external=external)
     snapshot = torch.nn.Linear(3, 3)
     mrkd.backup(snapshot)

@@ -1,25 +1,25 @@
 """The MrKD objective: snapshot bank + backup schedule + ensembler (own Adam) + KA + KD loss.
 
-Spec: docs/mrkd_method.md. Every default in MrKDConfig is a project choice, not a value from the paper.
+Spec: docs/mrkd_method.md. Its settings are the ``mrkd:`` section, declared beside the method that uses them
+(:class:`audio_mrkd.methods.mrkd.MemoryReplay.Options`); this module reads them and knows no config.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from audio_mrkd.distill.adjust import knowledge_adjust
-from audio_mrkd.config_io import setting
-from audio_mrkd.distill.ensemble import LearnedEnsemble, Mode, combine_teachers, fcn_objective
+from audio_mrkd.distill.ensemble import LearnedEnsemble, combine_teachers, fcn_objective
 from audio_mrkd.distill.losses import distill_objective, hard_labels, mix_teacher_logits
+from audio_mrkd.distill.teacher_term import teacher_view
 from audio_mrkd.distill.teachers import TeacherSignal
-from audio_mrkd.distill.snapshots import BackupSchedule, SnapshotBank, Spacing, Unit
+from audio_mrkd.distill.snapshots import BackupSchedule, SnapshotBank
 from audio_mrkd.errors import InputError
 from audio_mrkd.runtime import Runtime, loss_precision
 
@@ -27,62 +27,7 @@ from audio_mrkd.runtime import Runtime, loss_precision
 _STATE_KEYS = ("k", "spacing", "ensemble", "teacher_input", "fcn_hidden")
 
 
-@dataclass
-class MrKDConfig:
-    """The `mrkd.*` keys. All defaults are this project's starting choices (the paper's values are unknown).
-
-    k: teachers in the bank. interval / interval_unit: back the student up every `interval` epochs or steps
-    ("epoch" | "step"), the first at the end of the first interval. tau: distillation temperature.
-    alpha: KD weight; the student loss is (1 − α)·CE + α·τ²·KL. ensemble: how the K teachers are combined,
-    "fcn" (learned ensembler, MrKD) | "mean" | "newest" (ablations). fcn_hidden / fcn_lr: FCN hidden width and
-    its Adam learning rate. ka: Knowledge Adjustment of the combined teacher signal. ka_per_teacher: KA on each
-    teacher before combining as well. teacher_input: "same" (teachers see the student's augmented batch) |
-    "cached" (each snapshot's logits on the un-augmented items, computed once when it enters the bank).
-    spacing: "uniform" (the latest k backups) | "exponential" (backups of age 1, 2, 4, …, 2**(k-1) intervals).
-    fcn_label_smoothing: label smoothing of the FCN's CE (an FCN that sharpens the target less).
-    fuse_teachers: teacher forwards on BatchNorm-folded copies (same outputs, faster; off = the plain copies).
-    teacher_graph: on CUDA, replay the K teacher forwards as one captured CUDA graph (off = a plain loop).
-    teacher_compile: on CUDA, torch.compile the teachers' inference copies (the compiler fuses BatchNorm and
-    ReLU; compiled once for all snapshots).
-    alpha_ramp_epochs: α rises linearly over this many epochs once the bank is full (0 = off): in the n-th
-    active epoch (n = 1, 2, …) α_eff = α · min(1, n / alpha_ramp_epochs).
-    alpha_schedule: "constant" | "linear" (PS-KD style, over the whole run: in epoch e = 0, 1, …, E − 1,
-    α_eff = α · (e + 1) / E, so the teachers are phased in rather than switched on at full weight).
-    interval_unit "percent": back up every `interval` % of the run's optimiser steps (e.g. 5 on a 150-epoch run:
-    teachers 7.5 epochs apart), whatever the run's length.
-    with_teacher: how a stronger teacher (the ``teacher:`` section) joins, when one is given: "ensembler" (one more
-    input of the ensembler; alone until the bank is full) or "term" (a second KD term, configured by ``kd:``:
-    (1 − kd.alpha)·L_MrKD + kd.alpha·KD toward the teacher).
-    """
-
-    k: int = setting(4, at_least=1)
-    interval: int = setting(1, at_least=1)
-    interval_unit: Unit = "epoch"
-    tau: float = setting(3.0, above=0)
-    alpha: float = setting(0.5, at_least=0, at_most=1)
-    ensemble: Mode = "fcn"
-    fcn_hidden: int = setting(128, at_least=1)
-    fcn_lr: float = setting(1e-3, above=0)
-    ka: bool = True
-    ka_per_teacher: bool = False
-    teacher_input: Literal["same", "cached"] = "same"
-    spacing: Spacing = "uniform"
-    fcn_label_smoothing: float = setting(0.0, at_least=0, below=1)
-    alpha_ramp_epochs: int = setting(0, at_least=0)
-    alpha_schedule: Literal["constant", "linear"] = "constant"
-    fuse_teachers: bool = True
-    teacher_graph: bool = True
-    teacher_compile: bool = True
-    with_teacher: Literal["ensembler", "term"] = "ensembler"
-
-    def validate(self) -> None:
-        """The checks between keys (each key's own bounds are declared with it)."""
-        if self.interval_unit == "percent" and self.interval > 100:
-            raise InputError(f"mrkd.interval: a percentage of the run (1-100) with interval_unit percent, "
-                             f"got {self.interval}")
-
-
-def _schedule(cfg: MrKDConfig, run_epochs: int | None, steps_per_epoch: int | None) -> BackupSchedule:
+def _schedule(cfg, run_epochs: int | None, steps_per_epoch: int | None) -> BackupSchedule:
     """The backup schedule; an interval in percent of the run becomes a number of steps (at least 1)."""
     if cfg.interval_unit != "percent":
         return BackupSchedule(cfg.interval, cfg.interval_unit)
@@ -96,14 +41,15 @@ def _accuracy(logits: Tensor, y: Tensor) -> Tensor:
 
 
 class MrKD:
-    """The MrKD objective: bank + schedule + ensembler (own Adam optimiser) + KA + KD loss.
+    """The MrKD objective: bank + schedule + ensembler (own Adam optimiser) + KA + KD loss, with the settings ``cfg``
+    (the ``mrkd:`` section).
 
     infer_all(model) -> N×C logits of `model` on every un-augmented training item (row order = item index);
     provided by the engine, required when teacher_input == "cached". Pass the plain student module (not a
     torch.compile / DDP wrapper) to after_step/after_epoch and as the load_state_dict template.
     """
 
-    def __init__(self, cfg: MrKDConfig, n_classes: int, device: torch.device, runtime: Runtime | None = None,
+    def __init__(self, cfg, n_classes: int, device: torch.device, runtime: Runtime | None = None,
                  infer_all: Callable[[nn.Module], Tensor] | None = None,
                  grad_sync: Callable[[list[Tensor]], None] | None = None, label_smoothing: float = 0.0,
                  run_epochs: int | None = None, steps_per_epoch: int | None = None,
@@ -217,9 +163,7 @@ class MrKD:
                             epoch: int, with_logs: bool, mixing) -> tuple[Tensor, dict[str, float]]:
         """Before the bank is full: (1 − α)·CE + α·KD toward the external teachers' mean (mixed like the label
         when cached under mixup)."""
-        z_t = self.external.logits(x, index).mean(dim=0)
-        if mixing is not None and self.external.cached:
-            z_t = mix_teacher_logits(z_t, mixing, self.cfg.tau)
+        z_t = teacher_view(self.external, None, x, index, y, mixing, self.cfg.tau)[1]
         alpha = self.alpha_at(epoch)
         total, kd, adjusted = distill_objective(z_s, ce, z_t, y, alpha, self.cfg.tau, self.cfg.ka)
         if not with_logs:

@@ -1,10 +1,13 @@
 """The KD term toward a stronger teacher, the building block of ``method: kd`` and of ``method: mrkd``'s
-``with_teacher: term``: the teachers' logits (``teacher.*``), their combination (mean, or a learned ensembler),
-Knowledge Adjustment and the KD loss, weighted against the caller's own loss as
+``with_teacher: term``: the teachers' logits, their combination (mean, or a learned ensembler), Knowledge Adjustment
+and the KD loss, weighted against the caller's own loss as
 
     (1 − α)·base + α·τ²·KL(softmax(z_t/τ) ‖ softmax(z_s/τ))
 
-with α, τ and KA from the ``kd:`` section (``base``: the CE to the labels for ``kd``, MrKD's loss for ``mrkd``).
+with every setting from the ``teacher:`` section (:class:`~audio_mrkd.config_schema.TeacherConfig`: the source, and
+the term's alpha, tau, ka, ensemble, fcn_*; ``base``: the CE to the labels for ``kd``, MrKD's loss for ``mrkd``).
+:func:`teacher_view` — the teachers' logits for a batch, combined, mixed like the label under mixup — is also how
+MrKD reads an external teacher before its bank is full.
 """
 from __future__ import annotations
 
@@ -35,10 +38,10 @@ class TermResult:
 
 
 class TeacherTerm:
-    """KD toward the teachers ``teacher`` names, weighted by ``kd`` (alpha, tau, ka), for the run ``ctx``."""
+    """KD toward the teachers ``teacher`` names, weighted by its alpha, tau and ka, for the run ``ctx``."""
 
-    def __init__(self, teacher: TeacherConfig, kd, ctx) -> None:
-        self.teacher_cfg, self.kd = teacher, kd
+    def __init__(self, teacher: TeacherConfig, ctx) -> None:
+        self.cfg = teacher
         self.teachers: TeacherSignal = build_teacher_signal(teacher, ctx)
         self.ensembler = teacher_ensembler(teacher, self.teachers.n_teachers, ctx)
 
@@ -51,8 +54,8 @@ class TeacherTerm:
     def apply(self, z_s: Tensor, base: Tensor, x: Tensor, index: Tensor, y_hard: Tensor,
               mixing: Mixing | None) -> TermResult:
         """The term on a batch: ``z_s`` the student's float32 logits, ``y_hard`` the labels' classes."""
-        z, z_t, l_fcn = teacher_view(self.teachers, self.ensembler, x, index, y_hard, mixing, self.kd.tau)
-        total, kd, adjusted = distill_objective(z_s, base, z_t, y_hard, self.kd.alpha, self.kd.tau, self.kd.ka)
+        z, z_t, l_fcn = teacher_view(self.teachers, self.ensembler, x, index, y_hard, mixing, self.cfg.tau)
+        total, kd, adjusted = distill_objective(z_s, base, z_t, y_hard, self.cfg.alpha, self.cfg.tau, self.cfg.ka)
         return TermResult(total, kd, z, z_t, adjusted, l_fcn)
 
     def logs(self, result: TermResult, ce: Tensor, y_hard: Tensor) -> dict[str, float]:
@@ -82,13 +85,15 @@ class TeacherTerm:
             self.ensembler.load_state_dict(state)
 
     def hparams(self) -> dict:
-        """The ``teacher.*`` and ``kd.*`` settings, flat, for TensorBoard's hparams."""
-        return flat_hparams("teacher", self.teacher_cfg) | flat_hparams("kd", self.kd)
+        """The ``teacher.*`` settings the term reads, flat, for TensorBoard's hparams."""
+        return flat_hparams("teacher", self.cfg)
 
 
-def flat_hparams(section: str, options) -> dict:
-    """A config section's settings as ``{"<section>.<key>": value}`` for TensorBoard's hparams (lists as text)."""
-    return {f"{section}.{k}": (str(v) if isinstance(v, list) else v) for k, v in config_io.to_dict(options).items()}
+def flat_hparams(section: str, options, leave_out: tuple[str, ...] = ()) -> dict:
+    """A config section's settings (those its choices read, but ``leave_out``) as ``{"<section>.<key>": value}`` for
+    TensorBoard's hparams (lists as text)."""
+    return {f"{section}.{k}": (str(v) if isinstance(v, list) else v)
+            for k, v in config_io.to_dict(options, read_only=True).items() if k not in leave_out}
 
 
 def teacher_ensembler(tcfg: TeacherConfig, n_teachers: int, ctx) -> LearnedEnsemble | None:

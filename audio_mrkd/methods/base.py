@@ -50,6 +50,13 @@ class Method:
     Options: type | None = None
     uses_teacher: Literal["none", "optional", "required"] = "none"
 
+    @classmethod
+    def teacher_term_unread(cls, options) -> str | None:
+        """Why a run of this method that has a teacher leaves the teacher term's settings (``teacher.alpha``, ``tau``,
+        ``ka``, ``ensemble``, ``fcn_*``) unread, given its ``options``; None (the default) when it distils toward the
+        teacher through that term. The loader refuses such a setting when given, and a run folder leaves it out."""
+        return None
+
     def __init__(self, cfg, ctx: TrainContext) -> None:
         self.cfg, self.ctx = cfg, ctx
         self.options = cfg.options()

@@ -1,25 +1,22 @@
 """``method: kd`` — knowledge distillation from a teacher stronger than the student (Hinton et al., 2015).
 
-The teacher signal comes from the ``teacher:`` section: finished runs of this product (``teacher.runs``) or a
-file a user brings (``teacher.logits``); see :mod:`audio_mrkd.distill.teachers`. With several teachers their
-logits are combined by the mean or by MrKD's learned FCN ensembler (``teacher.ensemble``), optionally
-Knowledge-Adjusted (``kd.ka``), and the student trains on
+The teacher and the term toward it are the ``teacher:`` section (the method has no section of its own): finished
+runs of this product (``teacher.runs``) or a file a user brings (``teacher.logits``); see
+:mod:`audio_mrkd.distill.teachers`. With several teachers their logits are combined by the mean or by MrKD's learned
+FCN ensembler (``teacher.ensemble``), optionally Knowledge-Adjusted (``teacher.ka``), and the student trains on
 
-    (1 − α)·CE(z_s, y) + α·τ²·KL(softmax(z_t/τ) ‖ softmax(z_s/τ)).
+    (1 − α)·CE(z_s, y) + α·τ²·KL(softmax(z_t/τ) ‖ softmax(z_s/τ))          (α, τ: teacher.alpha, teacher.tau).
 
 ``train.label_smoothing`` applies to the CE term. TensorBoard: ``loss/ce``, ``loss/kd``, ``kd/teacher_acc/<i>``
 (each teacher on the batch), ``kd/ensemble_acc``, ``kd/ka_rate`` and, with the FCN, ``loss/fcn``.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from torch import Tensor
 
 from audio_mrkd.data.augment import Mixing
 from audio_mrkd.distill.losses import hard_labels
 from audio_mrkd.distill.teacher_term import TeacherTerm
-from audio_mrkd.config_io import setting
 from audio_mrkd.methods.base import Method, TrainContext, soft_cross_entropy
 from audio_mrkd.runtime import loss_precision
 
@@ -27,20 +24,9 @@ from audio_mrkd.runtime import loss_precision
 class TeacherDistillation(Method):
     uses_teacher = "required"
 
-    @dataclass
-    class Options:
-        """The ``kd.*`` keys: how a student distils from a teacher (also the teacher term of ``mrkd``).
-
-        alpha / tau: the student loss is (1 − α)·CE + α·τ²·KL(teacher ‖ student) at temperature τ. ka: Knowledge
-        Adjustment of the teacher signal (off: Hinton's KD)."""
-
-        alpha: float = setting(0.5, at_least=0, at_most=1)
-        tau: float = setting(3.0, above=0)
-        ka: bool = False
-
     def __init__(self, cfg, ctx: TrainContext) -> None:
         super().__init__(cfg, ctx)
-        self.term = TeacherTerm(cfg.teacher, self.options, ctx)
+        self.term = TeacherTerm(cfg.teacher, ctx)
 
     def loss(self, logits: Tensor, x: Tensor, y: Tensor, index: Tensor, epoch: int,
              with_logs: bool, mixing: Mixing | None = None) -> tuple[Tensor, dict[str, float]]:

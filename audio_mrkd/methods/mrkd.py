@@ -1,37 +1,107 @@
 """``method: mrkd`` — Memory-replay Knowledge Distillation as a training method.
 
 The objective itself (snapshot bank, backup schedule, FCN ensembler with its own optimiser, Knowledge
-Adjustment, KD loss) is :class:`audio_mrkd.distill.mrkd_objective.MrKD`, configured by the ``mrkd:`` section; this module
-connects it to the engine's hooks: backups after the steps / epochs its schedule names, with every process's
-BatchNorm statistics made equal first.
+Adjustment, KD loss) is :class:`audio_mrkd.distill.mrkd_objective.MrKD`, configured by the ``mrkd:`` section
+(:class:`MemoryReplay.Options`, here beside the method); this module connects it to the engine's hooks: backups after
+the steps / epochs its schedule names, with every process's BatchNorm statistics made equal first.
 
 With a teacher (the ``teacher:`` section) historical and external teachers combine, as ``mrkd.with_teacher``
 says: "ensembler" — the teacher's logits are one more input of MrKD's ensembler (alone until the bank is full);
-"term" — a second KD term, (1 − kd.alpha)·L_MrKD + kd.alpha·KD toward the teacher (the term of ``method: kd``,
-:class:`~audio_mrkd.distill.teacher_term.TeacherTerm`, configured by the ``kd:`` section; TensorBoard:
-``loss/kd_teacher``, ``kd/*``).
+"term" — a second KD term, (1 − teacher.alpha)·L_MrKD + teacher.alpha·KD toward the teacher (the term of
+``method: kd``, :class:`~audio_mrkd.distill.teacher_term.TeacherTerm`, with its settings from the ``teacher:`` section;
+TensorBoard: ``loss/kd_teacher``, ``kd/*``).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 from torch import Tensor
 
+from audio_mrkd.config_io import group_fields, setting
+from audio_mrkd.config_schema import TERM, TeacherConfig
 from audio_mrkd.data.augment import Mixing
+from audio_mrkd.distill.ensemble import Mode
 from audio_mrkd.distill.losses import hard_labels
-from audio_mrkd.distill.mrkd_objective import MrKD, MrKDConfig
+from audio_mrkd.distill.mrkd_objective import MrKD
+from audio_mrkd.distill.snapshots import Spacing, Unit
 from audio_mrkd.distill.teacher_term import TeacherTerm, flat_hparams
 from audio_mrkd.distill.teachers import build_teacher_signal
+from audio_mrkd.errors import InputError
 from audio_mrkd.methods.base import Method, TrainContext, modules_digest
 from audio_mrkd.runtime import loss_precision
 
 
 class MemoryReplay(Method):
-    Options = MrKDConfig
+    @dataclass
+    class Options:
+        """The ``mrkd.*`` keys: MrKD's own snapshot teachers. All defaults are this project's starting choices (the
+        paper's values are unknown).
+
+        k: teachers in the bank. interval / interval_unit: back the student up every `interval` epochs or steps
+        ("epoch" | "step"), the first at the end of the first interval. tau: distillation temperature.
+        alpha: KD weight; the student loss is (1 − α)·CE + α·τ²·KL. ensemble: how the K teachers are combined,
+        "fcn" (learned ensembler, MrKD) | "mean" | "newest" (ablations). fcn_hidden / fcn_lr: FCN hidden width and
+        its Adam learning rate. ka: Knowledge Adjustment of the combined teacher signal. ka_per_teacher: KA on each
+        teacher before combining as well. teacher_input: "same" (teachers see the student's augmented batch) |
+        "cached" (each snapshot's logits on the un-augmented items, computed once when it enters the bank).
+        spacing: "uniform" (the latest k backups) | "exponential" (backups of age 1, 2, 4, …, 2**(k-1) intervals).
+        fcn_label_smoothing: label smoothing of the FCN's CE (an FCN that sharpens the target less).
+        fuse_teachers: teacher forwards on BatchNorm-folded copies (same outputs, faster; off = the plain copies).
+        teacher_graph: on CUDA, replay the K teacher forwards as one captured CUDA graph (off = a plain loop).
+        teacher_compile: on CUDA, torch.compile the teachers' inference copies (the compiler fuses BatchNorm and
+        ReLU; compiled once for all snapshots).
+        alpha_ramp_epochs: α rises linearly over this many epochs once the bank is full (0 = off): in the n-th
+        active epoch (n = 1, 2, …) α_eff = α · min(1, n / alpha_ramp_epochs).
+        alpha_schedule: "constant" | "linear" (PS-KD style, over the whole run: in epoch e = 0, 1, …, E − 1,
+        α_eff = α · (e + 1) / E, so the teachers are phased in rather than switched on at full weight).
+        interval_unit "percent": back up every `interval` % of the run's optimiser steps (e.g. 5 on a 150-epoch run:
+        teachers 7.5 epochs apart), whatever the run's length.
+        with_teacher: how a stronger teacher (the ``teacher:`` section) joins, when one is given: "ensembler" (one more
+        input of the ensembler; alone until the bank is full; the teacher term's settings are then not read) or
+        "term" (a second KD term, the teacher term of ``method: kd`` with its settings from ``teacher:``:
+        (1 − teacher.alpha)·L_MrKD + teacher.alpha·KD toward the teacher).
+        """
+
+        k: int = setting(4, at_least=1)
+        interval: int = setting(1, at_least=1)
+        interval_unit: Unit = "epoch"
+        tau: float = setting(3.0, above=0)
+        alpha: float = setting(0.5, at_least=0, at_most=1)
+        ensemble: Mode = "fcn"
+        fcn_hidden: int = setting(128, at_least=1)
+        fcn_lr: float = setting(1e-3, above=0)
+        ka: bool = True
+        ka_per_teacher: bool = False
+        teacher_input: Literal["same", "cached"] = "same"
+        spacing: Spacing = "uniform"
+        fcn_label_smoothing: float = setting(0.0, at_least=0, below=1)
+        alpha_ramp_epochs: int = setting(0, at_least=0)
+        alpha_schedule: Literal["constant", "linear"] = "constant"
+        fuse_teachers: bool = True
+        teacher_graph: bool = True
+        teacher_compile: bool = True
+        with_teacher: Literal["ensembler", "term"] = "ensembler"
+
+        def validate(self) -> None:
+            """The checks between keys (each key's own bounds are declared with it)."""
+            if self.interval_unit == "percent" and self.interval > 100:
+                raise InputError(f"mrkd.interval: a percentage of the run (1-100) with interval_unit percent, "
+                                 f"got {self.interval}")
+
     uses_teacher = "optional"
+
+    @classmethod
+    def teacher_term_unread(cls, options) -> str | None:
+        if options.with_teacher == "term":
+            return None
+        return ("mrkd.with_teacher is 'ensembler': the teacher's logits join MrKD's ensembler and mrkd.alpha, mrkd.tau "
+                "and mrkd.ka weight them (mrkd.with_teacher=term adds the teacher term, with these settings)")
 
     def __init__(self, cfg, ctx: TrainContext) -> None:
         super().__init__(cfg, ctx)
         as_term = cfg.teacher.given and self.options.with_teacher == "term"
-        self.term = TeacherTerm(cfg.teacher, cfg.options("kd"), ctx) if as_term else None
+        self.term = TeacherTerm(cfg.teacher, ctx) if as_term else None
         external = build_teacher_signal(cfg.teacher, ctx) if cfg.teacher.given and not as_term else None
         self.objective = MrKD(self.options, ctx.n_classes, ctx.torch_device, ctx.runtime, infer_all=ctx.infer_train,
                               grad_sync=ctx.average_grads, label_smoothing=cfg.train.label_smoothing,
@@ -90,7 +160,8 @@ class MemoryReplay(Method):
         params = flat_hparams("mrkd", self.options)
         if self.term is not None:
             return params | self.term.hparams()
-        return params | (flat_hparams("teacher", self.cfg.teacher) if self.cfg.teacher.given else {})
+        source = flat_hparams("teacher", self.cfg.teacher, leave_out=group_fields(TeacherConfig, TERM))
+        return params | (source if self.cfg.teacher.given else {})
 
     def digest(self) -> str:
         """Hash of the snapshot bank's tensors (equal in every process when data-parallel training is right)."""

@@ -29,7 +29,7 @@ from audio_mrkd.data.frontend import FrontendConfig
 from audio_mrkd.data.info import DataInfo
 from audio_mrkd.errors import InputError
 from audio_mrkd.config_schema import ExperimentConfig
-from audio_mrkd.config_loader import experiment_from_dict
+from audio_mrkd.config_loader import experiment_from_dict, run_config
 from audio_mrkd.models import build_model
 from audio_mrkd.data.selection import load_data
 from audio_mrkd.runs.checkpoint import load_model_weights, model_state
@@ -77,11 +77,11 @@ class Run:
     # ---- what the folder holds ---------------------------------------------------------------------------------
     @cached_property
     def config(self) -> ExperimentConfig:
-        """The resolved experiment config the run was trained with."""
+        """The resolved experiment config the run was trained with (a former layout's reads quietly)."""
         path = self.folder / CONFIG_FILE
         if not path.is_file():
             raise InputError(f"{self.folder}: not a run directory (no {CONFIG_FILE})")
-        return experiment_from_dict(yaml.safe_load(path.read_text()), quiet=True)
+        return experiment_from_dict(yaml.safe_load(path.read_text()), run_folder=True)
 
     @cached_property
     def info(self) -> DataInfo:
@@ -167,9 +167,10 @@ class Run:
 
     # ---- writing a run ------------------------------------------------------------------------------------------
     def write_start(self, cfg: ExperimentConfig, data: DataBundle) -> None:
-        """Write the files a run starts with: config.yaml, versions.json, seed, data.json."""
+        """Write the files a run starts with: config.yaml (the sections the run reads:
+        :func:`~audio_mrkd.config_loader.run_config`), versions.json, seed, data.json."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        fileio.write_text(self.folder / CONFIG_FILE, yaml.safe_dump(config_io.to_dict(cfg), sort_keys=False))
+        fileio.write_text(self.folder / CONFIG_FILE, yaml.safe_dump(run_config(cfg), sort_keys=False))
         fileio.write_json(self.folder / VERSIONS_FILE, versions())
         fileio.write_text(self.folder / SEED_FILE, f"{cfg.seed}\n")
         fileio.write_json(self.folder / DATA_FILE, DataInfo.of(cfg.data, data).to_json())

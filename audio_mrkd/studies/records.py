@@ -47,7 +47,7 @@ def _in_first_layout(data: dict, cfg: ExperimentConfig) -> None:
     back under ``kd.*``, the configured method's settings that differ from its defaults as ``method_options``, the
     other methods' sections left out (their defaults did not exist then)."""
     for (old_section, old_key), (section, key) in RENAMED.items():
-        data[old_section][old_key] = data[section].pop(key)
+        data.setdefault(old_section, {})[old_key] = data[section].pop(key)
     data.pop("teacher")
     options = cfg.options()
     defaults = config_io.to_dict(type(options)()) if options is not None else {}
