@@ -11,7 +11,8 @@ import pytest
 from audio_mrkd.errors import InputError
 from audio_mrkd.studies.ablation import run_ablation
 from audio_mrkd.studies.local import gpu_slots
-from audio_mrkd.studies.records import load_recipe
+from audio_mrkd.studies import recipes
+from audio_mrkd.studies.recipes import load_recipe
 from audio_mrkd.train.engine import train_run
 
 SILENT = lambda *_: None  # noqa: E731
@@ -40,7 +41,8 @@ def counting(trained: list):
 def test_resume_refuses_a_run_whose_recipe_changed_and_ignores_what_does_not_count(tmp_path):
     spec = study(tmp_path, "a", {"ce": "method=ce"})
     run_ablation(spec, tmp_path / "abl", log=SILENT)
-    assert len(records(tmp_path / "abl")["ce"]["recipe"]) == 16
+    layout, digits = records(tmp_path / "abl")["ce"]["recipe"].split(":")
+    assert layout == recipes.RECIPE_LAYOUT and len(digits) == 16
     trained = []
     (tmp_path / "a_recipe.yaml").write_text(RECIPE.replace("batch_size: 16}", "batch_size: 16, log_every: 3}"))
     run_ablation(spec, tmp_path / "abl", log=SILENT, train_fn=counting(trained), run_overrides=["train.progress=true"])
@@ -48,6 +50,41 @@ def test_resume_refuses_a_run_whose_recipe_changed_and_ignores_what_does_not_cou
     (tmp_path / "a_recipe.yaml").write_text(RECIPE.replace("batch_size: 16", "batch_size: 8"))
     with pytest.raises(InputError, match=r"runs.jsonl: line 1 \(ce, fold 0, seed 0\) was run with another recipe"):
         run_ablation(spec, tmp_path / "abl", log=SILENT)
+
+
+def test_a_study_in_todays_layout_never_converts_a_config_to_the_first_layout(tmp_path, monkeypatch):
+    """New records carry the digest of the config a run folder holds: a study that holds only those never takes the
+    first layout's (that conversion is there only to match the records of studies made before)."""
+    def refused(*_):
+        raise AssertionError("a config converted back to the first layout")
+    monkeypatch.setattr(recipes, "first_layout_digest", refused)
+    spec = study(tmp_path, "a", {"ce": "method=ce", "pskd": "method=pskd"})
+    run_ablation(spec, tmp_path / "abl", log=SILENT)
+    trained = []
+    run_ablation(spec, tmp_path / "abl", log=SILENT, train_fn=counting(trained))
+    assert trained == []
+    other = study(tmp_path, "b", {"ce": "method=ce"})
+    logged = []
+    run_ablation(other, tmp_path / "b_abl", log=logged.append, reuse=[tmp_path / "abl"], train_fn=counting(trained))
+    assert trained == [] and "1 runs taken from" in logged[0]
+
+
+def test_a_record_of_the_first_layout_matches_the_same_recipe_today(tmp_path):
+    """A record made before carries the first layout's digest of its config: it still matches the spec's run (and
+    stops matching when the recipe changes)."""
+    spec = study(tmp_path, "a", {"ce": "method=ce"})
+    out = tmp_path / "abl"
+    run_ablation(spec, out, log=SILENT)
+    recipe = load_recipe(tmp_path / "a_recipe.yaml", ["method=ce", "seed=0"])
+    old = records(out)["ce"] | {"recipe": recipes.first_layout_digest(recipe.cfg)}
+    assert recipe.matches(old["recipe"]) and not recipe.matches(recipes.first_layout_digest(recipe.cfg) + "0")
+    (out / "runs.jsonl").write_text(json.dumps(old) + "\n")
+    trained = []
+    run_ablation(spec, out, log=SILENT, train_fn=counting(trained))
+    assert trained == []
+    (tmp_path / "a_recipe.yaml").write_text(RECIPE.replace("epochs: 1", "epochs: 2"))
+    with pytest.raises(InputError, match="another recipe"):
+        run_ablation(spec, out, log=SILENT)
 
 
 def test_records_without_a_recipe_are_checked_against_their_run_folder(tmp_path):

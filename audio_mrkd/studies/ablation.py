@@ -49,6 +49,7 @@ from audio_mrkd.studies import cluster as cluster_runs
 from audio_mrkd.studies import records as study_records
 from audio_mrkd.studies.grid import Grid
 from audio_mrkd.studies.local import LocalRunner
+from audio_mrkd.studies.recipes import Recipe, load_given, load_recipe
 from audio_mrkd.studies.spec import AblationSpec, load_spec
 from audio_mrkd.studies.summary import format_table, study_resolution, summarize, teacher_summary
 
@@ -86,7 +87,7 @@ def run_ablation(spec_path: str | Path, out_dir: str | Path, overrides: list[str
     threads = cluster_runs.threads(placement) if cluster else 1 if jobs > 1 else 0
     grid = Grid(spec, config, out_dir, list(run_overrides or []), threads, train_fn)
     keys = grid.keys()
-    recipes = {key: study_records.load_recipe(*grid.given(*key)) for key in keys}
+    recipes = {key: load_recipe(*grid.given(*key)) for key in keys}
     _warn_leaking_teachers(grid, log)
     records = study_records.read_records(records_path)
     study_records.check_recipes(records_path, records, recipes)
@@ -114,7 +115,7 @@ def run_ablation(spec_path: str | Path, out_dir: str | Path, overrides: list[str
     try:
         for batch, keep in ((teacher_todo, True), (todo, False)):  # the teachers first: the variants name them
             if batch:
-                runner([grid.task(key, recipes[key], done, keep) for key in batch], record)
+                runner([grid.task(key, recipes[key].digest, done, keep) for key in batch], record)
     finally:
         bar.close()
         if runner is not None:
@@ -126,7 +127,7 @@ def _warn_leaking_teachers(grid: Grid, log) -> None:
     """One line per variant that distils its fold's teachers at their ``best`` epoch: each teacher chose it on the
     clips its fold holds out, which are the clips the student is scored on."""
     for variant in grid.spec.variants:
-        if grid.taught(variant) and study_records.load_given(*grid.given(variant, 0, grid.spec.seeds[0])) \
+        if grid.taught(variant) and load_given(*grid.given(variant, 0, grid.spec.seeds[0])) \
                 .teacher.checkpoint == "best":
             log(f"ablation: warning: variant {variant} distils its teachers at teacher.checkpoint=best, the epoch "
                 f"each chose on the clips its fold holds out, which the student is scored on "
@@ -140,7 +141,7 @@ def _keep_variants(spec: AblationSpec, only: list[str], spec_path: str | Path) -
     spec.variants = {name: o for name, o in spec.variants.items() if name in only or name == spec.reference}
 
 
-def _take_reused(sources: list[str | Path], wanted: dict[tuple, str], records_path: Path, done: dict, log) -> None:
+def _take_reused(sources: list[str | Path], wanted: dict[tuple, Recipe], records_path: Path, done: dict, log) -> None:
     """Append to this study's records the wanted runs that another study already made with the same recipe."""
     out_dir = records_path.parent
     found = study_records.reusable([Path(s) for s in sources], wanted, out_dir)

@@ -86,7 +86,7 @@ class Grid:
                 "train.progress=false"]
         return config, run, variant, fold, seed, self.threads, self.train_fn, recipe, keep
 
-    def settle_unfinished(self, keys: list[tuple], recipes: dict[tuple, str], log) -> None:
+    def settle_unfinished(self, keys: list[tuple], recipes: dict, log) -> None:
         """A run cut off by an earlier invocation continues from its last checkpoint when its recipe is the one the
         spec gives now; any other folder in its place is moved aside (nothing is deleted) and the run starts over."""
         for key in keys:
@@ -94,7 +94,7 @@ class Grid:
             if not run_dir.exists():
                 continue
             if (Run(run_dir).checkpoint("last").is_file()
-                    and study_records.run_dir_recipe(run_dir, self.taught(key[0])) == recipes[key]):
+                    and study_records.run_dir_recipe(run_dir, self.taught(key[0])) == recipes[key].digest):
                 log(f"ablation: {run_dir} continues from its last checkpoint")
                 continue
             aside, n = run_dir.with_name(f"{run_dir.name}.unfinished"), 1
