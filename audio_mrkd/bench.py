@@ -24,8 +24,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from audio_mrkd.cpu_memory import tune_malloc
 from audio_mrkd.config_loader import load_experiment
+from audio_mrkd.cpu_memory import tune_malloc
 from audio_mrkd.data.datasets import DataBundle
 from audio_mrkd.data.datasets.synthetic import synthetic_splits
 from audio_mrkd.train.engine import Trainer

@@ -8,16 +8,16 @@ from pathlib import Path
 import torch
 
 from audio_mrkd import fileio, plots
+from audio_mrkd.config_loader import load_experiment
 from audio_mrkd.data import cache
-from audio_mrkd.data.splits import load_split
 from audio_mrkd.data.demo_sets import build_demo
 from audio_mrkd.data.prepare import PrepareResult, prepare
+from audio_mrkd.data.splits import load_split
 from audio_mrkd.errors import InputError
-from audio_mrkd.config_loader import load_experiment
 from audio_mrkd.paths import MANIFEST_DIR
 from audio_mrkd.runtime import Runtime
-from audio_mrkd.train.linear import linear_baseline
 from audio_mrkd.studies.sweep import run_seeds, table
+from audio_mrkd.train.linear import linear_baseline
 from audio_mrkd.versions import cpu, describe_cpu, git_commit
 
 #: The demo's front-end: the DCASE'24 parameters with 64 mel bands instead of 256, so that CE and MrKD over

@@ -15,12 +15,12 @@ import numpy as np
 import torch
 
 from audio_mrkd import config_io
-from audio_mrkd.errors import InputError
-from audio_mrkd.config_schema import ExperimentConfig
 from audio_mrkd.config_loader import experiment_from_dict, run_config
+from audio_mrkd.config_schema import ExperimentConfig
+from audio_mrkd.errors import InputError
+from audio_mrkd.runs.run import Finetuned, Run
 from audio_mrkd.train.inference import run_logits
 from audio_mrkd.train.metrics import classification_metrics
-from audio_mrkd.runs.run import Finetuned, Run
 
 FINETUNE_DEFAULTS = ["train.epochs=50", "train.lr=0.0005", "train.warmup_steps=200", "augment.mixstyle_p=0",
                      "seeds=[]"]

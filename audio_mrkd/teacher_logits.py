@@ -16,8 +16,8 @@ import numpy as np
 from audio_mrkd.data.info import DataInfo
 from audio_mrkd.distill.teachers import LogitsOrigin, origin_path, write_teacher_logits
 from audio_mrkd.errors import InputError
-from audio_mrkd.train.inference import run_logits
 from audio_mrkd.runs.run import Run
+from audio_mrkd.train.inference import run_logits
 
 
 def ensemble_logits(run_dirs: list[str | Path], which: str = "last",

@@ -21,9 +21,9 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from audio_mrkd.data.splits import BatchLoader, load_split
 from audio_mrkd.data.frontend import FrontendConfig, LogMel, Resampler, load_clip
 from audio_mrkd.data.prepare import prepare
+from audio_mrkd.data.splits import BatchLoader, load_split
 from audio_mrkd.versions import versions
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from audio_mrkd.errors import InputError
+from audio_mrkd.studies import recipes
 from audio_mrkd.studies.ablation import run_ablation
 from audio_mrkd.studies.local import gpu_slots
-from audio_mrkd.studies import recipes
 from audio_mrkd.studies.recipes import load_recipe
 from audio_mrkd.train.engine import train_run
 
@@ -78,11 +78,16 @@ def test_a_record_of_the_first_layout_matches_the_same_recipe_today(tmp_path):
     recipe = load_recipe(tmp_path / "a_recipe.yaml", ["method=ce", "seed=0"])
     old = records(out)["ce"] | {"recipe": recipes.first_layout_digest(recipe.cfg)}
     assert recipe.matches(old["recipe"]) and not recipe.matches(recipes.first_layout_digest(recipe.cfg) + "0")
-    (out / "runs.jsonl").write_text(json.dumps(old) + "\n")
+    stands_until_the_recipe_changes(spec, out, old)
+
+
+def stands_until_the_recipe_changes(spec: Path, out: Path, record: dict) -> None:
+    """``record``, the study's one line, stands (nothing is trained again) until the spec's recipe file changes."""
+    (out / "runs.jsonl").write_text(json.dumps(record) + "\n")
     trained = []
     run_ablation(spec, out, log=SILENT, train_fn=counting(trained))
     assert trained == []
-    (tmp_path / "a_recipe.yaml").write_text(RECIPE.replace("epochs: 1", "epochs: 2"))
+    (spec.parent / "a_recipe.yaml").write_text(RECIPE.replace("epochs: 1", "epochs: 2"))
     with pytest.raises(InputError, match="another recipe"):
         run_ablation(spec, out, log=SILENT)
 
@@ -94,14 +99,9 @@ def test_records_without_a_recipe_are_checked_against_their_run_folder(tmp_path)
     run_ablation(spec, out, log=SILENT)
     old = records(out)["ce"]
     del old["recipe"]
-    (out / "runs.jsonl").write_text(json.dumps(old) + "\n")
-    trained = []
-    run_ablation(spec, out, log=SILENT, train_fn=counting(trained))
-    assert trained == []
-    (tmp_path / "a_recipe.yaml").write_text(RECIPE.replace("epochs: 1", "epochs: 2"))
-    with pytest.raises(InputError, match="another recipe"):
-        run_ablation(spec, out, log=SILENT)
+    stands_until_the_recipe_changes(spec, out, old)
     (out / "runs.jsonl").write_text(json.dumps(old | {"run_dir": "ce/gone"}) + "\n")
+    trained = []
     run_ablation(spec, out, log=SILENT, train_fn=counting(trained))  # nothing left to tell: the record stands
     assert trained == []
 

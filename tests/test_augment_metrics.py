@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from audio_mrkd.data import augment
 from audio_mrkd.config_schema import AugmentConfig
+from audio_mrkd.data import augment
 from audio_mrkd.train.metrics import classification_metrics, expected_calibration_error, mean_std
 
 

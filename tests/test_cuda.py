@@ -13,11 +13,11 @@ import torch
 
 from audio_mrkd.cli import main
 from audio_mrkd.config_schema import TrainConfig
-from audio_mrkd.export.commands import export_run
-from audio_mrkd.runs.run import checkpoint_path
-from audio_mrkd.runs.run import Run
-from audio_mrkd.train.engine import Trainer, train_run
 from audio_mrkd.evaluate import evaluate_run
+from audio_mrkd.export.commands import export_run
+from audio_mrkd.runs.run import Run
+from audio_mrkd.runs.run import checkpoint_path
+from audio_mrkd.train.engine import Trainer, train_run
 from audio_mrkd.train.inference import run_logits
 from tests.test_crash import cli, comparable
 from tests.test_engine import config, prepared  # noqa: F401  (the tiny prepared DCASE tree, a module fixture)

@@ -13,9 +13,9 @@ from audio_mrkd.distill.adjust import knowledge_adjust
 from audio_mrkd.distill.ensemble import FCNEnsembler, combine_teachers
 from audio_mrkd.distill.losses import kd_loss
 from audio_mrkd.distill.mrkd_objective import MrKD
-from audio_mrkd.methods.mrkd import MemoryReplay
 from audio_mrkd.distill.snapshots import BackupSchedule, SnapshotBank
 from audio_mrkd.errors import InputError
+from audio_mrkd.methods.mrkd import MemoryReplay
 from audio_mrkd.runtime import Runtime
 
 CPU = torch.device("cpu")

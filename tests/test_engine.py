@@ -9,14 +9,14 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from audio_mrkd.cli import main
+from audio_mrkd.config_loader import load_experiment
 from audio_mrkd.data.prepare import prepare
 from audio_mrkd.errors import InputError
-from audio_mrkd.config_loader import load_experiment
+from audio_mrkd.evaluate import evaluate_run
 from audio_mrkd.runs.run import checkpoint_path
+from audio_mrkd.studies.sweep import run_seeds
 from audio_mrkd.train.engine import Trainer, resume_run, train_run
 from audio_mrkd.train.optim import make_lr_scheduler
-from audio_mrkd.evaluate import evaluate_run
-from audio_mrkd.studies.sweep import run_seeds
 from tests.conftest import make_dcase_tree
 
 

@@ -21,11 +21,11 @@ import onnx  # noqa: E402
 
 from audio_mrkd import cli  # noqa: E402
 from audio_mrkd import config_io  # noqa: E402
-from audio_mrkd.data.splits import BatchLoader, load_split  # noqa: E402
+from audio_mrkd.config_schema import DataConfig, ExperimentConfig, ModelConfig  # noqa: E402
 from audio_mrkd.data.frontend import FrontendConfig, LogMel, compute_logmel, load_clip  # noqa: E402
 from audio_mrkd.data.prepare import prepare  # noqa: E402
+from audio_mrkd.data.splits import BatchLoader, load_split  # noqa: E402
 from audio_mrkd.errors import InputError  # noqa: E402
-from audio_mrkd.config_schema import DataConfig, ExperimentConfig, ModelConfig  # noqa: E402
 from audio_mrkd.export import commands  # noqa: E402
 from audio_mrkd.export.onnx import FeatureModel, onnx_session, run_onnx  # noqa: E402
 from audio_mrkd.export.parity import feature_parity, parity_warnings  # noqa: E402

@@ -5,11 +5,11 @@ import json
 import pandas as pd
 import pytest
 
-from audio_mrkd.errors import InputError
 from audio_mrkd.config_loader import load_experiment
+from audio_mrkd.errors import InputError
+from audio_mrkd.evaluate import evaluate_run
 from audio_mrkd.studies.ablation import run_ablation
 from audio_mrkd.train.engine import train_run
-from audio_mrkd.evaluate import evaluate_run
 from tests.image_formats import write_fashion_mnist
 
 N_TEST = 12

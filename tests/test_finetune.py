@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from audio_mrkd.cli import main
-from audio_mrkd.data.prepare import prepare
 from audio_mrkd.config_loader import load_experiment
+from audio_mrkd.data.prepare import prepare
 from audio_mrkd.train.engine import Trainer, train_run
 from tests.conftest import make_dcase_tree
 

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 
 from audio_mrkd.data import image_readers as images
-from audio_mrkd.data.splits import BatchLoader, FeatureSplit
 from audio_mrkd.data.datasets import dataset
 from audio_mrkd.data.image_readers import fetch_fashion_mnist, stratified_holdout
+from audio_mrkd.data.splits import BatchLoader, FeatureSplit
 from audio_mrkd.errors import InputError
 from image_formats import (CIFAR10_CLASSES, CINIC_CLASSES, Global, Reduce, cifar_batch, idx_bytes, py2_pickle,
                            random_images, write_cifar10, write_cifar100, write_cinic10, write_fashion_mnist,

@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from audio_mrkd import methods
+from audio_mrkd.config_loader import load_experiment
 from audio_mrkd.data.splits import Batch
 from audio_mrkd.errors import InputError
-from audio_mrkd.config_loader import load_experiment
 from audio_mrkd.methods.dlb import LastBatchDistillation
 from audio_mrkd.runs.run import checkpoint_path
 from audio_mrkd.train.engine import Trainer, resume_run, train_run

@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 from audio_mrkd import methods
-from audio_mrkd.errors import InputError
 from audio_mrkd.config_loader import load_experiment
+from audio_mrkd.errors import InputError
 from audio_mrkd.methods.base import TrainContext
 from audio_mrkd.methods.ema import MeanTeacher
 from audio_mrkd.runtime import Runtime

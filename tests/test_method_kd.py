@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from audio_mrkd.cli import main
+from audio_mrkd.config_loader import load_experiment
 from audio_mrkd.data.info import DataInfo
 from audio_mrkd.distill.teachers import read_teacher_logits, write_teacher_logits
-from audio_mrkd.config_loader import load_experiment
 from audio_mrkd.methods import TrainContext, build_method
 from audio_mrkd.runtime import Runtime
 from audio_mrkd.train.engine import Trainer, train_run

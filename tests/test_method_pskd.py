@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from audio_mrkd import methods
-from audio_mrkd.errors import InputError
 from audio_mrkd.config_loader import load_experiment
+from audio_mrkd.errors import InputError
 from audio_mrkd.methods.pskd import ProgressiveSelfKD
 from audio_mrkd.train.engine import Trainer, resume_run, train_run
 from tests.test_engine import config, prepared, scalars  # noqa: F401  (module-scoped fixture)

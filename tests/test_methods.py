@@ -8,11 +8,11 @@ import torch
 import yaml
 
 from audio_mrkd import methods
-from audio_mrkd.errors import InputError
+from audio_mrkd.config_io import setting
 from audio_mrkd.config_loader import load_experiment
+from audio_mrkd.errors import InputError
 from audio_mrkd.methods.base import Method, soft_cross_entropy
 from audio_mrkd.runs.checkpoint import save_checkpoint
-from audio_mrkd.config_io import setting
 from audio_mrkd.runs.run import checkpoint_path
 from audio_mrkd.train.engine import Trainer, resume_run, train_run
 from tests.test_engine import config, prepared  # noqa: F401  (module-scoped fixture)

@@ -11,8 +11,8 @@ import torch.nn.functional as F
 
 from audio_mrkd.data.augment import Mixing
 from audio_mrkd.distill.mrkd_objective import MrKD
-from audio_mrkd.methods.mrkd import MemoryReplay
 from audio_mrkd.distill.teachers import TeacherSignal
+from audio_mrkd.methods.mrkd import MemoryReplay
 from audio_mrkd.methods.pskd import ProgressiveSelfKD
 from audio_mrkd.train.engine import Trainer
 from tests.test_engine import config, prepared  # noqa: F401  (the tiny prepared DCASE tree, a module fixture)

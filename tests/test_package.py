@@ -12,8 +12,8 @@ import pandas as pd
 import pytest
 
 from audio_mrkd.cli import main
-from audio_mrkd.data.prepare import prepare
 from audio_mrkd.config_loader import load_experiment
+from audio_mrkd.data.prepare import prepare
 from audio_mrkd.train.engine import train_run
 from tests.conftest import make_dcase_tree
 

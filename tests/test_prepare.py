@@ -9,9 +9,9 @@ import torch
 
 from audio_mrkd.cli import main
 from audio_mrkd.data import cache, prepare as prepare_mod
-from audio_mrkd.data.splits import BatchLoader, load_split
 from audio_mrkd.data.frontend import FrontendConfig, compute_logmel
 from audio_mrkd.data.prepare import prepare
+from audio_mrkd.data.splits import BatchLoader, load_split
 from tests.conftest import make_dcase_tree
 
 

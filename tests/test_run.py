@@ -11,15 +11,15 @@ import pytest
 import torch
 
 from audio_mrkd import config_io
+from audio_mrkd.config_loader import load_experiment
 from audio_mrkd.data.datasets import DATASETS, DataBundle, DatasetKind, dataset
 from audio_mrkd.data.datasets.synthetic import synthetic_splits
 from audio_mrkd.data.info import DataInfo
-from audio_mrkd.errors import InputError
-from audio_mrkd.config_loader import load_experiment
 from audio_mrkd.data.selection import load_data
+from audio_mrkd.errors import InputError
+from audio_mrkd.runs.run import Run
 from audio_mrkd.train.engine import train_run
 from audio_mrkd.train.inference import run_logits
-from audio_mrkd.runs.run import Run
 from tests.test_engine import config, prepared  # noqa: F401  (the tiny prepared DCASE tree, a module fixture)
 
 PACKAGE = Path(__file__).resolve().parents[1] / "audio_mrkd"

@@ -3,10 +3,10 @@ import shutil
 
 import pytest
 
+from audio_mrkd.config_loader import load_experiment
 from audio_mrkd.data import cache
 from audio_mrkd.data.demo_sets import build_birds3
 from audio_mrkd.data.prepare import prepare
-from audio_mrkd.config_loader import load_experiment
 from audio_mrkd.train.engine import train_run
 
 pytestmark = pytest.mark.slow

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from audio_mrkd.data.splits import FeatureSplit, stratified_holdout
-from audio_mrkd.data.datasets import DataBundle, dataset
-from audio_mrkd.errors import InputError
 from audio_mrkd.config_schema import DataConfig
+from audio_mrkd.data.datasets import DataBundle, dataset
+from audio_mrkd.data.splits import FeatureSplit, stratified_holdout
+from audio_mrkd.errors import InputError
 
 __all__ = ["DataBundle", "evaluated_name", "load_data", "only_devices"]
 

@@ -17,9 +17,9 @@ from torch import Tensor, nn
 from audio_mrkd.distill.adjust import knowledge_adjust
 from audio_mrkd.distill.ensemble import LearnedEnsemble, combine_teachers, fcn_objective
 from audio_mrkd.distill.losses import distill_objective, hard_labels, mix_teacher_logits
+from audio_mrkd.distill.snapshots import BackupSchedule, SnapshotBank
 from audio_mrkd.distill.teacher_term import teacher_view
 from audio_mrkd.distill.teachers import TeacherSignal
-from audio_mrkd.distill.snapshots import BackupSchedule, SnapshotBank
 from audio_mrkd.errors import InputError
 from audio_mrkd.runtime import Runtime, loss_precision
 

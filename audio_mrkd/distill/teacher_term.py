@@ -17,12 +17,12 @@ import torch
 from torch import Tensor
 
 from audio_mrkd import config_io
+from audio_mrkd.config_schema import TeacherConfig
 from audio_mrkd.data.augment import Mixing
 from audio_mrkd.distill.ensemble import LearnedEnsemble, fcn_objective
 from audio_mrkd.distill.losses import distill_objective, mix_teacher_logits
 from audio_mrkd.distill.teachers import TeacherSignal, build_teacher_signal
 from audio_mrkd.errors import InputError
-from audio_mrkd.config_schema import TeacherConfig
 
 
 @dataclass

@@ -30,9 +30,9 @@ import torch
 from torch import Tensor, nn
 
 from audio_mrkd import fileio
+from audio_mrkd.config_schema import TeacherConfig
 from audio_mrkd.data.info import SAME_SPLIT, DataInfo
 from audio_mrkd.errors import InputError
-from audio_mrkd.config_schema import TeacherConfig
 from audio_mrkd.runtime import loss_precision
 
 

@@ -23,13 +23,13 @@ import yaml
 from audio_mrkd import config_io
 from audio_mrkd import fileio
 from audio_mrkd.data.frontend import FrontendConfig, Resampler, load_clip
-from audio_mrkd.errors import InputError
 from audio_mrkd.data.selection import evaluated_name
-from audio_mrkd.runs.run import Run
+from audio_mrkd.errors import InputError
 from audio_mrkd.export import INT8_MAX_DROP_PT, complexity, parity
 from audio_mrkd.export.onnx import (FEATURES_INPUT, FRONTEND_FILE, INT8_FILE, MODEL_FILE, WAVEFORM_INPUT,
                                     FeatureModel, WaveformModel, export_onnx)
 from audio_mrkd.export.predict import FEATURES_FILE, LABELS_FILE
+from audio_mrkd.runs.run import Run
 from audio_mrkd.versions import versions
 
 FRONTEND_CLIPS = 32   # evaluated-split clips decoded to check the waveform graph

@@ -30,9 +30,9 @@ from pathlib import Path
 import torch
 
 from audio_mrkd import fileio
+from audio_mrkd.data.frontend import LogMel
 from audio_mrkd.errors import InputError
 from audio_mrkd.export.complexity import complexity_report
-from audio_mrkd.data.frontend import LogMel
 from audio_mrkd.export.onnx import FEATURES_INPUT, FeatureModel, export_onnx
 from audio_mrkd.models import model_constructor
 from audio_mrkd.progress import progress

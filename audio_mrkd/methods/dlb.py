@@ -43,8 +43,8 @@ from audio_mrkd.config_io import setting
 from audio_mrkd.data.augment import Mixing
 from audio_mrkd.data.splits import Batch
 from audio_mrkd.distill.losses import kd_loss, mix_teacher_logits
-from audio_mrkd.runtime import loss_precision
 from audio_mrkd.methods.base import Method, TrainContext, soft_cross_entropy, unmixed_logits
+from audio_mrkd.runtime import loss_precision
 
 _FIELDS = ("x", "y", "recording_device", "index")
 

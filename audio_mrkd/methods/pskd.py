@@ -50,8 +50,8 @@ from torch import Tensor
 from audio_mrkd.config_io import setting
 from audio_mrkd.data.augment import Mixing
 from audio_mrkd.errors import InputError
-from audio_mrkd.runtime import loss_precision
 from audio_mrkd.methods.base import Method, TrainContext, soft_cross_entropy, unmixed_logits
+from audio_mrkd.runtime import loss_precision
 
 Store = Literal["dominant", "confident", "clean"]  # pskd.store (module docstring)
 CONFIDENT_WEIGHT = 0.9  # store="confident": a mixed row's prediction is kept when one clip weighs at least this

@@ -23,15 +23,15 @@ import yaml
 
 from audio_mrkd import config_io
 from audio_mrkd import fileio
-from audio_mrkd.data.splits import FeatureSplit
+from audio_mrkd.config_loader import experiment_from_dict, run_config
+from audio_mrkd.config_schema import ExperimentConfig
 from audio_mrkd.data.datasets import DataBundle, DatasetKind, dataset
 from audio_mrkd.data.frontend import FrontendConfig
 from audio_mrkd.data.info import DataInfo
-from audio_mrkd.errors import InputError
-from audio_mrkd.config_schema import ExperimentConfig
-from audio_mrkd.config_loader import experiment_from_dict, run_config
-from audio_mrkd.models import build_model
 from audio_mrkd.data.selection import load_data
+from audio_mrkd.data.splits import FeatureSplit
+from audio_mrkd.errors import InputError
+from audio_mrkd.models import build_model
 from audio_mrkd.runs.checkpoint import load_model_weights, model_state
 from audio_mrkd.versions import versions
 

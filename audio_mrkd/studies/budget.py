@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from audio_mrkd.errors import InputError
 from audio_mrkd.config_loader import load_experiment
+from audio_mrkd.errors import InputError
 from audio_mrkd.studies.grid import variant_runs
 
 SAFETY = 0.9          # share of the time left that the schedule may fill; the rest absorbs what was not measured

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import torch
 
-from audio_mrkd.errors import InputError
 from audio_mrkd.config_loader import load_experiment
+from audio_mrkd.errors import InputError
 from audio_mrkd.runs.run import Run
 from audio_mrkd.studies import records as study_records
 from audio_mrkd.studies.spec import TEACHERS, AblationSpec, load_spec

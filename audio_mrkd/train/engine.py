@@ -21,11 +21,11 @@ from lightning_fabric import Fabric
 from torch.utils.tensorboard import SummaryWriter
 
 from audio_mrkd import faults, fileio
+from audio_mrkd.config_schema import ExperimentConfig, TrainConfig
 from audio_mrkd.data.augment import Mixing, augment_batch
-from audio_mrkd.data.splits import BatchLoader
 from audio_mrkd.data.info import DataInfo
 from audio_mrkd.data.selection import DataBundle, load_data
-from audio_mrkd.config_schema import ExperimentConfig, TrainConfig
+from audio_mrkd.data.splits import BatchLoader
 from audio_mrkd.methods import TrainContext, build_method
 from audio_mrkd.models import build_model
 from audio_mrkd.progress import progress

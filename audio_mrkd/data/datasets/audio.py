@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from audio_mrkd.data.splits import FeatureSplit, concat_splits, load_split
 from audio_mrkd.data.datasets.base import DataBundle, DatasetKind
 from audio_mrkd.data.dcase import DEVICE_GROUPS
+from audio_mrkd.data.splits import FeatureSplit, concat_splits, load_split
 
 
 def with_train_stats(split: FeatureSplit, axis: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import functools
 
-from audio_mrkd.data.splits import FeatureSplit, concat_splits
 from audio_mrkd.data.datasets.base import DataBundle, DatasetKind
 from audio_mrkd.data.image_readers import Reader, load_image_splits
+from audio_mrkd.data.splits import FeatureSplit, concat_splits
 from audio_mrkd.errors import InputError
 
 

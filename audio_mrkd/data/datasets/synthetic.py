@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from audio_mrkd.data.splits import FeatureSplit, concat_splits
 from audio_mrkd.data.datasets.base import DataBundle, DatasetKind
+from audio_mrkd.data.splits import FeatureSplit, concat_splits
 from audio_mrkd.errors import InputError
 
 
