@@ -34,6 +34,7 @@ then the smallest difference the design detects at 80 % power (and, with ``targe
 needs); ``ablation.png`` draws those paired differences with their CIs (forest plot) and the learning curves of the
 reference and the best variant (read from each run's ``metrics.json``, located by the ``run_dir`` of its record).
 ``--cluster ADDRESS`` runs the same grid as tasks of a Ray cluster (:mod:`ablation_cluster`), with the same records.
+``--slurm`` submits it as SLURM job arrays (:mod:`ablation_slurm`), with the same run folders and records.
 """
 from __future__ import annotations
 
@@ -54,7 +55,7 @@ from audio_mrkd import fileio, plots
 from audio_mrkd.errors import InputError
 from audio_mrkd.registry import load_experiment
 from audio_mrkd.progress import progress
-from audio_mrkd.train import ablation_cluster, ablation_records, study_statistics
+from audio_mrkd.train import ablation_cluster, ablation_records, ablation_task_records, study_statistics
 from audio_mrkd.train import checkpoint as ckpt
 from audio_mrkd.train.ablation_records import TEACHERS
 from audio_mrkd.train.metrics import mean_std
@@ -240,22 +241,20 @@ def run_ablation(spec_path: str | Path, out_dir: str | Path, overrides: list[str
     keys = grid.keys()
     recipes = {key: ablation_records.load_recipe(*grid.given(*key)) for key in keys}
     _warn_leaking_teachers(grid, log)
+    if train:  # the records of runs made as SLURM jobs (ablate --slurm): this process is now runs.jsonl's writer
+        ablation_task_records.gather(out_dir, keys)
     records = ablation_records.read_records(records_path)
     ablation_records.check_recipes(records_path, records, recipes)
     done = {(r["variant"], r["fold"], r["seed"]): r for _, r in records}
-    if not train:
+    if not train:  # a SLURM study under way: its jobs' records too, read only
+        done |= ablation_task_records.unrecorded(out_dir, done)
         log(f"ablation: {len(set(done) & set(keys))} of {len(keys)} runs recorded in {records_path}; nothing trained")
         return _write_results(out_dir, list(done.values()), spec, target)
     if reuse:
         _take_reused(reuse, {key: recipes[key] for key in keys if key not in done and key[0] != "teacher"
                              and not grid.taught(key[0])}, records_path, done, log)
 
-    todo = [key for key in keys if key[0] != "teacher" and key not in done]
-    # a teacher whose checkpoints are gone (runs.jsonl carried to another machine) is trained again, identically
-    # (training is deterministic), when a variant still needs it
-    teacher_todo = [key for key in keys if key[0] == "teacher" and not _usable_teacher(done.get(key), out_dir)
-                    and any(f == key[1] for _, f, _ in todo)]
-
+    teacher_todo, todo = to_train(keys, done, out_dir)
     total, missing = len(keys), len(teacher_todo) + len(todo)
     if total > missing:
         log(f"ablation: {total - missing} of {total} runs already in {records_path}")
@@ -272,6 +271,16 @@ def run_ablation(spec_path: str | Path, out_dir: str | Path, overrides: list[str
         if runner is not None:
             runner.close()
     return _write_results(out_dir, list(done.values()), spec, target)
+
+
+def to_train(keys: list[tuple], done: dict, out_dir: Path) -> tuple[list[tuple], list[tuple]]:
+    """The teacher runs and the other runs still to train: those without a record, and the teachers a missing
+    run's fold needs whose checkpoints are gone (runs.jsonl carried to another machine: trained again, identically,
+    since training is deterministic)."""
+    todo = [key for key in keys if key[0] != "teacher" and key not in done]
+    teacher_todo = [key for key in keys if key[0] == "teacher" and not _usable_teacher(done.get(key), out_dir)
+                    and any(f == key[1] for _, f, _ in todo)]
+    return teacher_todo, todo
 
 
 def _warn_leaking_teachers(grid: _Grid, log) -> None:
