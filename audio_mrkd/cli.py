@@ -107,12 +107,28 @@ def cmd_teacher_logits(args: argparse.Namespace) -> int:
 
 
 def cmd_ablate(args: argparse.Namespace) -> int:
+    if args.slurm or args.dry_run or args.partition or args.time or args.max_parallel is not None:
+        return cmd_ablate_slurm(args)
     from audio_mrkd.studies.ablation import run_ablation
     from audio_mrkd.studies.cluster import Placement
     print(run_ablation(args.spec, args.out, args.overrides, jobs=args.jobs, run_overrides=args.run,
                        reuse=args.reuse, only=args.variants, train=not args.summary, cluster=args.cluster,
                        placement=Placement(args.cpus_per_run, args.gpus_per_run),
                        target=None if args.target is None else args.target / 100))
+    return 0
+
+
+def cmd_ablate_slurm(args: argparse.Namespace) -> int:
+    if not args.slurm:
+        raise InputError("--partition, --time, --max-parallel and --dry-run go with --slurm")
+    if args.cluster or args.jobs != 1 or args.summary:
+        raise InputError("--slurm makes every run a SLURM job: leave out --cluster, --jobs and --summary "
+                         "(--max-parallel caps the runs at once)")
+    from audio_mrkd.studies.slurm import Resources, submit
+    print(submit(args.spec, args.out, args.overrides, run_overrides=args.run, only=args.variants, reuse=args.reuse,
+                 target=None if args.target is None else args.target / 100, dry_run=args.dry_run,
+                 resources=Resources(args.partition, args.time, args.gpus_per_run, args.cpus_per_run,
+                                     args.max_parallel)))
     return 0
 
 
@@ -291,9 +307,18 @@ def _add_ablate_parser(sub) -> None:
                    help="run the grid as tasks of this Ray cluster: auto, HOST:PORT of its head, or ray://HOST:PORT "
                         "(--out on storage every node sees)")
     p.add_argument("--gpus-per-run", type=float, default=None, metavar="N",
-                   help="with --cluster: GPUs per run, default 1 where the cluster has GPUs (0.25: four runs share one)")
+                   help="with --cluster or --slurm: GPUs per run, default 1 where the cluster (the partition) has "
+                        "GPUs (Ray only: 0.25, four runs share one)")
     p.add_argument("--cpus-per-run", type=float, default=1, metavar="N",
-                   help="with --cluster: CPUs per run (its torch threads), default 1")
+                   help="with --cluster or --slurm: CPUs per run (its torch threads), default 1")
+    p.add_argument("--slurm", action="store_true",
+                   help="submit the runs as SLURM job arrays (the fold teachers, then the other runs, then the "
+                        "summary) and return; --out on storage every node sees")
+    p.add_argument("--partition", help="with --slurm: the partition of every job")
+    p.add_argument("--time", help="with --slurm: each run's time limit, as sbatch --time takes it (e.g. 4:00:00)")
+    p.add_argument("--max-parallel", type=int, default=None, metavar="N",
+                   help="with --slurm: at most N runs of an array at once")
+    p.add_argument("--dry-run", action="store_true", help="with --slurm: print the sbatch scripts, submit nothing")
     p.add_argument("overrides", nargs="*", help="spec overrides, e.g. seeds=[0] folds=3")
     p.set_defaults(func=cmd_ablate)
 

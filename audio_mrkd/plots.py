@@ -231,7 +231,7 @@ def draw_study(path: str | Path, rows: list[ForestRow], curves: list[tuple[Curve
     intervals = [r.interval for r in rows if r.interval is not None]
     if intervals:
         tested = sorted({f"{i.units} {i.unit} {'means' if i.unit == 'fold' else 'differences'}" for i in intervals})
-        what = (f": estimate and 95 % CI (t-test on {' / '.join(tested)});\nfilled, *: Holm-corrected p < 0.05")
+        what = (f": estimate and 95 % CI\n(t-test on {' / '.join(tested)}); filled, *: Holm-corrected p < 0.05")
     else:
         what = f": mean ± s.e. over {n_text} {units}" if rows else ""
     _forest(left, rows, xlabel=f"Δ {which} {name} vs {reference}{unit}",

@@ -21,6 +21,7 @@ DATA_ROOT = ["--run", "data.root=/nowhere"]  # the image studies' recipes name a
 STUDIES = {
     "drums_kd": ("configs/ablations/drums_kd.yaml", []),
     "drums_kd_mixup": ("configs/ablations/drums_kd_mixup.yaml", []),
+    "drums_pskd_store": ("configs/ablations/drums_pskd_store.yaml", []),
     "fmnist_self_kd": ("configs/ablations/fmnist_self_kd.yaml", DATA_ROOT),
     "fmnist_kd": ("configs/ablations/fmnist_kd.yaml", DATA_ROOT),
     "fmnist_self_kd_test": ("configs/ablations/fmnist_self_kd.yaml",

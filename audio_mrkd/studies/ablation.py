@@ -34,6 +34,7 @@ then the smallest difference the design detects at 80 % power (and, with ``targe
 needs); ``ablation.png`` draws those paired differences with their CIs (forest plot) and the learning curves of the
 reference and the best variant (read from each run's metrics, located by the ``run_dir`` of its record).
 ``--cluster ADDRESS`` runs the same grid as tasks of a Ray cluster (:mod:`.cluster`), with the same records.
+``--slurm`` submits it as SLURM job arrays (:mod:`.slurm`), with the same run folders and records.
 """
 from __future__ import annotations
 
@@ -44,19 +45,14 @@ from pathlib import Path
 from audio_mrkd import fileio, plots
 from audio_mrkd.errors import InputError
 from audio_mrkd.progress import progress
-from audio_mrkd.runs.run import Run
 from audio_mrkd.studies import cluster as cluster_runs
 from audio_mrkd.studies import records as study_records
-from audio_mrkd.studies.grid import Grid
+from audio_mrkd.studies import task_records
+from audio_mrkd.studies.grid import Grid, to_train
 from audio_mrkd.studies.local import LocalRunner
-from audio_mrkd.studies.recipes import Recipe, load_given, load_recipe
-from audio_mrkd.studies.spec import AblationSpec, load_spec
+from audio_mrkd.studies.recipes import Recipe, load_recipe
+from audio_mrkd.studies.spec import AblationSpec, keep_variants, load_spec
 from audio_mrkd.studies.summary import format_table, study_resolution, summarize, teacher_summary
-
-
-def _usable_teacher(record: dict | None, out_dir: Path) -> bool:
-    """A recorded teacher run whose best checkpoint is still there."""
-    return record is not None and Run(out_dir / record["run_dir"]).checkpoint("best").is_file()
 
 
 def run_ablation(spec_path: str | Path, out_dir: str | Path, overrides: list[str] | None = None,
@@ -79,7 +75,7 @@ def run_ablation(spec_path: str | Path, out_dir: str | Path, overrides: list[str
         raise InputError(f"--target: a difference greater than 0 (in points of macro accuracy), got {100 * target:g}")
     spec, config = load_spec(spec_path, overrides)
     if only:
-        _keep_variants(spec, only, spec_path)
+        keep_variants(spec, only, spec_path)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     records_path = out_dir / "runs.jsonl"
@@ -88,23 +84,21 @@ def run_ablation(spec_path: str | Path, out_dir: str | Path, overrides: list[str
     grid = Grid(spec, config, out_dir, list(run_overrides or []), threads, train_fn)
     keys = grid.keys()
     recipes = {key: load_recipe(*grid.given(*key)) for key in keys}
-    _warn_leaking_teachers(grid, log)
+    grid.warn_leaking_teachers(log)
+    if train:  # the records of runs made as SLURM jobs (ablate --slurm): this process is now runs.jsonl's writer
+        task_records.gather(out_dir, keys)
     records = study_records.read_records(records_path)
     study_records.check_recipes(records_path, records, recipes)
     done = {(r["variant"], r["fold"], r["seed"]): r for _, r in records}
-    if not train:
+    if not train:  # a SLURM study under way: its jobs' records too, read only
+        done |= task_records.unrecorded(out_dir, done)
         log(f"ablation: {len(set(done) & set(keys))} of {len(keys)} runs recorded in {records_path}; nothing trained")
         return _write_results(out_dir, list(done.values()), spec, target)
     if reuse:
         _take_reused(reuse, {key: recipes[key] for key in keys if key not in done and key[0] != "teacher"
                              and not grid.taught(key[0])}, records_path, done, log)
 
-    todo = [key for key in keys if key[0] != "teacher" and key not in done]
-    # a teacher whose checkpoints are gone (runs.jsonl carried to another machine) is trained again, identically
-    # (training is deterministic), when a variant still needs it
-    teacher_todo = [key for key in keys if key[0] == "teacher" and not _usable_teacher(done.get(key), out_dir)
-                    and any(f == key[1] for _, f, _ in todo)]
-
+    teacher_todo, todo = to_train(keys, done, out_dir)
     total, missing = len(keys), len(teacher_todo) + len(todo)
     if total > missing:
         log(f"ablation: {total - missing} of {total} runs already in {records_path}")
@@ -121,24 +115,6 @@ def run_ablation(spec_path: str | Path, out_dir: str | Path, overrides: list[str
         if runner is not None:
             runner.close()
     return _write_results(out_dir, list(done.values()), spec, target)
-
-
-def _warn_leaking_teachers(grid: Grid, log) -> None:
-    """One line per variant that distils its fold's teachers at their ``best`` epoch: each teacher chose it on the
-    clips its fold holds out, which are the clips the student is scored on."""
-    for variant in grid.spec.variants:
-        if grid.taught(variant) and load_given(*grid.given(variant, 0, grid.spec.seeds[0])) \
-                .teacher.checkpoint == "best":
-            log(f"ablation: warning: variant {variant} distils its teachers at teacher.checkpoint=best, the epoch "
-                f"each chose on the clips its fold holds out, which the student is scored on "
-                f"(teacher.checkpoint=last does not)")
-
-
-def _keep_variants(spec: AblationSpec, only: list[str], spec_path: str | Path) -> None:
-    unknown = [name for name in only if name not in spec.variants]
-    if unknown:
-        raise InputError(f"--variants: '{unknown[0]}' is not a variant of {spec_path} ({', '.join(spec.variants)})")
-    spec.variants = {name: o for name, o in spec.variants.items() if name in only or name == spec.reference}
 
 
 def _take_reused(sources: list[str | Path], wanted: dict[tuple, Recipe], records_path: Path, done: dict, log) -> None:

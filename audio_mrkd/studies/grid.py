@@ -13,6 +13,7 @@ from audio_mrkd.config_loader import load_experiment
 from audio_mrkd.errors import InputError
 from audio_mrkd.runs.run import Run
 from audio_mrkd.studies import records as study_records
+from audio_mrkd.studies.recipes import load_given
 from audio_mrkd.studies.spec import TEACHERS, AblationSpec, load_spec
 from audio_mrkd.studies.sweep import REPORTED
 
@@ -103,6 +104,31 @@ class Grid:
             run_dir.rename(aside)
             log(f"ablation: {run_dir} held an unfinished run with another recipe or nothing to continue from; "
                 f"moved to {aside.name}, the run starts over")
+
+    def warn_leaking_teachers(self, log) -> None:
+        """One line per variant that distils its fold's teachers at their ``best`` epoch: each teacher chose it on the
+        clips its fold holds out, which are the clips the student is scored on."""
+        for variant in self.spec.variants:
+            if self.taught(variant) and load_given(*self.given(variant, 0, self.spec.seeds[0])) \
+                    .teacher.checkpoint == "best":
+                log(f"ablation: warning: variant {variant} distils its teachers at teacher.checkpoint=best, the epoch "
+                    f"each chose on the clips its fold holds out, which the student is scored on "
+                    f"(teacher.checkpoint=last does not)")
+
+
+def usable_teacher(record: dict | None, out_dir: Path) -> bool:
+    """A recorded teacher run whose best checkpoint is still there."""
+    return record is not None and Run(out_dir / record["run_dir"]).checkpoint("best").is_file()
+
+
+def to_train(keys: list[tuple], done: dict, out_dir: Path) -> tuple[list[tuple], list[tuple]]:
+    """The teacher runs and the other runs still to train: those without a record, and the teachers a missing
+    run's fold needs whose checkpoints are gone (runs.jsonl carried to another machine: trained again, identically,
+    since training is deterministic)."""
+    todo = [key for key in keys if key[0] != "teacher" and key not in done]
+    teacher_todo = [key for key in keys if key[0] == "teacher" and not usable_teacher(done.get(key), out_dir)
+                    and any(f == key[1] for _, f, _ in todo)]
+    return teacher_todo, todo
 
 
 def variant_runs(spec_path: str | Path, overrides: list[str] | None = None,

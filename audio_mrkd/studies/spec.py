@@ -54,3 +54,11 @@ def load_spec(path: str | Path, overrides: list[str] | None = None) -> tuple[Abl
             raise InputError(f"{path}: teachers.config '{spec.teachers.config}' not found ({teacher_config})")
         spec.teachers.config = str(teacher_config)
     return spec, config
+
+
+def keep_variants(spec: AblationSpec, only: list[str], spec_path: str | Path) -> None:
+    """Only the variants ``only`` (and the reference) of ``spec``; one line for a name the spec does not have."""
+    unknown = [name for name in only if name not in spec.variants]
+    if unknown:
+        raise InputError(f"--variants: '{unknown[0]}' is not a variant of {spec_path} ({', '.join(spec.variants)})")
+    spec.variants = {name: o for name, o in spec.variants.items() if name in only or name == spec.reference}

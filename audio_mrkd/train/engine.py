@@ -44,8 +44,12 @@ def make_fabric(tcfg: TrainConfig) -> Fabric:
     ``train.devices × train.num_nodes > 1``."""
     runtime = Runtime.from_config(tcfg)
     parallel = tcfg.devices * tcfg.num_nodes > 1
-    return Fabric(accelerator=runtime.accelerator, devices=tcfg.devices, num_nodes=tcfg.num_nodes,
-                  strategy="ddp" if parallel else "auto", precision=runtime.precision)
+    with warnings.catch_warnings():
+        # on a machine with SLURM's srun, Lightning warns on stderr in every process it did not start, which here is
+        # every run (one process, or Fabric's or torchrun's processes; an `ablate --slurm` array task is one run)
+        warnings.filterwarnings("ignore", message="The `srun` command is available on your system but is not used")
+        return Fabric(accelerator=runtime.accelerator, devices=tcfg.devices, num_nodes=tcfg.num_nodes,
+                      strategy="ddp" if parallel else "auto", precision=runtime.precision)
 
 
 def launched_fabric(tcfg: TrainConfig) -> Fabric:
