@@ -320,7 +320,10 @@ def test_ablation_trains_teachers_inside_each_fold_first(prepared, tmp_path):
     for r in records[4:]:
         saved = yaml.safe_load((tmp_path / "abl" / r["run_dir"] / "config.yaml").read_text())
         assert saved["data"]["cv_fold"] == r["fold"]
-        expected = [str(teacher_dirs[(r["fold"], s)]) for s in (5, 6)] if r["variant"] != "ce" else []
+        if r["variant"] == "ce":  # a run without a teacher: its folder's config holds no teacher section
+            assert "teacher" not in saved
+            continue
+        expected = [str(teacher_dirs[(r["fold"], s)]) for s in (5, 6)]
         assert saved["teacher"]["runs"] == expected  # the fold's own teachers, never another fold's
     assert "| teacher (each run alone) | `teacher.yaml`" in table
     again = []
