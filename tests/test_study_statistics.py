@@ -22,6 +22,7 @@ STUDIES = {
     "drums_kd": ("configs/ablations/drums_kd.yaml", []),
     "drums_kd_mixup": ("configs/ablations/drums_kd_mixup.yaml", []),
     "drums_pskd_store": ("configs/ablations/drums_pskd_store.yaml", []),
+    "drums_decide": ("configs/ablations/drums_decide.yaml", []),
     "fmnist_self_kd": ("configs/ablations/fmnist_self_kd.yaml", DATA_ROOT),
     "fmnist_kd": ("configs/ablations/fmnist_kd.yaml", DATA_ROOT),
     "fmnist_self_kd_test": ("configs/ablations/fmnist_self_kd.yaml",
@@ -29,6 +30,8 @@ STUDIES = {
     "fmnist_kd_wrn": ("configs/ablations/fmnist_kd_wrn.yaml", DATA_ROOT),
     "fmnist_kd_wrn_test": ("docs/studies/fmnist_kd_wrn_test.spec.yaml", [*DATA_ROOT, "--run", "data.eval_split=test"]),
 }
+#: Studies still under way, whose records may hold no complete pair yet: their summary is only checked to run.
+UNDER_WAY = {"drums_decide"}
 
 
 def grid(values: dict[tuple[int, int], float]) -> list[tuple[int, int, float]]:
@@ -238,6 +241,9 @@ def test_ablate_summary_of_a_kept_study_says_what_it_resolves(name, tmp_path, ca
     monkeypatch.chdir(ROOT)
     assert main(["ablate", spec, "--out", str(out), *extra, "--summary", "--target", "1.0"]) == 0
     printed = capsys.readouterr().out
+    if name in UNDER_WAY:
+        assert "runs recorded in" in printed
+        return
     header = "| Δ last macro (sem) | wins | CI95 | p (Holm) | Δ best macro (sem) | CI95 best | p best (Holm) |"
     assert header in printed
     assert "Smallest Δ last macro accuracy detectable at 80 % power" in printed
