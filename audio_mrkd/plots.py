@@ -182,7 +182,7 @@ def _curves(ax, curves: list[tuple[Curve, str]], ylabel: str, title: str, scale:
         title += "\nmean over runs, band min–max"
     ax.set_title(title, fontsize=10)
     if not curves:
-        ax.text(0.5, 0.5, "no per-epoch history (the runs have no metrics yet)", ha="center", va="center", transform=ax.transAxes,
+        ax.text(0.5, 0.5, "no per-epoch history yet", ha="center", va="center", transform=ax.transAxes,
                 color="#666666")
         ax.set_xticks([])
         ax.set_yticks([])
