@@ -187,6 +187,25 @@ def test_summary_tables_a_study_under_way_without_training(tmp_path, capsys):
     assert "--target: a difference greater than 0" in capsys.readouterr().err
 
 
+def test_summary_of_the_seeds_given_leaves_the_other_recorded_runs_out(tmp_path, capsys):
+    """A study stopped part-way through a seed is judged on its complete seeds: ``--summary seeds=[...]``."""
+    from audio_mrkd.cli import main
+    spec = study(tmp_path, "a", {"ce": "method=ce", "ls": "method=ce, train.label_smoothing=0.1"})
+    out = tmp_path / "abl"
+    spec.write_text(spec.read_text().replace("seeds: [0]", "seeds: [0, 1]"))
+    assert main(["ablate", str(spec), "--out", str(out)]) == 0
+    full = json.loads((out / "ablation.json").read_text())["ls"]["delta_last_macro_accuracy"]
+    assert full["n"] == 2
+    capsys.readouterr()
+    assert main(["ablate", str(spec), "--out", str(out), "--summary", "seeds=[1]"]) == 0
+    printed = capsys.readouterr().out
+    assert "2 recorded runs are outside this grid" in printed
+    one = json.loads((out / "ablation.json").read_text())["ls"]["delta_last_macro_accuracy"]
+    seed1 = {r["variant"]: r["last_macro_accuracy"] for r in map(json.loads, (out / "runs.jsonl").open())
+             if r["seed"] == 1}
+    assert one["n"] == 1 and one["mean"] == pytest.approx(seed1["ls"] - seed1["ce"])
+
+
 def _slow_first(cfg):
     """A run that takes long for seed 0 and no time for seed 1 (numbers made up: only the order is tested)."""
     import time

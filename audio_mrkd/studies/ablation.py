@@ -93,7 +93,7 @@ def run_ablation(spec_path: str | Path, out_dir: str | Path, overrides: list[str
     if not train:  # a SLURM study under way: its jobs' records too, read only
         done |= task_records.unrecorded(out_dir, done)
         log(f"ablation: {len(set(done) & set(keys))} of {len(keys)} runs recorded in {records_path}; nothing trained")
-        return _write_results(out_dir, list(done.values()), spec, target)
+        return _write_results(out_dir, _in_grid(done, keys, log), spec, target)
     if reuse:
         _take_reused(reuse, {key: recipes[key] for key in keys if key not in done and key[0] != "teacher"
                              and not grid.taught(key[0])}, records_path, done, log)
@@ -114,7 +114,19 @@ def run_ablation(spec_path: str | Path, out_dir: str | Path, overrides: list[str
         bar.close()
         if runner is not None:
             runner.close()
-    return _write_results(out_dir, list(done.values()), spec, target)
+    return _write_results(out_dir, _in_grid(done, keys, log), spec, target)
+
+
+def _in_grid(done: dict, keys: list[tuple], log) -> list[dict]:
+    """The records of the spec's grid as it is now given: runs recorded for seeds, folds or variants that the spec (or
+    its overrides, e.g. ``seeds=[0,1]`` for the seeds complete so far) leaves out stay in runs.jsonl but not in the
+    table, and the log says how many."""
+    wanted = set(keys)
+    outside = [key for key in done if key not in wanted]
+    if outside:
+        log(f"ablation: {len(outside)} recorded runs are outside this grid (seeds, folds or variants the spec now "
+            f"leaves out): not in the table")
+    return [rec for key, rec in done.items() if key in wanted]
 
 
 def _take_reused(sources: list[str | Path], wanted: dict[tuple, Recipe], records_path: Path, done: dict, log) -> None:
