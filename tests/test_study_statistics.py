@@ -15,10 +15,10 @@ from audio_mrkd.studies.spec import AblationSpec
 from audio_mrkd.studies.summary import format_table, study_resolution, summarize
 
 ROOT = Path(__file__).resolve().parent.parent
-DATA_ROOT = ["--run", "data.root=/nowhere"]
+DATA_ROOT = ["--run", "data.root=/nowhere"]  # the image studies' recipes name a data root; --summary reads no data
 #: drums_decide stopped at the end of its second session, part-way through a seed: its rule is applied to the seeds
 #: complete by then (docs/results.md).
-DECIDED_SEEDS = "seeds=[0,1,2,3]"  # the image studies' recipes name a data root; --summary reads no data
+DECIDED_SEEDS = "seeds=[0,1,2,3]"
 #: Every records file kept in docs/studies, with the spec and the overrides its study was run with
 #: (docs/studies/README.md).
 STUDIES = {
